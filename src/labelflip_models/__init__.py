@@ -1,0 +1,3 @@
+"""labelflip: where do adversarial examples land? A regression gate for image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,28 @@
+"""Datasets by name: `load_dataset("fashion-mnist")` etc. Nothing downloads unless asked to."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+from .dataset import Dataset, balanced_subset, first_n
+from .idx_datasets import DATA_DIR_ENV, FASHION_MNIST, MNIST, load_idx_dataset
+from .mnist5k import load_mnist5k
+
+DATASETS = ("fashion-mnist", "mnist", "mnist-5k")
+# Known without loading any data, so that tests can be parameterised per class at collection time.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": FASHION_MNIST.class_names, "mnist": MNIST.class_names, "mnist-5k": MNIST.class_names,
+}
+
+__all__ = ["CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subset", "first_n", "load_dataset"]
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    if name == "fashion-mnist":
+        return load_idx_dataset(FASHION_MNIST, data_dir, download)
+    if name == "mnist":
+        return load_idx_dataset(MNIST, data_dir, download)
+    if name == "mnist-5k":
+        return load_mnist5k()
+    raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

@@ -1,0 +1,86 @@
+"""The in-memory dataset every loader returns, and the deterministic test-set selections."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images as uint8 arrays (N, H, W) or (N, H, W, C); labels as int64 arrays."""
+
+    name: str
+    class_names: tuple[str, ...]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+    # A sample (e.g. mnist-5k) must say so in every output that quotes numbers from it.
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if len(images) != len(labels):
+                raise DataError(f"{self.name} {split}: {len(images)} images but {len(labels)} labels ({self.source})")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(self.class_names)):
+                raise DataError(
+                    f"{self.name} {split}: labels must lie in 0..{len(self.class_names) - 1}, "
+                    f"found {int(labels.min())}..{int(labels.max())} ({self.source})")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DataError(f"{self.name}: train images {self.train_images.shape[1:]} and test images "
+                            f"{self.test_images.shape[1:]} differ in shape ({self.source})")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.test_images.ndim == 3 else self.test_images.shape[-1]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the name and every image and label: identifies the exact data a model saw."""
+        h = hashlib.sha256(self.name.encode())
+        for arr in (self.train_images, self.train_labels, self.test_images, self.test_labels):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def tensors(self, split: str, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images in [0, 1] shaped (N, C, H, W) and int64 labels."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+        return x, torch.from_numpy(labels.astype(np.int64))
+
+
+def first_n(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the first `limit` images in dataset order."""
+    if limit <= 0:
+        raise DataError(f"limit must be a positive number of images, not {limit}")
+    return np.arange(min(limit, len(labels)))
+
+
+def balanced_subset(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
+    """Indices of the first `per_class` images of each class, in dataset order."""
+    if per_class <= 0:
+        raise DataError(f"per_class must be positive, not {per_class}")
+    chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
+    short = [c for c, idx in enumerate(chosen) if len(idx) < per_class]
+    if short:
+        raise DataError(f"classes {short} have fewer than {per_class} test images")
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,137 @@
+"""Trained reference models, cached on disk and shared safely between processes.
+
+An entry is `<key>.safetensors` plus a JSON sidecar that records the weights' sha256; the sidecar is
+written last, so an entry without a matching sidecar is incomplete and gets retrained, never loaded.
+A file lock makes exactly one process train while the others wait and then load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+from filelock import FileLock, Timeout
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .atomic import atomic_write_bytes, atomic_write_text
+from .data import Dataset
+from .errors import LabelflipError
+from .models import PAPER_MEAN, PAPER_STD, Normalized, build_model
+from .provenance import machine, now_iso, versions
+from .train import Recipe, recipe_for, train
+
+CACHE_DIR_ENV = "LABELFLIP_CACHE_DIR"
+FORMAT_VERSION = 1
+LOCK_TIMEOUT_S = 3600.0
+
+
+class CacheWarning(UserWarning):
+    """A cache entry was unusable (corrupt, incomplete, or for something else) and is rebuilt."""
+
+
+@dataclass
+class TrainedModel:
+    model: Normalized
+    sidecar: dict[str, Any]
+    weights_path: Path
+    trained_now: bool
+
+    @property
+    def sha256(self) -> str:
+        return self.sidecar["sha256"]
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.sidecar["test_accuracy"]
+
+
+def serialize(model: torch.nn.Module) -> bytes:
+    """The model's weights as safetensors bytes; deterministic, so their sha256 identifies the model."""
+    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+def model_sha256(model: torch.nn.Module) -> str:
+    return hashlib.sha256(serialize(model)).hexdigest()
+
+
+def cache_root() -> Path:
+    env = os.environ.get(CACHE_DIR_ENV)
+    return Path(env) if env else Path(platformdirs.user_cache_dir("labelflip"))
+
+
+def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str) -> str:
+    spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": asdict(recipe), "seed": seed,
+            "dataset": dataset_fingerprint, "mean": PAPER_MEAN, "std": PAPER_STD}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load_entry(weights: Path, sidecar_path: Path, key: str, model: Normalized) -> dict[str, Any] | None:
+    """The sidecar if the entry is complete and intact, else None (after one warning line if it exists)."""
+    if not weights.exists() and not sidecar_path.exists():
+        return None
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+        data = weights.read_bytes()
+        problem = None
+        if sidecar.get("key") != key:
+            problem = f"sidecar is for key {sidecar.get('key')!r}"
+        elif hashlib.sha256(data).hexdigest() != sidecar.get("sha256"):
+            problem = "weights do not match the sha256 in the sidecar"
+        else:
+            model.load_state_dict(load_safetensors(data))
+            return sidecar
+    except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    warnings.warn(f"labelflip: cache entry {weights} is unusable ({problem}); retraining", CacheWarning,
+                  stacklevel=3)
+    return None
+
+
+def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: str = "cpu",
+                  recipe: Recipe | None = None, root: Path | None = None, progress: bool = False,
+                  lock_timeout: float = LOCK_TIMEOUT_S) -> TrainedModel:
+    recipe = recipe or recipe_for(data.name)
+    key = cache_key(arch, recipe, seed, data.fingerprint)
+    directory = (root or cache_root()) / "models" / data.name
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LabelflipError(f"cannot create the model cache {directory} ({exc.strerror}); "
+                             f"set ${CACHE_DIR_ENV} to a writable directory") from None
+    weights, sidecar_path = directory / f"{arch}-{key}.safetensors", directory / f"{arch}-{key}.json"
+    model = build_model(arch, data.in_channels, data.num_classes)
+    lock = FileLock(str(directory / f"{arch}-{key}.lock"), timeout=lock_timeout)
+    try:
+        with lock:
+            sidecar = _load_entry(weights, sidecar_path, key, model)
+            if sidecar is not None:
+                return TrainedModel(model.to(device).eval(), sidecar, weights, trained_now=False)
+            model.to(device)
+            start = time.perf_counter()
+            acc = train(model, data, recipe, seed, progress)
+            seconds = time.perf_counter() - start
+            model.eval()
+            blob = serialize(model)
+            sidecar = {
+                "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
+                "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
+                "recipe": asdict(recipe), "seed": seed, "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
+                "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
+                "machine": machine(), "versions": versions(), "created": now_iso(),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+            }
+            atomic_write_bytes(weights, blob)
+            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
+            return TrainedModel(model, sidecar, weights, trained_now=True)
+    except Timeout:
+        raise LabelflipError(f"waited {lock_timeout:.0f} s for {lock.lock_file}, held by another process "
+                             "training the same model; if none is running, delete the lock file") from None

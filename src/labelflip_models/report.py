@@ -1,0 +1,90 @@
+"""A run's artefacts: `flip_matrix.csv` in the paper's layout and `result.json` with statistics and provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write_text
+from .attacks import AttackResult
+from .data import Dataset
+from .errors import ConfigError
+from .flips import class_flips, flip_matrix, to_csv, wilson_interval
+from .provenance import device_name, machine, now_iso, versions
+
+RESULT_SCHEMA = "labelflip.result/1"
+CONFIDENCE = 0.95
+
+
+def _rate(k: int, n: int) -> dict[str, Any]:
+    lo, hi = wilson_interval(k, n, CONFIDENCE)
+    return {"count": int(k), "n": int(n), "rate": k / n if n else None, "ci": [float(lo), float(hi)]}
+
+
+def summarize(result: AttackResult, class_names: list[str]) -> dict[str, Any]:
+    """Counts and statistics of one attack run (no provenance)."""
+    labels = result.labels.numpy()
+    matrix = flip_matrix(labels, result.landed.numpy(), len(class_names))
+    flips, totals = class_flips(matrix)
+    correct = result.clean_pred == result.labels
+    flipped = correct & (result.adv_pred != result.labels)
+    norms = result.linf_norms
+    return {
+        "class_names": class_names,
+        "flip_matrix": matrix.tolist(),
+        "per_class_flip_rate": {name: _rate(int(k), int(n)) for name, k, n in zip(class_names, flips, totals)},
+        "flip_fraction": _rate(int(flips.sum()), int(totals.sum())),
+        "clean_accuracy": _rate(int(correct.sum()), len(labels)),
+        # Success among the images the model classified correctly: those the attack had to move.
+        "attack_success": _rate(int(flipped.sum()), int(correct.sum())),
+        "perturbation_linf": {"max": float(norms.max()) if len(norms) else 0.0,
+                              "mean": float(norms.mean()) if len(norms) else 0.0},
+        "confidence": {"method": "wilson", "level": CONFIDENCE},
+    }
+
+
+def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: float) -> dict[str, Any]:
+    return {"seed": seed, "device": device_name(device), "machine": machine(), "versions": versions(),
+            "timestamp": now_iso(), "wall_seconds": round(wall_seconds, 2),
+            "attack_seconds": round(attack_seconds, 2)}
+
+
+def check_out_dir(out: Path) -> Path:
+    """Fail before any work if `out` cannot become a writable directory; creates nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a directory")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {out} is not writable ({existing} does not allow writing)")
+    return out
+
+
+def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
+    """Write both files atomically; result.json goes last, so its presence marks a complete run."""
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / "flip_matrix.csv", out / "result.json"
+    atomic_write_text(csv_path, to_csv(np.array(result["flip_matrix"]), result["class_names"]))
+    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    return csv_path, json_path
+
+
+def build_result(data: Dataset, model_info: dict[str, Any], selection: str, result: AttackResult,
+                 device: str, wall_seconds: float) -> dict[str, Any]:
+    """Everything `result.json` holds: what was attacked, with what, the counts, and provenance."""
+    return {
+        "schema": RESULT_SCHEMA,
+        "dataset": {"name": data.name, "fingerprint": data.fingerprint, "source": data.source,
+                    "note": data.note, "selection": selection, "n": len(result.labels)},
+        "model": model_info,
+        "attack": result.params,
+        **summarize(result, list(data.class_names)),
+        "provenance": provenance(result.params["seed"], device, wall_seconds, result.seconds),
+    }
