@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .attacks import ATTACKS, Bounds, check_epsilon, make_attack, run_attack
 from .data import DATASETS, first_n, load_dataset
 from .devices import resolve_device
 from .errors import LabelflipError
 from .model_cache import load_or_train
-from .report import build_result, check_out_dir, write_run
+from .report import benchmark_table, build_result, check_out_dir, write_run
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,13 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--limit", type=int, help="attack only the first N test images (dataset order)")
     attack.add_argument("--batch-size", type=int, default=256)
     attack.add_argument("--out", required=True, help="output directory")
+    table = sub.add_parser("bench-table", help="Markdown table from a pytest-benchmark JSON report")
+    table.add_argument("report", help="file written by pytest --benchmark-json")
     return parser
 
 
 def _train(args: argparse.Namespace, progress: bool):
+    device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
-    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=resolve_device(args.device),
-                            progress=progress)
+    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress)
     return data, trained
 
 
@@ -83,11 +87,20 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         print(f"note: {data.note}")
 
 
+def cmd_bench_table(args: argparse.Namespace, progress: bool) -> None:
+    try:
+        bench = json.loads(Path(args.report).read_text())
+    except (OSError, ValueError) as exc:
+        raise LabelflipError(f"cannot read benchmark report {args.report}: {exc}") from None
+    print(benchmark_table(bench), end="")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = sys.stderr.isatty()
     try:
-        {"train": cmd_train, "attack": cmd_attack}[args.command](args, progress)
+        commands = {"train": cmd_train, "attack": cmd_attack, "bench-table": cmd_bench_table}
+        commands[args.command](args, progress)
     except LabelflipError as exc:
         print(f"labelflip: error: {exc}", file=sys.stderr)
         return 2

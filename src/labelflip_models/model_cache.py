@@ -30,7 +30,7 @@ from .provenance import machine, now_iso, versions
 from .train import Recipe, recipe_for, train
 
 CACHE_DIR_ENV = "LABELFLIP_CACHE_DIR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LOCK_TIMEOUT_S = 3600.0
 
 
@@ -108,7 +108,9 @@ def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: 
         raise LabelflipError(f"cannot create the model cache {directory} ({exc.strerror}); "
                              f"set ${CACHE_DIR_ENV} to a writable directory") from None
     weights, sidecar_path = directory / f"{arch}-{key}.safetensors", directory / f"{arch}-{key}.json"
-    model = build_model(arch, data.in_channels, data.num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
+        model = build_model(arch, data.in_channels, data.num_classes)
     lock = FileLock(str(directory / f"{arch}-{key}.lock"), timeout=lock_timeout)
     try:
         with lock:

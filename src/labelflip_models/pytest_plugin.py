@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import BaselineError, DataNotFound, LabelflipError
+from .errors import BaselineError, ConfigError, DataNotFound, LabelflipError
 from .gate import PROFILES, Case, cases, get_profile
 
 if TYPE_CHECKING:
@@ -51,15 +51,39 @@ def _setting(config: pytest.Config, ini: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        gate_config(config)  # bad options fail here, once, before any collection
+    except (LabelflipError, ValueError) as exc:
+        raise pytest.UsageError(f"labelflip: {exc}") from None
     config.addinivalue_line("markers", "labelflip: an adversarial-robustness gate test (labelflip)")
     # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
     config.addinivalue_line("filterwarnings", "ignore:Please import `gaussian_filter`:DeprecationWarning")
+    if getattr(config.option, "dist", None) == "load":
+        # xdist's default scheduling would scatter each dataset's cases over all workers, and every worker
+        # would load (or wait for another to train) every model; loadgroup keeps a dataset on one worker.
+        config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("labelflip_loadgroup"):
+        config.option.loadgroup = True  # workers parse the command line afresh and never saw the switch
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         # Each xdist worker gets its share of the cores instead of all of them (oversubscription is slow).
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    node.workerinput["labelflip_loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        case = getattr(item, "callspec", None) and item.callspec.params.get("labelflip_case")
+        if case is not None:
+            item.add_marker(pytest.mark.xdist_group(case.dataset))
 
 
 @dataclass(frozen=True)
@@ -76,11 +100,14 @@ class GateConfig:
 def gate_config(config: pytest.Config) -> GateConfig:
     profile = _setting(config, "labelflip_profile")
     get_profile(profile)
+    seed = _setting(config, "labelflip_seed")
+    if not str(seed).lstrip("-").isdigit():
+        raise ConfigError(f"--labelflip-seed must be an integer, got {seed!r}")
     baselines = Path(_setting(config, "labelflip_baselines"))
     return GateConfig(
         profile=profile, device=_setting(config, "labelflip_device"),
         baselines=baselines if baselines.is_absolute() else Path(config.rootpath) / baselines,
-        data_dir=_setting(config, "labelflip_data_dir") or None, seed=int(_setting(config, "labelflip_seed")),
+        data_dir=_setting(config, "labelflip_data_dir") or None, seed=int(seed),
         regen=config.getoption("labelflip_regen"), require_data=config.getoption("labelflip_require_data"),
     )
 
@@ -90,11 +117,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     if not {"labelflip_case", "labelflip_class"} & set(metafunc.fixturenames):
         return
-    try:
-        profile = get_profile(gate_config(metafunc.config).profile)
-    except LabelflipError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    selected = cases(profile)
+    selected = cases(get_profile(gate_config(metafunc.config).profile))
     if "labelflip_class" in metafunc.fixturenames:
         pairs = [(c, i) for c in selected for i in range(len(CLASS_NAMES[c.dataset]))]
         metafunc.parametrize(("labelflip_case", "labelflip_class"), pairs,
@@ -105,10 +128,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
-    try:
-        return gate_config(request.config)
-    except (LabelflipError, ValueError) as exc:
-        raise pytest.UsageError(f"labelflip: {exc}") from None
+    return gate_config(request.config)
 
 
 @pytest.fixture(scope="session")

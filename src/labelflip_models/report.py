@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,17 @@ def check_out_dir(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} exists and is not a directory")
-    existing = out
+    existing = out.absolute()
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"output directory {out} is not writable ({existing} does not allow writing)")
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {out} cannot be created: {existing} is not a directory")
+    try:
+        # A real write, not os.access: root passes access checks on read-only mounts.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"output directory {out} is not writable ({existing}: {exc.strerror})") from None
     return out
 
 
@@ -88,3 +94,18 @@ def build_result(data: Dataset, model_info: dict[str, Any], selection: str, resu
         **summarize(result, list(data.class_names)),
         "provenance": provenance(result.params["seed"], device, wall_seconds, result.seconds),
     }
+
+
+def benchmark_table(bench: dict[str, Any]) -> str:
+    """Markdown table of a pytest-benchmark JSON report: kernel, images/s, ratio to the plain loop."""
+    try:
+        rows = [(b["name"], b["extra_info"], b["stats"]) for b in bench["benchmarks"]]
+        cpu = bench["machine_info"].get("cpu", {}).get("brand_raw", "unknown CPU")
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"not a pytest-benchmark JSON report (missing {exc})") from None
+    lines = [f"Benchmarks on {cpu}", "",
+             "| benchmark | kernel | device | min s | images/s | ratio to plain torch |", "|---|---|---|---|---|---|"]
+    for name, info, stats in rows:
+        lines.append(f"| {name} | {info.get('kernel', '-')} | {info.get('device', '-')} | {stats['min']:.3f} | "
+                     f"{info.get('images_per_s', 0):,.0f} | {info.get('ratio_to_reference', float('nan')):.2f} |")
+    return "\n".join(lines) + "\n"

@@ -22,6 +22,8 @@ class Recipe:
     lr: float  # peak of the one-cycle schedule (Adam)
     pct_start: float = 0.25
     weight_decay: float = 0.0
+    # CPU kernels' reductions depend on the thread count, so it is fixed for bit-identical weights.
+    cpu_threads: int = 2
 
 
 # One recipe per dataset for the smoke profile; mnist-5k has 4,000 training images and needs more epochs.
@@ -46,6 +48,17 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 def train(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool = False) -> float:
     """Train `model` in place on its current device; return the test accuracy."""
     device = next(model.parameters()).device
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(recipe.cpu_threads)
+    try:
+        return _train(model, data, recipe, seed, progress, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool,
+           device: torch.device) -> float:
     torch.manual_seed(seed)  # dropout draws from the global generator
     shuffle = torch.Generator().manual_seed(seed)
     x, y = data.tensors("train")

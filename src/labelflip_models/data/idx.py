@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = _DTYPES[type_code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a corrupt header cannot overflow
     payload = len(data) - header_len
     if payload != expected:
         kind = "truncated" if payload < expected else "has trailing bytes"

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError, DataNotFound
 from .dataset import Dataset
 from .idx import read_idx
@@ -104,8 +106,10 @@ def load_idx_dataset(source: IdxSource, data_dir: str | os.PathLike | None = Non
         except DataError:
             _download(source, directory)
     paths = _locate(source, directory)
-    arrays = {key: read_idx(path, ndim) for (key, (_, ndim)), path in
-              zip(_FILES.items(), (paths[k] for k in _FILES))}
+    arrays = {key: read_idx(paths[key], ndim) for key, (_, ndim) in _FILES.items()}
+    for key, arr in arrays.items():
+        if arr.dtype != np.uint8:
+            raise DataError(f"{paths[key]}: expected unsigned bytes (IDX type 0x08), found {arr.dtype}")
     return Dataset(
         name=source.name, class_names=source.class_names,
         train_images=arrays["train_images"], train_labels=arrays["train_labels"].astype("int64"),

@@ -1,0 +1,23 @@
+"""Small real-format data shared by the unit tests (no downloads, no large files)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from labelflip_models.data import Dataset
+from labelflip_models.train import Recipe
+
+TINY_RECIPE = Recipe("tiny", epochs=1, batch_size=32, lr=1e-3)
+
+
+def tiny_dataset(n_train: int = 64, n_test: int = 40, seed: int = 0) -> Dataset:
+    """Random 28x28 digits-shaped data: enough to exercise training, caching and attacks in seconds."""
+    rng = np.random.default_rng(seed)
+    return Dataset(
+        name="tiny", class_names=tuple(str(c) for c in range(10)),
+        train_images=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        train_labels=np.arange(n_train) % 10,
+        test_images=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        test_labels=np.arange(n_test) % 10,
+        source="generated",
+    )

@@ -1,0 +1,62 @@
+"""The gate run for real on the `quick` profile: an unchanged reference model passes its committed
+baselines; the same model with noise in its weights fails the per-class flip-rate tests."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
+# Relative to each weight tensor's own spread: enough to cost accuracy and robustness, not to destroy the model.
+WEIGHT_NOISE = 0.35
+
+WEAKENED_CONFTEST = f"""
+import copy
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def labelflip_model(labelflip_reference_model):
+    weakened = {{}}
+
+    def get(data):
+        if data.name not in weakened:
+            model = labelflip_reference_model(data)
+            noisy = copy.deepcopy(model)
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for p in noisy.parameters():
+                    p.add_(torch.randn(p.shape, generator=gen) * {WEIGHT_NOISE} * p.std())
+            weakened[data.name] = noisy
+        return weakened[data.name]
+
+    return get
+"""
+
+
+def run_gate(pytester):
+    pytester.makepyfile(test_gate=GATE_TESTS)
+    return pytester.runpytest_subprocess(
+        "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick",
+        "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))
+
+
+@pytest.mark.slow
+def test_unchanged_model_passes(pytester):
+    result = run_gate(pytester)
+    result.assert_outcomes(passed=24)
+
+
+@pytest.mark.slow
+def test_weakened_model_fails_per_class_flip_rates(pytester):
+    pytester.makeconftest(WEAKENED_CONFTEST)
+    result = run_gate(pytester)
+    outcomes = result.parseoutcomes()
+    failed = [line for line in result.outlines if line.startswith("FAILED")]
+    flip_failures = [line for line in failed if "test_class_flip_rate" in line]
+    print("\n".join(failed))
+    assert len(flip_failures) >= 3, result.stdout.str()
+    assert all("test_epsilon_bound" not in line for line in failed)  # budgets still hold
+    assert outcomes["failed"] == len(failed)

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from labelflip_models.model_cache import CacheWarning, cache_key, load_or_train, model_sha256
+
+from .helpers import TINY_RECIPE, tiny_dataset
+
+
+def _train(root, **kw):
+    return load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=root, **kw)
+
+
+def test_second_call_loads_the_same_weights(tmp_path):
+    first = _train(tmp_path)
+    second = _train(tmp_path)
+    assert first.trained_now and not second.trained_now
+    assert second.sha256 == first.sha256 == model_sha256(second.model)
+    sidecar = json.loads(first.weights_path.with_suffix(".json").read_text())
+    assert sidecar["recipe"]["name"] == "tiny" and sidecar["seed"] == 0
+    assert set(sidecar["versions"]) >= {"torch", "foolbox", "numpy", "labelflip"}
+    assert not second.model.training
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    assert _train(tmp_path / "a").sha256 == _train(tmp_path / "b").sha256
+    assert _train(tmp_path / "c", seed=1).sha256 != _train(tmp_path / "a").sha256
+
+
+def test_key_depends_on_recipe_seed_and_data():
+    fp = tiny_dataset().fingerprint
+    key = cache_key("cw-mnist", TINY_RECIPE, 0, fp)
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 1, fp)
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 0, tiny_dataset(seed=1).fingerprint)
+
+
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "foreign_sidecar", "no_sidecar", "bad_json"])
+def test_damaged_entry_is_retrained_never_loaded(tmp_path, damage):
+    good = _train(tmp_path)
+    weights, sidecar = good.weights_path, good.weights_path.with_suffix(".json")
+    if damage == "flip_byte":
+        data = bytearray(weights.read_bytes())
+        data[-5] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:100])
+    elif damage == "foreign_sidecar":
+        meta = json.loads(sidecar.read_text())
+        meta["key"] = "0" * 20
+        sidecar.write_text(json.dumps(meta))
+    elif damage == "no_sidecar":
+        sidecar.unlink()
+    else:
+        sidecar.write_text("{not json")
+    with pytest.warns(CacheWarning, match="unusable"):
+        again = _train(tmp_path)
+    assert again.trained_now and again.sha256 == good.sha256
+    assert _train(tmp_path).trained_now is False  # the rebuilt entry is valid
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    from labelflip_models.errors import LabelflipError
+
+    with pytest.raises(LabelflipError, match="LABELFLIP_CACHE_DIR"):
+        _train(blocker)
+
+
+def test_concurrent_processes_train_exactly_once(tmp_path):
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from labelflip_models.model_cache import load_or_train
+        from tests.helpers import TINY_RECIPE, tiny_dataset
+        m = load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=Path({str(tmp_path)!r}))
+        print("TRAINED" if m.trained_now else "LOADED", m.sha256)
+    """)
+    root_of_repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root_of_repo)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=300)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(o[0] for o in outputs) == ["LOADED"] * 3 + ["TRAINED"]
+    assert len({o[1] for o in outputs}) == 1
+
+
+def test_model_on_requested_device(tmp_path):
+    trained = _train(tmp_path, device="cpu")
+    assert next(trained.model.parameters()).device == torch.device("cpu")

@@ -1,0 +1,45 @@
+"""The plugin end to end on the cheapest real case (quick profile, FGSM): baseline life cycle and options."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
+
+
+def gate(pytester, baselines, *args):
+    pytester.makepyfile(test_gate=GATE_TESTS)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--labelflip-profile", "quick",
+                                         "--labelflip-baselines", str(baselines), "-k", "fgsm", *args)
+
+
+@pytest.mark.slow
+def test_missing_then_regenerated_then_passing(pytester, tmp_path):
+    baselines = tmp_path / "baselines"
+    missing = gate(pytester, baselines, "-p", "no:xdist")
+    missing.assert_outcomes(passed=1, failed=11)
+    missing.stdout.fnmatch_lines(["*no baseline for mnist-5k-fgsm-eps0.1*--labelflip-regen --labelflip-profile quick*"])
+
+    regen = gate(pytester, baselines, "-p", "no:xdist", "--labelflip-regen")
+    regen.assert_outcomes(passed=1, skipped=11)
+    written = sorted(p.name for p in (baselines / "quick" / "mnist-5k").iterdir())
+    assert written == ["fgsm-eps0.1.csv", "fgsm-eps0.1.json"]
+
+    # Same model, same seed: the gate passes, with and without xdist.
+    gate(pytester, baselines, "-p", "no:xdist").assert_outcomes(passed=12)
+    gate(pytester, baselines, "-n", "2").assert_outcomes(passed=12)
+
+
+def test_unknown_profile_is_a_usage_error(pytester):
+    pytester.makepyfile(test_gate=GATE_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "--labelflip-profile", "nightly")
+    assert result.ret == pytest.ExitCode.INTERRUPTED or result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown profile 'nightly'*"])
+
+
+def test_options_and_ini_keys_are_declared(pytester):
+    pytester.makeini("[pytest]\nlabelflip_profile = quick\n")
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "--help")
+    result.stdout.fnmatch_lines(["*--labelflip-profile*", "*--labelflip-regen*", "*--labelflip-require-data*",
+                                 "*labelflip_baselines*"])
