@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from labelflip_models.errors import BaselineError, ConfigError
-from labelflip_models.gate import (BASELINE_SCHEMA, PROFILES, Case, cases, check_attack_success, check_flip_rate,
-                                   get_profile, load_baseline, write_baseline)
+from labelflip_models.gate import (BASELINE_SCHEMA, check_attack_success, check_flip_rate, load_baseline,
+                                   write_baseline)
+from labelflip_models.profiles import PROFILES, Case, cases, get_profile
 
 NAMES = [str(c) for c in range(10)]
 CASE = Case("quick", "mnist-5k", "linf-pgd", 0.1)

@@ -1,9 +1,12 @@
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _timing_enabled(request):
-    # pytest-benchmark turns timing off under xdist; a benchmark that cannot time is skipped, not faked.
-    if request.getfixturevalue("benchmark").disabled:
-        pytest.skip("benchmark timing is disabled (xdist or --benchmark-disable); "
-                    "run: pytest robustness_tests/benchmarks -p no:xdist")
+def pytest_collection_modifyitems(config, items):
+    # pytest-benchmark cannot time under xdist (or with --benchmark-disable). Skipping at collection,
+    # not in a fixture, keeps the module-scoped model fixtures from loading for nothing.
+    if hasattr(config, "workerinput") or config.getoption("benchmark_disable"):
+        skip = pytest.mark.skip(reason="benchmark timing is disabled (xdist or --benchmark-disable); "
+                                       "run: pytest robustness_tests/benchmarks -p no:xdist")
+        for item in items:
+            if "benchmark" in getattr(item, "fixturenames", ()):
+                item.add_marker(skip)

@@ -1,4 +1,4 @@
-"""The regression gate's logic: profiles of cases, baseline files, and the statistical decisions.
+"""The regression gate's logic: running a case, baseline files, and the statistical decisions.
 
 Decisions compare confidence bounds, never point estimates:
 - a class regresses when the *lower* bound of its observed flip rate exceeds the baseline's threshold
@@ -11,65 +11,47 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from .atomic import atomic_write_text
-from .errors import BaselineError, ConfigError
+from .attacks import AttackResult, make_attack, run_attack
+from .data import Dataset, balanced_subset
+from .errors import BaselineError
 from .flips import one_sided_wilson, read_csv, to_csv
+from .model_cache import model_sha256
+from .profiles import REGEN_HINT, Case, Profile, get_profile
+from .report import build_result
 
 BASELINE_SCHEMA = "labelflip.baseline/1"
 # The baseline's thresholds are one-sided 97.5% bounds; the gate's bound on a new run is one-sided 99%.
 BASELINE_CONFIDENCE = 0.975
 GATE_CONFIDENCE = 0.99
-REGEN_HINT = "pytest robustness_tests --labelflip-regen --labelflip-profile {profile}"
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    datasets: tuple[str, ...]
-    attacks: tuple[str, ...]
-    epsilons: tuple[float, ...]
-    per_class: int | None  # images per class from the test set; None means the whole test set
+def select(profile: Profile, data: Dataset) -> tuple[np.ndarray, str]:
+    """The test images a profile attacks, and how to say which they are."""
+    if profile.per_class is None:
+        return np.arange(len(data.test_labels)), "whole test set"
+    indices = balanced_subset(data.test_labels, profile.per_class, data.num_classes)
+    return indices, f"first {profile.per_class} test images of each class"
 
 
-PROFILES = {
-    # A minute-long pre-commit check; also what the test that proves the gate can fail runs.
-    "quick": Profile("quick", ("mnist-5k",), ("fgsm", "linf-pgd"), (0.1,), 100),
-    "smoke": Profile("smoke", ("fashion-mnist", "mnist-5k"), ("fgsm", "linf-pgd"), (0.02, 0.05, 0.1, 0.2), 100),
-    "paper": Profile("paper", ("fashion-mnist", "mnist"), ("fgsm", "linf-pgd"),
-                     (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), None),
-}
-
-
-def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
-    return PROFILES[name]
-
-
-@dataclass(frozen=True)
-class Case:
-    profile: str
-    dataset: str
-    attack: str
-    epsilon: float
-
-    @property
-    def id(self) -> str:
-        return f"{self.dataset}-{self.attack}-eps{self.epsilon:g}"
-
-    def baseline_path(self, root: Path, suffix: str) -> Path:
-        # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
-        return Path(root) / self.profile / self.dataset / f"{self.attack}-eps{self.epsilon:g}{suffix}"
-
-
-def cases(profile: Profile) -> list[Case]:
-    return [Case(profile.name, d, a, e) for d in profile.datasets for a in profile.attacks for e in profile.epsilons]
+def run_case(case: Case, data: Dataset, model: nn.Module, seed: int) -> tuple[dict[str, Any], AttackResult]:
+    """Attack the case's images; return result.json's content and the adversarials."""
+    start = time.perf_counter()
+    indices, selection = select(get_profile(case.profile), data)
+    images, labels = data.tensors("test", indices)
+    attacked = run_attack(model, images, labels, make_attack(case.attack), case.epsilon, seed=seed)
+    model_info = {"sha256": model_sha256(model), "type": type(model).__name__,
+                  "reference": getattr(model, "labelflip_sidecar", None)}
+    device = str(next(model.parameters()).device)
+    return build_result(data, model_info, selection, attacked, device, time.perf_counter() - start), attacked
 
 
 def make_baseline(case: Case, result: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import BaselineError, ConfigError, DataNotFound, LabelflipError
-from .gate import PROFILES, Case, cases, get_profile
+from .profiles import PROFILES, Case, cases, get_profile
 
 if TYPE_CHECKING:
     import torch
@@ -187,29 +187,9 @@ class CaseRun:
 
 
 def _compute_run(case: Case, cfg: GateConfig, data: Dataset, model: nn.Module) -> CaseRun:
-    import time
+    from .gate import run_case, write_baseline
 
-    from .attacks import make_attack, run_attack
-    from .data import balanced_subset
-    from .gate import write_baseline
-    from .model_cache import model_sha256
-    from .report import build_result
-
-    start = time.perf_counter()
-    profile = get_profile(case.profile)
-    if profile.per_class is None:
-        import numpy as np
-
-        indices, selection = np.arange(len(data.test_labels)), "whole test set"
-    else:
-        indices = balanced_subset(data.test_labels, profile.per_class, data.num_classes)
-        selection = f"first {profile.per_class} test images of each class"
-    images, labels = data.tensors("test", indices)
-    attacked = run_attack(model, images, labels, make_attack(case.attack), case.epsilon, seed=cfg.seed)
-    model_info = {"sha256": model_sha256(model), "type": type(model).__name__,
-                  "reference": getattr(model, "labelflip_sidecar", None)}
-    device = str(next(model.parameters()).device)
-    result = build_result(data, model_info, selection, attacked, device, time.perf_counter() - start)
+    result, attacked = run_case(case, data, model, cfg.seed)
     if cfg.regen:
         write_baseline(case, cfg.baselines, result)
     return CaseRun(case, result, attacked.images, attacked.clipped)
