@@ -64,10 +64,12 @@ def reference_seconds(batch):
     return seconds
 
 
-def _record(benchmark, name, reference_seconds):
+def _record(benchmark, name, reference_seconds, device):
     best = benchmark.stats.stats.min
-    benchmark.extra_info.update(kernel=name, batch=BATCH, epsilon=EPSILON, device="cpu",
-                                images_per_s=BATCH / best, ratio_to_reference=best / reference_seconds[name])
+    steps = KERNELS[name][1]["steps"]
+    benchmark.extra_info.update(kernel=name, batch=BATCH, epsilon=EPSILON, steps=steps, device=str(device),
+                                images_per_s=BATCH / best, image_steps_per_s=BATCH * steps / best,
+                                ratio_to_reference=best / reference_seconds[name])
 
 
 @pytest.mark.parametrize("name", sorted(KERNELS))
@@ -76,7 +78,7 @@ def test_foolbox_kernel(benchmark, batch, reference_seconds, name):
     attack = KERNELS[name][0]
     result = benchmark.pedantic(run_attack, args=(model, x, y, attack, EPSILON), kwargs={"batch_size": BATCH},
                                 rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, name, reference_seconds)
+    _record(benchmark, name, reference_seconds, x.device)
     assert result.linf_norms.max() <= EPSILON + 1e-6
     assert result.success.any(), "the attack found no adversarial at all on a batch of 256"
 
@@ -86,5 +88,5 @@ def test_plain_torch_reference(benchmark, batch, reference_seconds, name):
     model, x, y = batch
     adv = benchmark.pedantic(plain_pgd, args=(model, x, y, EPSILON), kwargs=KERNELS[name][1],
                              rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, name, reference_seconds)
+    _record(benchmark, name, reference_seconds, x.device)
     assert (adv - x).abs().max() <= EPSILON + 1e-6
