@@ -562,19 +562,14 @@ def test_read_digits_csv_wrong_column_count(tmp_path):
     assert str(path) in str(exc.value)
 
 
-@pytest.mark.parametrize("value", [256, -1, 12.5])
-def test_read_digits_csv_bad_pixel(tmp_path, value):
+@pytest.mark.parametrize("row, col, value, message", [
+    *[(1, 400, v, "pixel values outside the integers 0..255") for v in (256, -1, 12.5)],
+    *[(2, 784, v, "labels outside 0..9") for v in (10, -1, 2.5)],
+])
+def test_read_digits_csv_bad_values(tmp_path, row, col, value, message):
     rows = digit_rows(3).astype(object)
-    rows[1, 400] = value
-    with pytest.raises(DataError, match="pixel values outside the integers 0..255"):
-        read_digits_csv(write_digits_csv(tmp_path / "d.csv.gz", rows))
-
-
-@pytest.mark.parametrize("value", [10, -1, 2.5])
-def test_read_digits_csv_bad_label(tmp_path, value):
-    rows = digit_rows(3).astype(object)
-    rows[2, 784] = value
-    with pytest.raises(DataError, match="labels outside 0..9"):
+    rows[row, col] = value
+    with pytest.raises(DataError, match=message):
         read_digits_csv(write_digits_csv(tmp_path / "d.csv.gz", rows))
 
 

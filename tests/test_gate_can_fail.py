@@ -7,8 +7,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
-# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.979 -> 0.975 (the
-# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.15 -> 0.24.
+# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.987 -> 0.975 (the
+# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.11 -> 0.24.
 WEIGHT_NOISE = 0.5
 
 WEAKENED_CONFTEST = f"""

@@ -27,8 +27,8 @@ def test_missing_then_regenerated_then_passing(pytester, tmp_path):
     assert written == ["fgsm-eps0.1.csv", "fgsm-eps0.1.json"]
 
     # Same model, same seed: the gate passes, with and without xdist.
-    gate(pytester, baselines, "-p", "no:xdist").assert_outcomes(passed=12)
-    gate(pytester, baselines, "-n", "2").assert_outcomes(passed=12)
+    for mode in (["-p", "no:xdist"], ["-n", "0"], ["-n", "2"]):
+        gate(pytester, baselines, *mode).assert_outcomes(passed=12)
 
 
 def test_unknown_profile_is_a_usage_error(pytester):
