@@ -37,23 +37,23 @@ def labelflip_model(labelflip_reference_model):
 """
 
 
-def run_gate(pytester):
-    pytester.makepyfile(test_gate=GATE_TESTS)
-    return pytester.runpytest_subprocess(
+def run_gate(pytester_gate):
+    pytester_gate.makepyfile(test_gate=GATE_TESTS)
+    return pytester_gate.runpytest_subprocess(
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick",
         "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))
 
 
 @pytest.mark.slow
-def test_unchanged_model_passes(pytester):
-    result = run_gate(pytester)
+def test_unchanged_model_passes(pytester_gate):
+    result = run_gate(pytester_gate)
     result.assert_outcomes(passed=24)
 
 
 @pytest.mark.slow
-def test_weakened_model_fails_per_class_flip_rates(pytester):
-    pytester.makeconftest(WEAKENED_CONFTEST)
-    result = run_gate(pytester)
+def test_weakened_model_fails_per_class_flip_rates(pytester_gate):
+    pytester_gate.makeconftest(WEAKENED_CONFTEST)
+    result = run_gate(pytester_gate)
     outcomes = result.parseoutcomes()
     failed = [line for line in result.outlines if line.startswith("FAILED")]
     flip_failures = [line for line in failed if "test_class_flip_rate" in line]

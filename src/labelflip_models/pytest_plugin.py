@@ -105,9 +105,14 @@ def gate_config(config: pytest.Config) -> GateConfig:
     seed = _setting(config, "labelflip_seed")
     if not str(seed).lstrip("-").isdigit():
         raise ConfigError(f"--labelflip-seed must be an integer, got {seed!r}")
+    device = _setting(config, "labelflip_device")
+    if device not in ("auto", "cpu"):  # only these need no torch import to validate
+        from .devices import resolve_device
+
+        resolve_device(device)
     baselines = Path(_setting(config, "labelflip_baselines"))
     return GateConfig(
-        profile=profile, device=_setting(config, "labelflip_device"),
+        profile=profile, device=device,
         baselines=baselines if baselines.is_absolute() else Path(config.rootpath) / baselines,
         data_dir=_setting(config, "labelflip_data_dir") or None, seed=int(seed),
         regen=config.getoption("labelflip_regen"), require_data=config.getoption("labelflip_require_data"),
