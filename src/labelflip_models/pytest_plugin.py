@@ -51,10 +51,14 @@ def _setting(config: pytest.Config, ini: str) -> str:
     return value if value is not None else config.getini(ini)
 
 
+_GATE_CONFIG = pytest.StashKey["GateConfig"]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     try:
-        gate_config(config)  # bad options fail here, once, before any collection
-    except (LabelflipError, ValueError) as exc:
+        # Parsed and validated once, so bad options fail before any collection.
+        config.stash[_GATE_CONFIG] = gate_config(config)
+    except LabelflipError as exc:
         raise pytest.UsageError(f"labelflip: {exc}") from None
     config.addinivalue_line("markers", "labelflip: an adversarial-robustness gate test (labelflip)")
     # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
@@ -124,7 +128,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     if not {"labelflip_case", "labelflip_class"} & set(metafunc.fixturenames):
         return
-    selected = cases(get_profile(gate_config(metafunc.config).profile))
+    selected = cases(get_profile(metafunc.config.stash[_GATE_CONFIG].profile))
     if "labelflip_class" in metafunc.fixturenames:
         pairs = [(c, i) for c in selected for i in range(len(CLASS_NAMES[c.dataset]))]
         metafunc.parametrize(("labelflip_case", "labelflip_class"), pairs,
@@ -135,7 +139,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
-    return gate_config(request.config)
+    return request.config.stash[_GATE_CONFIG]
 
 
 @pytest.fixture(scope="session")
