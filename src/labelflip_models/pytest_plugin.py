@@ -150,18 +150,19 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
     loaded: dict[str, Dataset] = {}
 
     def get(name: str) -> Dataset:
-        if name not in loaded:
-            try:
-                loaded[name] = load_dataset(name, labelflip_config.data_dir)
-            except DataNotFound as exc:
-                missing = str(exc)
-                if not labelflip_config.require_data:
-                    pytest.skip(missing)
-                pytest.fail(f"--labelflip-require-data: {missing}", pytrace=False)
-            except LabelflipError as exc:
-                problem = str(exc)
-                pytest.fail(problem, pytrace=False)
-        return loaded[name]
+        if name in loaded:
+            return loaded[name]
+        try:
+            loaded[name] = load_dataset(name, labelflip_config.data_dir)
+            return loaded[name]
+        except DataNotFound as exc:
+            missing, problem = str(exc), f"--labelflip-require-data: {exc}"
+        except LabelflipError as exc:
+            missing, problem = None, str(exc)
+        # Outside the except blocks, like every fail/skip here: no chained traceback in the report.
+        if missing is not None and not labelflip_config.require_data:
+            pytest.skip(missing)
+        pytest.fail(problem, pytrace=False)
 
     return get
 
@@ -290,4 +291,4 @@ def labelflip_baseline(labelflip_case: Case, labelflip_config: GateConfig,
             warnings.warn(f"labelflip: {labelflip_case.id}: model {current[:12]} is gated against baselines of "
                           f"model {recorded[:12]}", stacklevel=2)
         return baseline
-    pytest.fail(problem, pytrace=False)  # outside the except block: no chained traceback in the report
+    pytest.fail(problem, pytrace=False)
