@@ -1,31 +1,67 @@
-"""The robustness gate: for every (dataset, attack, ε) of the profile, the adversarials respect their
-budget, no class flips significantly more often than in its baseline, and the attack is not weaker."""
+"""The robustness gate, per (dataset, attack, ε) of the profile: adversarials respect their budget (or, for
+minimal-perturbation attacks, are what the run says they are), no class flips significantly more often than in
+its baseline, no class got significantly easier to flip, and the attack is not weaker."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from labelflip_models.gate import check_attack_success, check_flip_rate
+from labelflip_models.gate import check_attack_success, check_flip_rate, check_min_norm
+from labelflip_models.models import predict
 
 pytestmark = pytest.mark.labelflip
 
+ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
-EPSILON_TOLERANCE = 1e-6
+RELATIVE_TOLERANCE = 1e-5
 
 
-def test_epsilon_bound(labelflip_case, labelflip_run):
-    run = labelflip_run(labelflip_case)
+def measured_norms(run) -> torch.Tensor:
+    return torch.linalg.vector_norm((run.clipped - run.images).flatten(1), ord=ORDERS[run.result["attack"]["norm"]],
+                                    dim=1)
+
+
+def assert_within_bounds(run):
     lower, upper = run.result["attack"]["bounds"]
-    norms = (run.clipped - run.images).flatten(1).abs().amax(1)
-    over = torch.nonzero(norms > labelflip_case.epsilon + EPSILON_TOLERANCE).flatten()
-    assert len(over) == 0, (f"{len(over)} adversarials exceed ε={labelflip_case.epsilon}: images "
-                            f"{over[:10].tolist()} with L∞ norms {norms[over[:10]].tolist()}")
     assert run.clipped.min() >= lower and run.clipped.max() <= upper, (
         f"adversarials leave the input bounds [{lower}, {upper}]: range "
         f"[{run.clipped.min().item()}, {run.clipped.max().item()}]")
 
 
+@pytest.mark.labelflip_cases("fixed")
+def test_epsilon_bound(labelflip_case, labelflip_run):
+    run = labelflip_run(labelflip_case)
+    epsilon, norm = run.result["attack"]["epsilon"], run.result["attack"]["norm"]
+    norms = measured_norms(run)
+    over = torch.nonzero(norms > epsilon * (1 + RELATIVE_TOLERANCE) + 1e-7).flatten()
+    assert len(over) == 0, (f"{len(over)} adversarials exceed {norm} ε={epsilon}: images {over[:10].tolist()} "
+                            f"with norms {norms[over[:10]].tolist()}")
+    assert_within_bounds(run)
+
+
+@pytest.mark.labelflip_cases("minimal")
+def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_model, labelflip_dataset):
+    """Minimal attacks have no ε: the norms the run reports must be the adversarials' norms, and every success
+    must really change the class (checked with a fresh forward pass)."""
+    run = labelflip_run(labelflip_case)
+    measured = measured_norms(run)
+    wrong = torch.nonzero(~torch.isclose(run.norms, measured, rtol=RELATIVE_TOLERANCE, atol=1e-6)).flatten()
+    assert len(wrong) == 0, (f"reported norms differ from measured ones for images {wrong[:10].tolist()}: "
+                             f"{run.norms[wrong[:10]].tolist()} vs {measured[wrong[:10]].tolist()}")
+    assert_within_bounds(run)
+    model = labelflip_model(labelflip_dataset(labelflip_case.dataset))
+    succeeded = torch.nonzero(run.success).flatten()
+    assert run.attacked[succeeded].all(), "success reported for images the attack did not have to move"
+    now = predict(model, run.clipped[succeeded])
+    unchanged = succeeded[now == run.labels[succeeded]]
+    assert len(unchanged) == 0, f"successes that keep their true class: images {unchanged[:10].tolist()}"
+    assert torch.equal(now, run.adv_pred[succeeded]), "recorded adversarial predictions differ from the model's"
+
+
+@pytest.mark.labelflip_cases("fixed")
 def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline):
     result = labelflip_run(labelflip_case).result
     name = result["class_names"][labelflip_class]
@@ -34,6 +70,18 @@ def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelfl
     assert decision.passed, f"{labelflip_case.id}: flip rate regressed: {decision.message}"
 
 
+@pytest.mark.labelflip_cases("minimal")
+def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline):
+    run = labelflip_run(labelflip_case)
+    name = run.result["class_names"][labelflip_class]
+    floor = labelflip_baseline["gate"]["min_norm_floor"][name]
+    if floor is None:
+        pytest.skip(f"{labelflip_case.id}: too few baseline images of class {name!r} for a bound on the median")
+    decision = check_min_norm(name, run.class_norms()[name], floor)
+    assert decision.passed, f"{labelflip_case.id}: class got easier to flip: {decision.message}"
+
+
+@pytest.mark.labelflip_cases("all")
 def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline):
     success = labelflip_run(labelflip_case).result["attack_success"]
     decision = check_attack_success(success["count"], success["n"], labelflip_baseline["min_success"])

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from labelflip_models.errors import BaselineError, ConfigError
-from labelflip_models.gate import (BASELINE_SCHEMA, check_attack_success, check_flip_rate, load_baseline,
-                                   write_baseline)
+from labelflip_models.gate import (BASELINE_SCHEMA, check_attack_success, check_catch_all, check_dominant_targets,
+                                   check_flip_rate, check_min_norm, check_noise, check_symmetry, load_baseline,
+                                   load_noise_baseline, make_baseline, write_baseline, write_noise_baseline)
 from labelflip_models.profiles import PROFILES, Case, cases, get_profile
+from labelflip_models.report import analyse
 
 NAMES = [str(c) for c in range(10)]
 CASE = Case("quick", "mnist-5k", "linf-pgd", 0.1)
@@ -21,7 +23,7 @@ def fake_result(flips_per_class=10, n_per_class=100, success=(80, 90)):
     rate = {n: {"count": flips_per_class, "n": n_per_class} for n in NAMES}
     return {"class_names": NAMES, "flip_matrix": matrix.tolist(), "per_class_flip_rate": rate,
             "attack_success": {"count": success[0], "n": success[1]},
-            "dataset": {"n": 10 * n_per_class}}
+            "dataset": {"n": 10 * n_per_class}, "analysis": analyse(matrix, NAMES, seed=0)}
 
 
 def test_identical_counts_pass_and_a_large_jump_fails():
@@ -62,6 +64,8 @@ def _tamper(tmp_path, edit):
     (lambda d: d["gate"]["max_flip_rate"].update({"3": math.nan}), r"max_flip_rate\['3'\]"),
     (lambda d: d["gate"]["max_flip_rate"].update({"3": 1.5}), "in \\[0, 1\\]"),
     (lambda d: d["gate"].pop("min_attack_success"), "malformed"),
+    (lambda d: d["gate"]["symmetry"].pop("induced"), "malformed"),
+    (lambda d: d["gate"]["catch_all"].pop("ruled_out"), "malformed"),
     (lambda d: d["case"].update(epsilon=0.2), "baseline is for"),
     (lambda d: d["result"]["dataset"].update(n=500), "evaluated 500 images"),
     (lambda d: d["result"]["flip_matrix"][0].__setitem__(0, 89), "does not match"),
@@ -79,8 +83,93 @@ def test_missing_baseline_says_how_to_create_it(tmp_path):
 
 def test_profiles():
     smoke = cases(get_profile("smoke"))
-    assert len(smoke) == len(set(c.id for c in smoke)) == 2 * 2 * 4
-    assert get_profile("paper").epsilons == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    assert len(smoke) == len(set(c.id for c in smoke)) == 2 * (2 * 4 + 1 + 5)
+    assert {c.id for c in smoke} >= {"mnist-5k-l2-cw-min", "fashion-mnist-linf-pgd-eps0.2", "mnist-5k-l0-bb-min"}
+    paper = get_profile("paper")
+    assert paper.spec("linf-pgd").epsilons == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    assert paper.spec("l2-cw").params == ()  # the paper profile keeps Foolbox's defaults
+    assert paper.images_per_class("l0-bb") == 100 and paper.images_per_class("l0-bb", uncapped=True) is None
+    assert get_profile("smoke").images_per_class("fgsm") == 100
     assert set(PROFILES) >= {"smoke", "paper", "quick"}
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("nightly")
+
+
+# --------------------------------------------------------------------------------------------------
+# The flip-structure checks: symmetry, catch-all classes, dominant targets, minimal norms, white noise
+# --------------------------------------------------------------------------------------------------
+
+def test_symmetry_check_allows_noise_and_catches_a_real_shift():
+    base = {"score": 0.60, "se": 0.04}
+    assert check_symmetry("entrywise", {"score": 0.60, "se": 0.04}, base).passed
+    assert check_symmetry("entrywise", {"score": 0.50, "se": 0.04}, base).passed  # < 2.58 * 0.057
+    failed = check_symmetry("induced", {"score": 0.30, "se": 0.04}, base)
+    assert not failed.passed and "induced" in failed.message and "-0.300" in failed.message
+    assert check_symmetry("entrywise", {"score": None, "se": None}, {"score": None, "se": None}).passed
+    assert not check_symmetry("entrywise", {"score": None, "se": None}, base).passed
+
+
+def catch_all_matrix(column, share, flips=500, k=10):
+    """Off-diagonal flips: `share` of them land in `column`, the rest spread evenly."""
+    matrix = np.zeros((k, k), dtype=int)
+    rest = flips - int(share * flips)
+    for i in range(k):
+        if i != column:
+            matrix[i, column] = int(share * flips) // (k - 1)
+        for j in range(k):
+            if j not in (i, column):
+                matrix[i, j] = rest // (k * (k - 2))
+    return matrix
+
+
+def test_catch_all_check_has_hysteresis():
+    base_result = fake_result()
+    base_result["analysis"] = analyse(catch_all_matrix(6, 0.6), NAMES, seed=0)
+    gate = make_baseline(CASE, base_result)["gate"]["catch_all"]
+    assert gate["classes"] == ["6"] and "0" in gate["ruled_out"] and "6" not in gate["ruled_out"]
+    same = analyse(catch_all_matrix(6, 0.55), NAMES, seed=0)["catch_all"]
+    assert check_catch_all(same["shares"], same["flips"], gate).passed
+    moved = analyse(catch_all_matrix(3, 0.6), NAMES, seed=0)["catch_all"]
+    decision = check_catch_all(moved["shares"], moved["flips"], gate)
+    assert not decision.passed and "'6' no longer absorbs" in decision.message and "'3' became" in decision.message
+
+
+def test_dominant_target_check_only_fails_on_a_clear_change():
+    matrix = np.zeros((10, 10), dtype=int)
+    matrix[5, 7], matrix[5, 9] = 80, 20
+    base = {"5": "7"}
+    assert check_dominant_targets(matrix, NAMES, base).passed
+    matrix[5, 9] = 95  # 95 vs 80: not significant
+    assert check_dominant_targets(matrix, NAMES, base).passed
+    matrix[5, 9] = 160
+    decision = check_dominant_targets(matrix, NAMES, base)
+    assert not decision.passed and "'5' now flips to '9' (160) over '7' (80)" in decision.message
+
+
+def test_min_norm_check():
+    rng = np.random.default_rng(0)
+    base = rng.exponential(1.0, 60)
+    floor = make_baseline(CASE, fake_result(), {"0": base})["gate"]["min_norm_floor"]["0"]
+    assert 0 < floor < np.median(base)
+    assert check_min_norm("0", rng.exponential(1.0, 60), floor).passed
+    easier = check_min_norm("0", rng.exponential(0.2, 60), floor)
+    assert not easier.passed and "easier" not in easier.message and "floor" in easier.message
+    # Failed attacks (inf) make a class look harder to flip, never easier.
+    assert check_min_norm("0", np.full(60, np.inf), floor).passed
+
+
+def test_noise_baseline_round_trip_and_check(tmp_path):
+    noise = {"class_names": NAMES, "counts": [0, 0, 0, 0, 0, 0, 0, 0, 900, 100], "n": 1000,
+             "model": {"sha256": "x"}}
+    path = write_noise_baseline(tmp_path / "quick" / "mnist-5k" / "white-noise.json", noise, "quick")
+    baseline = load_noise_baseline(path, NAMES, 1000, "quick")
+    assert check_noise([0, 0, 0, 0, 0, 0, 0, 0, 890, 110], baseline["result"]["counts"], NAMES).passed
+    moved = check_noise([0, 0, 0, 0, 0, 0, 0, 0, 500, 500], baseline["result"]["counts"], NAMES)
+    assert not moved.passed and "top: 8 900, 9 100" in moved.message
+    with pytest.raises(BaselineError, match="classified 1000 noise images, this run 2000"):
+        load_noise_baseline(path, NAMES, 2000, "quick")
+    path.write_text("{")
+    with pytest.raises(BaselineError, match="unreadable white-noise baseline"):
+        load_noise_baseline(path, NAMES, 1000, "quick")
+    with pytest.raises(BaselineError, match="--labelflip-regen --labelflip-profile quick -k white_noise"):
+        load_noise_baseline(tmp_path / "missing.json", NAMES, 1000, "quick")

@@ -1,4 +1,4 @@
-"""`labelflip` command line: train and attack the reference models."""
+"""`labelflip` command line: train, attack and probe the reference models or your own, and report the results."""
 
 from __future__ import annotations
 
@@ -9,12 +9,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .attacks import ATTACKS, Bounds, check_epsilon, make_attack, run_attack
-from .data import DATASETS, first_n, load_dataset
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack, run_attack
+from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import LabelflipError
-from .model_cache import load_or_train
-from .report import benchmark_table, build_result, check_out_dir, write_run
+from .gate import pixel_images, run_noise_probe
+from .model_cache import load_or_train, model_sha256
+from .model_io import check_model, load_model, parse_bounds, parse_channel_values, parse_class_names
+from .report import benchmark_table, build_result, check_out_dir, write_noise, write_run
+from .reports import load_runs, write_report
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -23,7 +32,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--arch", default="cw-mnist", help="architecture of the reference model")
+    p.add_argument("--arch", help="architecture: of the reference model (default cw-mnist), or of a state-dict --model")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own model (default: labelflip's reference model for --dataset)")
+    g.add_argument("--model", help="TorchScript file, or state_dict / safetensors file together with --arch")
+    g.add_argument("--mean", help="normalisation mean the model expects: one value or one per channel")
+    g.add_argument("--std", help="normalisation std the model expects: one value or one per channel")
+    g.add_argument("--bounds", default="0,1", help="LO,HI pixel range of the model's input (default 0,1); "
+                                                   "ε is in these units")
+    g.add_argument("--class-names", help="comma-separated class names, or @FILE with one name per line")
+    g.add_argument("--trust-pickle", action="store_true",
+                   help="load a pickled whole-module checkpoint (this executes code from the file)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,11 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train)
     attack = sub.add_parser("attack", help="attack test images, write flip_matrix.csv and result.json")
     _common(attack)
+    _model_options(attack)
     attack.add_argument("--attack", required=True, choices=sorted(ATTACKS))
-    attack.add_argument("--epsilon", type=float, required=True, help="L∞ budget in pixel space ([0, 1])")
+    attack.add_argument("--epsilon", type=float,
+                        help="budget of a fixed-ε attack, in the attack's norm and pixel space (omit for minimal "
+                             "attacks: l2-cw, l0-bb, l1-bb, l2-deepfool, linf-deepfool)")
+    attack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one of the attack's Foolbox parameters, e.g. --param steps=100 (repeatable)")
     attack.add_argument("--limit", type=int, help="attack only the first N test images (dataset order)")
     attack.add_argument("--batch-size", type=int, default=256)
     attack.add_argument("--out", required=True, help="output directory")
+    noise = sub.add_parser("noise", help="white-noise probe: classify uniform-noise images, write noise.json")
+    _common(noise)
+    _model_options(noise)
+    noise.add_argument("--n", type=int, default=10000, help="number of noise images (default 10000)")
+    noise.add_argument("--out", required=True, help="output directory")
+    report = sub.add_parser("report", help="heatmaps, trend plots, summary.md, report.html and report.json of runs")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by attack/noise (or parents)")
+    report.add_argument("--out", required=True, help="output directory")
     table = sub.add_parser("bench-table", help="Markdown table from a pytest-benchmark JSON report")
     table.add_argument("report", help="file written by pytest --benchmark-json")
     return parser
@@ -46,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace, progress: bool):
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
-    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress)
+    trained = load_or_train(data, arch=args.arch or "cw-mnist", seed=args.seed, device=device, progress=progress)
     return data, trained
 
 
@@ -60,31 +94,100 @@ def cmd_train(args: argparse.Namespace, progress: bool) -> None:
         print(f"note: {data.note}")
 
 
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise LabelflipError(f"--param needs NAME=VALUE, got {item!r}")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value  # a bare string, e.g. loss=logits
+    return params
+
+
+def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, nn.Module, dict[str, Any], Bounds]:
+    """The dataset (class names overridden if asked) and the model under attack: the user's file or our reference."""
+    bounds = Bounds(*parse_bounds(args.bounds))
+    mean = parse_channel_values(args.mean, "--mean") if args.mean else None
+    std = parse_channel_values(args.std, "--std") if args.std else None
+    if args.model is None:
+        if mean or std or args.trust_pickle or args.bounds != "0,1":
+            raise LabelflipError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
+        data, trained = _train(args, progress)
+        model, info = trained.model, {"arch": args.arch or "cw-mnist", "sha256": trained.sha256,
+                                      "test_accuracy": trained.test_accuracy, "path": str(trained.weights_path)}
+    else:
+        data = load_dataset(args.dataset, args.data_dir, args.download)
+        sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), bounds)
+        model = load_model(Path(args.model), arch=args.arch, mean=mean, std=std, trust_pickle=args.trust_pickle,
+                           in_channels=sample.shape[1], num_classes=data.num_classes)
+        check_model(model, sample, data.num_classes)
+        model = model.to(resolve_device(args.device))
+        info = {"path": str(Path(args.model).absolute()), "arch": args.arch, "sha256": model_sha256(model)}
+    if args.class_names:
+        data = replace(data, class_names=parse_class_names(args.class_names, data.num_classes))
+    return data, model, info, bounds
+
+
 def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     start = time.perf_counter()
     out = check_out_dir(args.out)
-    check_epsilon(args.epsilon, Bounds())
+    attack = make_attack(args.attack, **_parse_params(args.param))
     if args.limit is not None and args.limit <= 0:
         raise LabelflipError(f"--limit must be a positive number of images, got {args.limit}")
     if args.batch_size <= 0:
         raise LabelflipError(f"--batch-size must be positive, got {args.batch_size}")
-    data, trained = _train(args, progress)
+    data, model, info, bounds = _model_and_data(args, progress)
+    check_epsilon_for(attack, args.epsilon, bounds)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
-    images, labels = data.tensors("test", indices)
-    result = run_attack(trained.model, images, labels, make_attack(args.attack), args.epsilon,
+    images, labels = pixel_images(data, indices, bounds)
+    result = run_attack(model, images, labels, attack, args.epsilon, bounds=bounds,
                         batch_size=args.batch_size, seed=args.seed, progress=progress)
-    model_info = {"arch": args.arch, "sha256": trained.sha256, "test_accuracy": trained.test_accuracy,
-                  "path": str(trained.weights_path)}
-    summary = build_result(data, model_info, f"first {len(indices)} test images", result,
-                           resolve_device(args.device), time.perf_counter() - start)
+    summary = build_result(data, info, f"first {len(indices)} test images", result,
+                           str(next(model.parameters()).device), time.perf_counter() - start)
     csv_path, json_path = write_run(out, summary)
     frac = summary["flip_fraction"]
-    print(f"{data.name} {args.attack} ε={args.epsilon:g}: {frac['count']}/{frac['n']} images flipped "
+    budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
+    sym = summary["analysis"]["symmetry"]
+    print(f"{data.name} {args.attack} {budget}: {frac['count']}/{frac['n']} images flipped "
           f"({frac['rate']:.3f}), clean accuracy {summary['clean_accuracy']['rate']:.3f}, "
           f"attack success {summary['attack_success']['rate']:.3f}")
+    print(f"symmetry: entrywise {_score(sym['entrywise'])}, induced {_score(sym['induced'])}; catch-all classes: "
+          f"{', '.join(summary['analysis']['catch_all']['classes']) or 'none'}")
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
+
+
+def _score(s: dict[str, Any]) -> str:
+    if s["score"] is None:
+        return "undefined (no flips)"
+    return f"{s['score']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] p={s['p_value']:.3g}"
+
+
+def cmd_noise(args: argparse.Namespace, progress: bool) -> None:
+    out = check_out_dir(args.out)
+    if args.n <= 0:
+        raise LabelflipError(f"--n must be a positive number of images, got {args.n}")
+    data, model, info, bounds = _model_and_data(args, progress)
+    noise = run_noise_probe(data, model, args.n, args.seed, (bounds.lower, bounds.upper))
+    noise["model"] = info
+    path = write_noise(out, noise)
+    shares = noise["histogram"]["histogram"]
+    top = ", ".join(f"{name} {shares[name]['share']:.1%}" for name in noise["histogram"]["top"][:3])
+    print(f"{data.name}: {noise['n']} uniform-noise images; most land in: {top}")
+    print(f"wrote {path}")
+
+
+def cmd_report(args: argparse.Namespace, progress: bool) -> None:
+    out = check_out_dir(args.out)
+    results, noise = load_runs([Path(r) for r in args.runs])
+    written = write_report(out, results, noise)
+    print(f"report of {len(results)} attack runs and {len(noise)} noise probes:")
+    for what, path in written.items():
+        print(f"  {what}: {path}")
 
 
 def cmd_bench_table(args: argparse.Namespace, progress: bool) -> None:
@@ -99,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     progress = sys.stderr.isatty()
     try:
-        commands = {"train": cmd_train, "attack": cmd_attack, "bench-table": cmd_bench_table}
+        commands = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
+                    "bench-table": cmd_bench_table}
         commands[args.command](args, progress)
     except LabelflipError as exc:
         print(f"labelflip: error: {exc}", file=sys.stderr)

@@ -17,71 +17,134 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from scipy.stats import binomtest
+from scipy.stats import norm as scipy_norm
 from torch import nn
 
 from .atomic import atomic_write_text
-from .attacks import AttackResult, make_attack, run_attack
+from .attacks import AttackResult, Bounds, make_attack, run_attack
 from .data import Dataset, balanced_subset
 from .errors import BaselineError
 from .flips import one_sided_wilson, read_csv, to_csv
+from .min_norms import median_ci
+from .noise import compare_histograms, noise_probe
 from .model_cache import model_sha256
 from .profiles import REGEN_HINT, Case, Profile, get_profile
-from .report import build_result
+from .report import build_noise_result, build_result
 
-BASELINE_SCHEMA = "labelflip.baseline/1"
+BASELINE_SCHEMA = "labelflip.baseline/2"
+NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"
+SYMMETRY_NORMS = ("entrywise", "induced")
 # The baseline's thresholds are one-sided 97.5% bounds; the gate's bound on a new run is one-sided 99%.
 BASELINE_CONFIDENCE = 0.975
 GATE_CONFIDENCE = 0.99
 
 
-def select(profile: Profile, data: Dataset) -> tuple[np.ndarray, str]:
-    """The test images a profile attacks, and how to say which they are."""
-    if profile.per_class is None:
+def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False) -> tuple[np.ndarray, str]:
+    """The test images a profile attacks with `attack`, and how to say which they are."""
+    per_class = profile.images_per_class(attack, uncapped)
+    if per_class is None:
         return np.arange(len(data.test_labels)), "whole test set"
-    indices = balanced_subset(data.test_labels, profile.per_class, data.num_classes)
-    return indices, f"first {profile.per_class} test images of each class"
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes)
+    return indices, f"first {per_class} test images of each class"
 
 
-def run_case(case: Case, data: Dataset, model: nn.Module, seed: int) -> tuple[dict[str, Any], AttackResult]:
-    """Attack the case's images; return result.json's content and the adversarials."""
-    start = time.perf_counter()
-    indices, selection = select(get_profile(case.profile), data)
+def pixel_images(data: Dataset, indices: np.ndarray, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test images mapped from [0, 1] onto the model's pixel range, and their labels."""
     images, labels = data.tensors("test", indices)
-    attacked = run_attack(model, images, labels, make_attack(case.attack), case.epsilon, seed=seed)
-    model_info = {"sha256": model_sha256(model), "type": type(model).__name__,
-                  "reference": getattr(model, "labelflip_sidecar", None)}
+    return bounds.lower + images * (bounds.upper - bounds.lower), labels
+
+
+def run_case(case: Case, data: Dataset, model: nn.Module, seed: int, bounds: Bounds = Bounds(),
+             uncapped: bool = False) -> tuple[dict[str, Any], AttackResult]:
+    """Attack the case's images; return result.json's content and the adversarials.
+
+    Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
+    """
+    start = time.perf_counter()
+    profile = get_profile(case.profile)
+    indices, selection = select(profile, data, case.attack, uncapped)
+    images, labels = pixel_images(data, indices, bounds)
+    attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
+    epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
+    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, seed=seed)
     device = str(next(model.parameters()).device)
-    return build_result(data, model_info, selection, attacked, device, time.perf_counter() - start), attacked
+    return build_result(data, model_info(model), selection, attacked, device, time.perf_counter() - start), attacked
 
 
-def make_baseline(case: Case, result: dict[str, Any]) -> dict[str, Any]:
+def run_noise_probe(data: Dataset, model: nn.Module, n: int, seed: int,
+                    bounds: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+    """Classify `n` uniform-noise images of the dataset's shape; return noise.json's content."""
+    start = time.perf_counter()
+    shape = tuple(data.tensors("test", np.arange(1))[0].shape[1:])
+    counts = noise_probe(model, n, shape, bounds, seed)
+    device = str(next(model.parameters()).device)
+    return build_noise_result(data, model_info(model), counts, seed, bounds, device, time.perf_counter() - start)
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    return {"sha256": model_sha256(model), "type": type(model).__name__,
+            "reference": getattr(model, "labelflip_sidecar", None), "source": getattr(model, "labelflip_source", None)}
+
+
+def _norm_floors(norms: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Per class, the one-sided lower bound of the median minimal norm (None: too few images for a bound)."""
+    floors = {}
+    for name, values in norms.items():
+        ci = median_ci(values, 2 * BASELINE_CONFIDENCE - 1)
+        floors[name] = None if ci is None or not math.isfinite(ci[1]) else float(ci[1])
+    return floors
+
+
+def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.ndarray] | None = None,
+                  ) -> dict[str, Any]:
+    """The committed baseline: the run itself plus the thresholds derived from it.
+
+    `class_norms` (minimal attacks only): per class, the minimal norms of the attacked images (inf = attack failed).
+    """
     names = result["class_names"]
     per_class = result["per_class_flip_rate"]
     max_rate = {n: float(one_sided_wilson(per_class[n]["count"], per_class[n]["n"], BASELINE_CONFIDENCE, "upper"))
                 for n in names}
     success = result["attack_success"]
+    analysis = result["analysis"]
+    catch = analysis["catch_all"]
+    upper = {n: float(one_sided_wilson(v["count"], catch["flips"], BASELINE_CONFIDENCE, "upper"))
+             for n, v in catch["shares"].items()}
+    lower = {n: float(one_sided_wilson(v["count"], catch["flips"], BASELINE_CONFIDENCE, "lower"))
+             for n, v in catch["shares"].items()}
+    gate = {
+        "method": "wilson",
+        "baseline_confidence": BASELINE_CONFIDENCE,
+        "gate_confidence": GATE_CONFIDENCE,
+        "max_flip_rate": max_rate,
+        "min_attack_success": float(one_sided_wilson(success["count"], success["n"], BASELINE_CONFIDENCE, "lower")),
+        "symmetry": {norm: {k: analysis["symmetry"][norm][k] for k in ("score", "se")} for norm in SYMMETRY_NORMS},
+        # Hysteresis: only classes clearly above or clearly below the threshold are held to their side of it.
+        "catch_all": {"threshold": catch["threshold"],
+                      "classes": [n for n in names if lower[n] > catch["threshold"]],
+                      "ruled_out": [n for n in names if upper[n] < catch["threshold"]]},
+        "dominant_targets": {n: d["target"] for n, d in analysis["dominant_targets"].items() if d["strong"]},
+    }
+    if class_norms is not None:
+        gate["min_norm_floor"] = _norm_floors(class_norms)
     return {
         "schema": BASELINE_SCHEMA,
         "case": {"profile": case.profile, "dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon},
         "regenerate_with": REGEN_HINT.format(profile=case.profile),
-        "gate": {
-            "method": "wilson",
-            "baseline_confidence": BASELINE_CONFIDENCE,
-            "gate_confidence": GATE_CONFIDENCE,
-            "max_flip_rate": max_rate,
-            "min_attack_success": float(one_sided_wilson(success["count"], success["n"],
-                                                         BASELINE_CONFIDENCE, "lower")),
-        },
+        "gate": gate,
         "result": result,
     }
 
 
-def write_baseline(case: Case, root: Path, result: dict[str, Any]) -> Path:
+def write_baseline(case: Case, root: Path, result: dict[str, Any],
+                   class_norms: dict[str, np.ndarray] | None = None) -> Path:
     """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete."""
     atomic_write_text(case.baseline_path(root, ".csv"),
                       to_csv(np.array(result["flip_matrix"]), result["class_names"]))
     json_path = case.baseline_path(root, ".json")
-    atomic_write_text(json_path, json.dumps(make_baseline(case, result), indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n")
     return json_path
 
 
@@ -110,7 +173,13 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
         max_rate = gate["max_flip_rate"]
         min_success = _check_rate(gate["min_attack_success"], "min_attack_success", path)
         baseline_n, baseline_names = result["dataset"]["n"], result["class_names"]
-    except (KeyError, TypeError) as exc:
+        for norm in SYMMETRY_NORMS:
+            gate["symmetry"][norm]["score"], gate["symmetry"][norm]["se"]
+        gate["catch_all"]["threshold"], gate["catch_all"]["classes"], gate["catch_all"]["ruled_out"]
+        gate["dominant_targets"].items()
+        if case.minimal:
+            gate["min_norm_floor"].items()
+    except (KeyError, TypeError, AttributeError) as exc:
         raise BaselineError(f"{path}: malformed baseline (missing {exc}); regenerate it with: {hint}") from None
     if recorded != {"dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon}:
         raise BaselineError(f"{path}: baseline is for {recorded}, not {case.id}")
@@ -145,3 +214,96 @@ def check_attack_success(succeeded: int, attacked: int, min_success: float) -> D
     text = (f"attack succeeded on {succeeded}/{attacked} correctly classified images ({GATE_CONFIDENCE:.0%} upper "
             f"bound {upper:.3f}) vs baseline floor {min_success:.3f}")
     return Decision(upper >= min_success, text)
+
+
+def check_symmetry(norm: str, now: dict[str, float | None], base: dict[str, float | None]) -> Decision:
+    """Two-sample z-test on the score difference, each run's standard error from its own bootstrap."""
+    if now["score"] is None or base["score"] is None:
+        return Decision(now["score"] is None and base["score"] is None,
+                        f"{norm} symmetry score {now['score']} vs baseline {base['score']} (None: no flips)")
+    z = float(scipy_norm.ppf(0.5 + GATE_CONFIDENCE / 2))
+    allowed = z * math.hypot(now["se"], base["se"])
+    diff = now["score"] - base["score"]
+    return Decision(abs(diff) <= allowed,
+                    f"{norm} symmetry score {now['score']:.3f} vs baseline {base['score']:.3f}: difference "
+                    f"{diff:+.3f}, allowed ±{allowed:.3f} ({GATE_CONFIDENCE:.0%}, bootstrap standard errors "
+                    f"{now['se']:.3f} and {base['se']:.3f})")
+
+
+def check_catch_all(shares: dict[str, dict[str, Any]], flips: int, base: dict[str, Any]) -> Decision:
+    """A baseline catch-all class must not fall clearly below the threshold, nor a ruled-out one rise clearly above."""
+    threshold = base["threshold"]
+    problems = []
+    for name, share in shares.items():
+        lower = float(one_sided_wilson(share["count"], flips, GATE_CONFIDENCE, "lower"))
+        upper = float(one_sided_wilson(share["count"], flips, GATE_CONFIDENCE, "upper"))
+        if name in base["classes"] and upper < threshold:
+            problems.append(f"{name!r} no longer absorbs flips ({share['count']}/{flips}, upper bound {upper:.3f})")
+        if name in base["ruled_out"] and lower > threshold:
+            problems.append(f"{name!r} became a catch-all ({share['count']}/{flips}, lower bound {lower:.3f})")
+    text = (f"catch-all threshold {threshold:.3f} of all flips; baseline catch-alls {base['classes']}; "
+            + ("; ".join(problems) if problems else "no class crossed it clearly"))
+    return Decision(not problems, text)
+
+
+def check_dominant_targets(matrix: np.ndarray, class_names: list[str], base: dict[str, str]) -> Decision:
+    """Where the baseline's dominant target was strong, no other target may now clearly beat it (binomial test)."""
+    index = {n: i for i, n in enumerate(class_names)}
+    problems = []
+    for name, target in base.items():
+        row, t = matrix[index[name]], index[target]
+        for j, count in enumerate(row):
+            if j in (index[name], t) or count <= row[t]:
+                continue
+            p = binomtest(int(count), int(count + row[t]), 0.5, alternative="greater").pvalue
+            if p < 1 - GATE_CONFIDENCE:
+                problems.append(f"{name!r} now flips to {class_names[j]!r} ({count}) over {target!r} ({row[t]}), "
+                                f"p={p:.2g}")
+    return Decision(not problems, "; ".join(problems) or f"{len(base)} strong dominant targets unchanged")
+
+
+def check_min_norm(name: str, norms: np.ndarray, floor: float) -> Decision:
+    """A class regresses when even the upper bound of its median minimal norm lies below the baseline's floor."""
+    ci = median_ci(norms, 2 * GATE_CONFIDENCE - 1)
+    if ci is None:
+        return Decision(False, f"class {name!r}: no attacked images")
+    median, _, upper = ci
+    return Decision(upper >= floor, f"class {name!r}: median minimal norm {median:.4g} ({GATE_CONFIDENCE:.0%} upper "
+                                    f"bound {upper:.4g}) vs baseline floor {floor:.4g}")
+
+
+def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Path:
+    atomic_write_text(path, json.dumps({"schema": NOISE_BASELINE_SCHEMA, "regenerate_with": REGEN_HINT.format(
+        profile=profile), "result": noise}, indent=1) + "\n")
+    return path
+
+
+def load_noise_baseline(path: Path, class_names: list[str], n: int, profile: str) -> dict[str, Any]:
+    hint = REGEN_HINT.format(profile=profile) + " -k white_noise"
+    if not path.exists():
+        raise BaselineError(f"no white-noise baseline at {path}; create it with: {hint}")
+    try:
+        baseline = json.loads(path.read_text())
+        if baseline["schema"] != NOISE_BASELINE_SCHEMA:
+            raise BaselineError(f"{path}: schema {baseline['schema']!r}, expected {NOISE_BASELINE_SCHEMA!r}; "
+                                f"regenerate it with: {hint}")
+        counts, names, base_n = baseline["result"]["counts"], baseline["result"]["class_names"], baseline["result"]["n"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BaselineError(f"{path}: unreadable white-noise baseline ({exc!r}); regenerate it with: {hint}") from None
+    if names != class_names or len(counts) != len(names) or sum(counts) != base_n:
+        raise BaselineError(f"{path}: histogram does not fit the classes {class_names}; regenerate it with: {hint}")
+    if base_n != n:
+        raise BaselineError(f"{path}: baseline classified {base_n} noise images, this run {n}; regenerate: {hint}")
+    return baseline
+
+
+def _top(counts: list[int], class_names: list[str]) -> str:
+    return ", ".join(f"{class_names[i]} {counts[i]}" for i in np.argsort(counts, kind="stable")[::-1][:3])
+
+
+def check_noise(counts: list[int], base_counts: list[int], class_names: list[str]) -> Decision:
+    test = compare_histograms(np.array(base_counts), np.array(counts))
+    return Decision(test["p_value"] >= 1 - GATE_CONFIDENCE,
+                    f"white-noise histogram (top: {_top(counts, class_names)}) vs baseline (top: "
+                    f"{_top(base_counts, class_names)}): "
+                    f"{test['test']} p={test['p_value']:.3g}")

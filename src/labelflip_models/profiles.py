@@ -1,9 +1,13 @@
-"""Gate profiles: which (dataset, attack, ε) cases run, on which test images. Cheap to import."""
+"""Gate profiles: which (dataset, attack, ε) cases run, with which attack settings, on which test images.
+
+Cheap to import (no torch): the pytest plugin parameterises tests from these at collection time.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -11,20 +15,76 @@ REGEN_HINT = "pytest robustness_tests --labelflip-regen --labelflip-profile {pro
 
 
 @dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a profile. `epsilons=None` marks a minimal-perturbation attack (run with ε=None)."""
+
+    attack: str
+    epsilons: tuple[float, ...] | None
+    # Overrides of Foolbox's defaults, as (name, value) pairs so the spec stays hashable.
+    params: tuple[tuple[str, Any], ...] = ()
+    # Images per class for this attack when it must be capped below the profile's (None: the profile's).
+    per_class: int | None = None
+
+    @property
+    def minimal(self) -> bool:
+        return self.epsilons is None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     datasets: tuple[str, ...]
-    attacks: tuple[str, ...]
-    epsilons: tuple[float, ...]
+    attacks: tuple[AttackSpec, ...]
     per_class: int | None  # images per class from the test set; None means the whole test set
+    noise_samples: int  # uniform-noise images for the white-noise probe
 
+    def spec(self, attack: str) -> AttackSpec:
+        for spec in self.attacks:
+            if spec.attack == attack:
+                return spec
+        raise ConfigError(f"profile {self.name!r} has no attack {attack!r}")
+
+    def images_per_class(self, attack: str, uncapped: bool = False) -> int | None:
+        cap = self.spec(attack).per_class
+        if cap is None or uncapped:
+            return self.per_class
+        return cap if self.per_class is None else min(cap, self.per_class)
+
+
+SMOKE_EPSILONS = (0.02, 0.05, 0.1, 0.2)
+PAPER_EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# Carlini-Wagner's defaults (9 binary-search steps x 10,000 steps) take minutes per image on a CPU; 5 x 100 with
+# early abort finds adversarials for every image we tried, at larger norms than the full search.
+CW_SMOKE = (("binary_search_steps", 5), ("steps", 100))
+# Brendel-Bethge's per-sample trust-region solver runs on the CPU (numba) whatever the device.
+BB_SMOKE = (("steps", 100),)
+# The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
+PAPER_BB_PER_CLASS = 100
 
 PROFILES = {
     # A minute-long pre-commit check; also what the test that proves the gate can fail runs.
-    "quick": Profile("quick", ("mnist-5k",), ("fgsm", "linf-pgd"), (0.1,), 100),
-    "smoke": Profile("smoke", ("fashion-mnist", "mnist-5k"), ("fgsm", "linf-pgd"), (0.02, 0.05, 0.1, 0.2), 100),
-    "paper": Profile("paper", ("fashion-mnist", "mnist"), ("fgsm", "linf-pgd"),
-                     (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), None),
+    "quick": Profile("quick", ("mnist-5k",), (AttackSpec("fgsm", (0.1,)), AttackSpec("linf-pgd", (0.1,))),
+                     per_class=100, noise_samples=1000),
+    "smoke": Profile("smoke", ("fashion-mnist", "mnist-5k"), (
+        AttackSpec("fgsm", SMOKE_EPSILONS),
+        AttackSpec("linf-pgd", SMOKE_EPSILONS),
+        AttackSpec("l2-pgd", (1.0,), per_class=30),
+        AttackSpec("l2-deepfool", None, per_class=30),
+        AttackSpec("linf-deepfool", None, per_class=30),
+        AttackSpec("l2-cw", None, CW_SMOKE, per_class=10),
+        AttackSpec("l0-bb", None, BB_SMOKE, per_class=6),
+        AttackSpec("l1-bb", None, BB_SMOKE, per_class=6),
+    ), per_class=100, noise_samples=2000),
+    # The paper's grid on full test sets, meant for a GPU machine; Foolbox's default attack settings.
+    "paper": Profile("paper", ("fashion-mnist", "mnist"), (
+        AttackSpec("fgsm", PAPER_EPSILONS),
+        AttackSpec("linf-pgd", PAPER_EPSILONS),
+        AttackSpec("l2-deepfool", None),
+        AttackSpec("linf-deepfool", None),
+        AttackSpec("l2-cw", None),
+        AttackSpec("l0-bb", None, per_class=PAPER_BB_PER_CLASS),
+        AttackSpec("l1-bb", None, per_class=PAPER_BB_PER_CLASS),
+    ), per_class=None, noise_samples=10000),
 }
 
 
@@ -39,16 +99,31 @@ class Case:
     profile: str
     dataset: str
     attack: str
-    epsilon: float
+    epsilon: float | None  # None for minimal-perturbation attacks
+
+    @property
+    def minimal(self) -> bool:
+        return self.epsilon is None
+
+    @property
+    def stem(self) -> str:
+        return f"{self.attack}-min" if self.epsilon is None else f"{self.attack}-eps{self.epsilon:g}"
 
     @property
     def id(self) -> str:
-        return f"{self.dataset}-{self.attack}-eps{self.epsilon:g}"
+        return f"{self.dataset}-{self.stem}"
 
     def baseline_path(self, root: Path, suffix: str) -> Path:
         # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
-        return Path(root) / self.profile / self.dataset / f"{self.attack}-eps{self.epsilon:g}{suffix}"
+        return Path(root) / self.profile / self.dataset / f"{self.stem}{suffix}"
 
 
-def cases(profile: Profile) -> list[Case]:
-    return [Case(profile.name, d, a, e) for d in profile.datasets for a in profile.attacks for e in profile.epsilons]
+def noise_baseline_path(root: Path, profile: str, dataset: str) -> Path:
+    return Path(root) / profile / dataset / "white-noise.json"
+
+
+def cases(profile: Profile, datasets: tuple[str, ...] | None = None) -> list[Case]:
+    """The profile's cases, optionally restricted to `datasets` (a user's model is trained on one)."""
+    chosen = profile.datasets if datasets is None else datasets
+    return [Case(profile.name, d, s.attack, e) for d in chosen for s in profile.attacks
+            for e in (s.epsilons if s.epsilons is not None else (None,))]

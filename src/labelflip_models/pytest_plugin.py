@@ -6,44 +6,62 @@ test sessions that do not use it.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import BaselineError, ConfigError, DataNotFound, LabelflipError
+from .errors import BaselineError, DataNotFound, LabelflipError
+from .gate_config import DEFAULT_BASELINES, GateConfig, parse_gate_config
 from .profiles import PROFILES, Case, cases, get_profile
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
+    from .case_runs import CaseRun
     from .data import Dataset
+
+# Under --labelflip-report DIR, each computed run also lands in DIR/runs/<case id>/ for the session's report.
+RUNS_DIR = "runs"
 
 _OPTIONS = [
     # (name, ini key, default, help)
     ("profile", "labelflip_profile", "smoke", f"gate profile: {', '.join(PROFILES)}"),
     ("device", "labelflip_device", "auto", "torch device for models and attacks: auto, cpu, cuda, cuda:N"),
-    ("baselines", "labelflip_baselines", "fixtures/baselines", "baseline directory (relative to rootdir)"),
+    ("baselines", "labelflip_baselines", DEFAULT_BASELINES, "baseline directory (relative to rootdir)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
     ("seed", "labelflip_seed", "0", "training and attack seed"),
+    ("dataset", "labelflip_dataset", "", "run only this dataset's cases (required with --labelflip-model)"),
+    ("report", "labelflip_report", "", "write heatmaps, trend plots, summary.md, report.html, report.json here"),
+    ("model", "labelflip_model", "", "gate YOUR model: a TorchScript file, or a state_dict/safetensors file with "
+                                     "--labelflip-arch; needs --labelflip-dataset and --labelflip-baselines"),
+    ("arch", "labelflip_arch", "", "architecture (registry name) of a state-dict --labelflip-model"),
+    ("mean", "labelflip_mean", "", "normalisation mean the model expects: one value or one per channel"),
+    ("std", "labelflip_std", "", "normalisation std the model expects: one value or one per channel"),
+    ("bounds", "labelflip_bounds", "0,1", "LO,HI pixel range of the model's input; ε is a fraction of HI-LO"),
+    ("class-names", "labelflip_class_names", "", "comma-separated class names, or @FILE with one per line"),
+]
+_FLAGS = [
+    ("regen", "regenerate the baselines of the selected gate cases instead of checking them"),
+    ("require-data", "fail, instead of skip, gate cases whose dataset is not on this machine"),
+    ("uncapped", "attack every selected image, lifting the per-class caps some attacks have (e.g. Brendel-Bethge)"),
+    ("trust-pickle", "load a pickled whole-module --labelflip-model (this executes code from the file)"),
 ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("labelflip", "adversarial label-flip regression gate")
     for name, ini, default, help_ in _OPTIONS:
-        group.addoption(f"--labelflip-{name}", dest=ini, default=None, help=f"{help_} (ini: {ini}; default {default})")
+        group.addoption(f"--labelflip-{name}", dest=ini, default=None, help=f"{help_} (ini: {ini}; default {default!r})")
         parser.addini(ini, help_, default=default)
-    group.addoption("--labelflip-regen", action="store_true", dest="labelflip_regen",
-                    help="regenerate the baselines of the selected gate cases instead of checking them")
-    group.addoption("--labelflip-require-data", action="store_true", dest="labelflip_require_data",
-                    help="fail, instead of skip, gate cases whose dataset is not on this machine")
+    for name, help_ in _FLAGS:
+        group.addoption(f"--labelflip-{name}", action="store_true", dest=f"labelflip_{name.replace('-', '_')}",
+                        help=help_)
 
 
 def _setting(config: pytest.Config, ini: str) -> str:
@@ -57,10 +75,16 @@ _GATE_CONFIG = pytest.StashKey["GateConfig"]()
 def pytest_configure(config: pytest.Config) -> None:
     try:
         # Parsed and validated once, so bad options fail before any collection.
-        config.stash[_GATE_CONFIG] = gate_config(config)
+        config.stash[_GATE_CONFIG] = cfg = parse_gate_config(
+            lambda ini: _setting(config, ini), config.getoption, config.rootpath)
     except LabelflipError as exc:
         raise pytest.UsageError(f"labelflip: {exc}") from None
     config.addinivalue_line("markers", "labelflip: an adversarial-robustness gate test (labelflip)")
+    config.addinivalue_line("markers", "labelflip_cases(kind): parameterise over the profile's gate cases; kind is "
+                                       "'all', 'fixed' (fixed-ε attacks) or 'minimal' (minimal-perturbation attacks)")
+    if cfg.report is not None and not hasattr(config, "workerinput"):
+        # The controller starts the report afresh; workers add the runs they compute.
+        shutil.rmtree(cfg.report / RUNS_DIR, ignore_errors=True)
     # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
     config.addinivalue_line("filterwarnings", "ignore:Please import `gaussian_filter`:DeprecationWarning")
     if getattr(config.option, "dist", None) == "load":
@@ -87,59 +111,62 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        case = getattr(item, "callspec", None) and item.callspec.params.get("labelflip_case")
-        if case is not None:
-            item.add_marker(pytest.mark.xdist_group(case.dataset))
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    profile: str
-    device: str
-    baselines: Path
-    data_dir: str | None
-    seed: int
-    regen: bool
-    require_data: bool
-
-
-def gate_config(config: pytest.Config) -> GateConfig:
-    profile = _setting(config, "labelflip_profile")
-    get_profile(profile)
-    seed = _setting(config, "labelflip_seed")
-    if not str(seed).lstrip("-").isdigit():
-        raise ConfigError(f"--labelflip-seed must be an integer, got {seed!r}")
-    device = _setting(config, "labelflip_device")
-    if device not in ("auto", "cpu"):  # only these need no torch import to validate
-        from .devices import resolve_device
-
-        resolve_device(device)
-    baselines = Path(_setting(config, "labelflip_baselines"))
-    return GateConfig(
-        profile=profile, device=device,
-        baselines=baselines if baselines.is_absolute() else Path(config.rootpath) / baselines,
-        data_dir=_setting(config, "labelflip_data_dir") or None, seed=int(seed),
-        regen=config.getoption("labelflip_regen"), require_data=config.getoption("labelflip_require_data"),
-    )
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        dataset = params["labelflip_case"].dataset if "labelflip_case" in params else params.get(
+            "labelflip_noise_dataset")
+        if dataset is not None:
+            item.add_marker(pytest.mark.xdist_group(dataset))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     from .data import CLASS_NAMES
 
+    cfg: GateConfig = metafunc.config.stash[_GATE_CONFIG]
+    if "labelflip_noise_dataset" in metafunc.fixturenames:
+        metafunc.parametrize("labelflip_noise_dataset", cfg.datasets)
     if not {"labelflip_case", "labelflip_class"} & set(metafunc.fixturenames):
         return
-    selected = cases(get_profile(metafunc.config.stash[_GATE_CONFIG].profile))
+    marker = metafunc.definition.get_closest_marker("labelflip_cases")
+    kind = marker.args[0] if marker and marker.args else "all"
+    if kind not in ("all", "fixed", "minimal"):
+        raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be 'all', 'fixed' or 'minimal'")
+    selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets)
+                if kind == "all" or c.minimal == (kind == "minimal")]
     if "labelflip_class" in metafunc.fixturenames:
-        pairs = [(c, i) for c in selected for i in range(len(CLASS_NAMES[c.dataset]))]
+        names = {d: cfg.class_names or CLASS_NAMES[d] for d in cfg.datasets}
+        pairs = [(c, i) for c in selected for i in range(len(names[c.dataset]))]
         metafunc.parametrize(("labelflip_case", "labelflip_class"), pairs,
-                             ids=[f"{c.id}-{CLASS_NAMES[c.dataset][i]}" for c, i in pairs])
+                             ids=[f"{c.id}-{names[c.dataset][i]}" for c, i in pairs])
     else:
         metafunc.parametrize("labelflip_case", selected, ids=[c.id for c in selected])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    cfg = session.config.stash.get(_GATE_CONFIG, None)
+    if cfg is None or cfg.report is None or hasattr(session.config, "workerinput"):
+        return
+    if not (cfg.report / RUNS_DIR).is_dir():
+        return  # no gate case ran
+    from .reports import load_runs, write_report
+
+    try:
+        results, noise = load_runs([cfg.report / RUNS_DIR])
+        written = write_report(cfg.report, results, noise)
+    except LabelflipError as exc:
+        session.config.get_terminal_writer().line(f"labelflip: report not written: {exc}", red=True)
+        return
+    summary = written.get("markdown") or cfg.report
+    session.config.get_terminal_writer().line(f"labelflip: report written to {cfg.report} (summary: {summary})")
 
 
 @pytest.fixture(scope="session")
 def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
     return request.config.stash[_GATE_CONFIG]
+
+
+def _fail(problem: str) -> None:
+    # Called outside except blocks, so the report shows the message without a chained traceback.
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -153,16 +180,18 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
         if name in loaded:
             return loaded[name]
         try:
-            loaded[name] = load_dataset(name, labelflip_config.data_dir)
-            return loaded[name]
+            data = load_dataset(name, labelflip_config.data_dir)
+            if labelflip_config.class_names:
+                data = replace(data, class_names=labelflip_config.class_names)
+            loaded[name] = data
+            return data
         except DataNotFound as exc:
             missing, problem = str(exc), f"--labelflip-require-data: {exc}"
         except LabelflipError as exc:
             missing, problem = None, str(exc)
-        # Outside the except blocks, like every fail/skip here: no chained traceback in the report.
         if missing is not None and not labelflip_config.require_data:
             pytest.skip(missing)
-        pytest.fail(problem, pytrace=False)
+        _fail(problem)
 
     return get
 
@@ -187,45 +216,50 @@ def labelflip_reference_model(labelflip_config: GateConfig) -> Callable[[Dataset
 
 
 @pytest.fixture(scope="session")
-def labelflip_model(labelflip_reference_model: Callable[[Dataset], nn.Module]) -> Callable[[Dataset], nn.Module]:
-    """Factory: dataset -> the model under test, in eval mode. Override it to gate your own model."""
-    return labelflip_reference_model
+def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn.Module]:
+    """Factory: dataset -> the --labelflip-model file, loaded once, checked on the dataset's images."""
+    import numpy as np
+
+    from .attacks import Bounds
+    from .devices import resolve_device
+    from .gate import pixel_images
+    from .model_io import check_model, load_model
+
+    cfg = labelflip_config
+    loaded: dict[str, nn.Module] = {}
+
+    def get(data: Dataset) -> nn.Module:
+        if data.name in loaded:
+            return loaded[data.name]
+        try:
+            sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), Bounds(*cfg.bounds))
+            model = load_model(cfg.model, arch=cfg.arch, mean=cfg.mean, std=cfg.std, trust_pickle=cfg.trust_pickle,
+                               in_channels=sample.shape[1], num_classes=data.num_classes)
+            check_model(model, sample, data.num_classes)
+            model.labelflip_source = str(cfg.model)
+            loaded[data.name] = model.to(resolve_device(cfg.device))
+            return loaded[data.name]
+        except LabelflipError as exc:
+            problem = f"--labelflip-model {cfg.model}: {exc}"
+        _fail(problem)
+
+    return get
 
 
-@dataclass
-class CaseRun:
-    case: Case
-    result: dict[str, Any]
-    images: torch.Tensor
-    clipped: torch.Tensor
+@pytest.fixture(scope="session")
+def labelflip_model(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> Callable[[Dataset], nn.Module]:
+    """Factory: dataset -> the model under test, in eval mode. --labelflip-model picks a file; overriding this
+    fixture in a conftest.py plugs in any other model."""
+    if labelflip_config.model is not None:
+        return request.getfixturevalue("labelflip_user_model")
+    return request.getfixturevalue("labelflip_reference_model")
 
 
-def _compute_run(case: Case, cfg: GateConfig, data: Dataset, model: nn.Module) -> CaseRun:
-    from .gate import run_case, write_baseline
-
-    result, attacked = run_case(case, data, model, cfg.seed)
-    if cfg.regen:
-        write_baseline(case, cfg.baselines, result)
-    return CaseRun(case, result, attacked.images, attacked.clipped)
-
-
-def _save_run(run: CaseRun, directory: Path) -> None:
-    """Tensors first, JSON last: the JSON marks a complete entry."""
-    from safetensors.torch import save
-
-    from .atomic import atomic_write_bytes, atomic_write_text
-
-    atomic_write_bytes(directory / "adversarials.safetensors", save({"images": run.images, "clipped": run.clipped}))
-    atomic_write_text(directory / "result.json", json.dumps(run.result))
-
-
-def _load_run(case: Case, directory: Path) -> CaseRun | None:
-    from safetensors.torch import load_file
-
-    if not (directory / "result.json").exists():
+def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
+    if not hasattr(request.config, "workerinput"):
         return None
-    tensors = load_file(directory / "adversarials.safetensors")
-    return CaseRun(case, json.loads((directory / "result.json").read_text()), tensors["images"], tensors["clipped"])
+    return tmp_path_factory.getbasetemp().parent / "labelflip-runs"
 
 
 @pytest.fixture(scope="session")
@@ -234,37 +268,67 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
                   tmp_path_factory: pytest.TempPathFactory,
                   request: pytest.FixtureRequest) -> Callable[[Case], CaseRun]:
     """Factory: case -> its attack run, computed once per session even across xdist workers."""
-    from filelock import FileLock
+    from .attacks import Bounds
+    from .case_runs import CaseRun, computed_once, load_run, save_run
+    from .gate import run_case, write_baseline
+    from .report import write_run
 
+    cfg = labelflip_config
     runs: dict[Case, CaseRun] = {}
-    # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
-    in_xdist_worker = hasattr(request.config, "workerinput")
-    shared = tmp_path_factory.getbasetemp().parent / "labelflip-runs" if in_xdist_worker else None
+    shared = _shared_dir(request, tmp_path_factory)
+
+    def compute(case: Case, data: Dataset) -> CaseRun:
+        try:
+            result, attacked = run_case(case, data, labelflip_model(data), cfg.seed, Bounds(*cfg.bounds), cfg.uncapped)
+            run = CaseRun.from_attack(case, result, attacked)
+            if cfg.regen:
+                write_baseline(case, cfg.baselines, result, run.class_norms() if case.minimal else None)
+            if cfg.report is not None:
+                write_run(cfg.report / RUNS_DIR / case.id, result)
+            return run
+        except LabelflipError as exc:
+            problem = str(exc)
+        _fail(problem)
 
     def get(case: Case) -> CaseRun:
-        if case in runs:
-            return runs[case]
-        data = labelflip_dataset(case.dataset)
-
-        def compute() -> CaseRun:
-            try:
-                return _compute_run(case, labelflip_config, data, labelflip_model(data))
-            except LabelflipError as exc:
-                problem = str(exc)
-            pytest.fail(problem, pytrace=False)
-
-        if shared is None:
-            runs[case] = compute()
-        else:
-            directory = shared / case.id
-            directory.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(directory / "lock")):
-                run = _load_run(case, directory)
-                if run is None:
-                    run = compute()
-                    _save_run(run, directory)
-            runs[case] = run
+        if case not in runs:
+            data = labelflip_dataset(case.dataset)
+            runs[case] = computed_once(shared and shared / case.id, lambda: compute(case, data), save_run,
+                                       lambda directory: load_run(case, directory))
         return runs[case]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
+                    labelflip_model: Callable[[Dataset], nn.Module], tmp_path_factory: pytest.TempPathFactory,
+                    request: pytest.FixtureRequest) -> Callable[[str], dict[str, Any]]:
+    """Factory: dataset name -> its white-noise probe (noise.json's content), computed once per session."""
+    from .case_runs import computed_once, load_json, save_json
+    from .gate import run_noise_probe, write_noise_baseline
+    from .profiles import noise_baseline_path
+    from .report import write_noise
+
+    cfg = labelflip_config
+    probes: dict[str, dict[str, Any]] = {}
+    shared = _shared_dir(request, tmp_path_factory)
+
+    def compute(data: Dataset) -> dict[str, Any]:
+        result = run_noise_probe(data, labelflip_model(data), get_profile(cfg.profile).noise_samples, cfg.seed,
+                                 cfg.bounds)
+        if cfg.regen:
+            write_noise_baseline(noise_baseline_path(cfg.baselines, cfg.profile, data.name), result, cfg.profile)
+        if cfg.report is not None:
+            write_noise(cfg.report / RUNS_DIR / f"{data.name}-white-noise", result)
+        return result
+
+    def get(name: str) -> dict[str, Any]:
+        if name not in probes:
+            data = labelflip_dataset(name)
+            probes[name] = computed_once(shared and shared / f"{name}-white-noise", lambda: compute(data),
+                                         save_json, load_json)
+        return probes[name]
 
     return get
 
@@ -285,10 +349,36 @@ def labelflip_baseline(labelflip_case: Case, labelflip_config: GateConfig,
     except BaselineError as exc:
         problem = str(exc)
     else:
-        recorded, current = baseline["result"]["model"]["sha256"], run.result["model"]["sha256"]
-        if recorded != current:
-            # Expected after retraining or on another CPU; the statistical checks decide, this only informs.
-            warnings.warn(f"labelflip: {labelflip_case.id}: model {current[:12]} is gated against baselines of "
-                          f"model {recorded[:12]}", stacklevel=2)
+        _warn_other_model(labelflip_case.id, baseline["result"]["model"]["sha256"], run.result["model"]["sha256"])
         return baseline
-    pytest.fail(problem, pytrace=False)
+    _fail(problem)
+
+
+@pytest.fixture
+def labelflip_noise_baseline(labelflip_noise_dataset: str, labelflip_config: GateConfig,
+                             labelflip_noise: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """The committed white-noise baseline of the current dataset (skips under --labelflip-regen)."""
+    from .gate import load_noise_baseline
+    from .profiles import noise_baseline_path
+
+    cfg = labelflip_config
+    probe = labelflip_noise(labelflip_noise_dataset)
+    path = noise_baseline_path(cfg.baselines, cfg.profile, labelflip_noise_dataset)
+    if cfg.regen:
+        pytest.skip(f"baseline regenerated: {path}")
+    try:
+        baseline = load_noise_baseline(path, probe["class_names"], probe["n"], cfg.profile)
+    except BaselineError as exc:
+        problem = str(exc)
+    else:
+        _warn_other_model(f"{labelflip_noise_dataset} white noise", baseline["result"]["model"]["sha256"],
+                          probe["model"]["sha256"])
+        return baseline
+    _fail(problem)
+
+
+def _warn_other_model(what: str, recorded: str, current: str) -> None:
+    if recorded != current:
+        # Expected after retraining or on another CPU; the statistical checks decide, this only informs.
+        warnings.warn(f"labelflip: {what}: model {current[:12]} is gated against baselines of model "
+                      f"{recorded[:12]}", stacklevel=3)

@@ -14,9 +14,14 @@ from .attacks import AttackResult
 from .data import Dataset
 from .errors import ConfigError
 from .flips import class_flips, flip_matrix, to_csv, wilson_interval
+from .flow import catch_all, dominant_targets, pair_relations
+from .min_norms import minimal_norm_summary
+from .noise import noise_summary
+from .symmetry import symmetry_analysis
 from .provenance import device_name, machine, now_iso, versions
 
 RESULT_SCHEMA = "labelflip.result/1"
+NOISE_SCHEMA = "labelflip.noise/1"
 CONFIDENCE = 0.95
 
 
@@ -25,7 +30,7 @@ def _rate(k: int, n: int) -> dict[str, Any]:
     return {"count": int(k), "n": int(n), "rate": k / n if n else None, "ci": [float(lo), float(hi)]}
 
 
-def summarize(result: AttackResult, class_names: list[str]) -> dict[str, Any]:
+def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> dict[str, Any]:
     """Counts and statistics of one attack run (no provenance)."""
     labels = result.labels.numpy()
     matrix = flip_matrix(labels, result.landed.numpy(), len(class_names))
@@ -33,6 +38,7 @@ def summarize(result: AttackResult, class_names: list[str]) -> dict[str, Any]:
     correct = result.clean_pred == result.labels
     flipped = correct & (result.adv_pred != result.labels)
     norms = result.linf_norms
+    moved = result.norms[result.success]
     return {
         "class_names": class_names,
         "flip_matrix": matrix.tolist(),
@@ -43,8 +49,23 @@ def summarize(result: AttackResult, class_names: list[str]) -> dict[str, Any]:
         "attack_success": _rate(int(flipped.sum()), int(correct.sum())),
         "perturbation_linf": {"max": float(norms.max()) if len(norms) else 0.0,
                               "mean": float(norms.mean()) if len(norms) else 0.0},
+        # In the attack's own norm, over the adversarials that succeeded.
+        "perturbation": {"norm": result.norm, "median": float(moved.median()) if len(moved) else None,
+                         "max": float(moved.max()) if len(moved) else None},
         "confidence": {"method": "wilson", "level": CONFIDENCE},
+        "analysis": analyse(matrix, class_names, seed),
+        **({"minimal_norms": minimal_norm_summary(
+            labels, result.landed.numpy(), result.norms.numpy(), result.success.numpy(), result.attacked.numpy(),
+            class_names, CONFIDENCE)} if result.epsilon is None else {}),
     }
+
+
+def analyse(matrix: np.ndarray, class_names: list[str], seed: int) -> dict[str, Any]:
+    """Where the flips go: symmetry, dominant targets, symmetric/one-way pairs, catch-all columns."""
+    return {"symmetry": symmetry_analysis(matrix, CONFIDENCE, seed=seed),
+            "dominant_targets": dominant_targets(matrix, class_names, confidence=CONFIDENCE),
+            "pairs": pair_relations(matrix, class_names, CONFIDENCE),
+            "catch_all": catch_all(matrix, class_names, CONFIDENCE)}
 
 
 def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: float) -> dict[str, Any]:
@@ -82,8 +103,25 @@ def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     return csv_path, json_path
 
 
+def write_noise(out: Path, noise: dict[str, Any]) -> Path:
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "noise.json", json.dumps(noise, indent=2) + "\n")
+    return out / "noise.json"
+
+
+def build_noise_result(data: Dataset, model_info: dict[str, Any], counts: np.ndarray, seed: int,
+                       bounds: tuple[float, float], device: str, seconds: float) -> dict[str, Any]:
+    """Everything `noise.json` holds: the white-noise class histogram with intervals, and provenance."""
+    names = list(data.class_names)
+    return {"schema": NOISE_SCHEMA, "dataset": {"name": data.name, "n_classes": len(names)}, "model": model_info,
+            "n": int(counts.sum()), "seed": seed, "bounds": list(bounds), "class_names": names,
+            "counts": [int(c) for c in counts], "histogram": noise_summary(counts, names, CONFIDENCE),
+            "provenance": provenance(seed, device, seconds, seconds)}
+
+
 def build_result(data: Dataset, model_info: dict[str, Any], selection: str, result: AttackResult,
-                 device: str, wall_seconds: float) -> dict[str, Any]:
+                 device: str, wall_seconds: float, class_names: list[str] | None = None) -> dict[str, Any]:
     """Everything `result.json` holds: what was attacked, with what, the counts, and provenance."""
     return {
         "schema": RESULT_SCHEMA,
@@ -91,7 +129,7 @@ def build_result(data: Dataset, model_info: dict[str, Any], selection: str, resu
                     "note": data.note, "selection": selection, "n": len(result.labels)},
         "model": model_info,
         "attack": result.params,
-        **summarize(result, list(data.class_names)),
+        **summarize(result, class_names or list(data.class_names), result.params["seed"]),
         "provenance": provenance(result.params["seed"], device, wall_seconds, result.seconds),
     }
 

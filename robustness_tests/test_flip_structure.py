@@ -1,0 +1,38 @@
+"""The gate on where flips go (the paper's findings), per (dataset, attack, ε): how symmetric the flip matrix is,
+which classes absorb the flips, each class's dominant flip target, and where uniform noise lands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labelflip_models.gate import (SYMMETRY_NORMS, check_catch_all, check_dominant_targets, check_noise,
+                                   check_symmetry)
+
+pytestmark = [pytest.mark.labelflip, pytest.mark.labelflip_cases("all")]
+
+
+@pytest.mark.parametrize("norm", SYMMETRY_NORMS)
+def test_symmetry_score(labelflip_case, norm, labelflip_run, labelflip_baseline):
+    now = labelflip_run(labelflip_case).result["analysis"]["symmetry"][norm]
+    decision = check_symmetry(norm, now, labelflip_baseline["gate"]["symmetry"][norm])
+    assert decision.passed, f"{labelflip_case.id}: flip symmetry changed: {decision.message}"
+
+
+def test_catch_all_classes(labelflip_case, labelflip_run, labelflip_baseline):
+    catch = labelflip_run(labelflip_case).result["analysis"]["catch_all"]
+    decision = check_catch_all(catch["shares"], catch["flips"], labelflip_baseline["gate"]["catch_all"])
+    assert decision.passed, f"{labelflip_case.id}: catch-all classes changed: {decision.message}"
+
+
+def test_dominant_targets(labelflip_case, labelflip_run, labelflip_baseline):
+    result = labelflip_run(labelflip_case).result
+    decision = check_dominant_targets(np.array(result["flip_matrix"]), result["class_names"],
+                                      labelflip_baseline["gate"]["dominant_targets"])
+    assert decision.passed, f"{labelflip_case.id}: dominant flip targets changed: {decision.message}"
+
+
+def test_white_noise(labelflip_noise_dataset, labelflip_noise, labelflip_noise_baseline):
+    probe = labelflip_noise(labelflip_noise_dataset)
+    decision = check_noise(probe["counts"], labelflip_noise_baseline["result"]["counts"], probe["class_names"])
+    assert decision.passed, f"{labelflip_noise_dataset}: white noise lands elsewhere: {decision.message}"

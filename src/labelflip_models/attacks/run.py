@@ -1,0 +1,100 @@
+"""Running an attack over a set of images: batched, seeded, on the model's device."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import foolbox as fb
+import torch
+from foolbox.criteria import Misclassification
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..models import predict
+from .bounds import Bounds, check_epsilon_for
+from .minimal import MinimalAttack
+from .registry import Attack, describe
+from .result import AttackResult
+
+
+def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
+               epsilon: float | None = None, bounds: Bounds = Bounds(), batch_size: int = 256, seed: int = 0,
+               progress: bool = False) -> AttackResult:
+    """Attack the images on the model's device; everything in the result is on the CPU.
+
+    Fixed-ε attacks need `epsilon` (in `attack.norm`, pixel units) and attack every image. Minimal attacks take
+    no ε and attack only the images the model classifies correctly.
+    """
+    epsilon = check_epsilon_for(attack, epsilon, bounds)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if model.training:
+        raise ConfigError("the model is in training mode; call model.eval() before attacking it")
+    images, labels = images.cpu(), labels.cpu()
+    device = next(model.parameters()).device
+    fmodel = fb.PyTorchModel(model, bounds=(bounds.lower, bounds.upper), device=device)
+    clean_pred = predict(model, images)
+    # Random starts draw from torch's global generator; one seed per run fixes the whole sequence.
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if isinstance(attack, MinimalAttack):
+        attacked = clean_pred == labels
+        raw, clipped, success, adv_pred = _minimal(attack, model, fmodel, images, labels, clean_pred, attacked,
+                                                   batch_size, progress)
+    else:
+        attacked = torch.ones(len(images), dtype=torch.bool)
+        raw, clipped, success = _fixed(attack, fmodel, images, labels, epsilon, batch_size, progress)
+        adv_pred = predict(model, clipped)
+    seconds = time.perf_counter() - start
+    params: dict[str, Any] = {**describe(attack), "epsilon": epsilon, "bounds": [bounds.lower, bounds.upper],
+                              "criterion": "misclassification", "batch_size": batch_size, "seed": seed}
+    return AttackResult(epsilon=epsilon, norm=attack.norm, images=images, labels=labels, raw=raw, clipped=clipped,
+                        success=success, attacked=attacked, clean_pred=clean_pred, adv_pred=adv_pred,
+                        seconds=seconds, params=params)
+
+
+def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:
+    return tqdm(range(0, n, batch_size), desc=desc, disable=not progress)
+
+
+def _fixed(attack: Attack, fmodel: fb.PyTorchModel, images: torch.Tensor, labels: torch.Tensor, epsilon: float,
+           batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Foolbox's raw and ε-clipped adversarials and its success flags, for every image."""
+    engine = attack.foolbox()
+    raws, clips, successes = [], [], []
+    for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
+        x, y = images[i:i + batch_size].to(fmodel.device), labels[i:i + batch_size].to(fmodel.device)
+        raw, clipped, success = engine(fmodel, x, Misclassification(y), epsilons=epsilon)
+        raws.append(raw.detach().cpu())
+        clips.append(clipped.detach().cpu())
+        successes.append(success.detach().cpu())
+    if not raws:
+        return images.clone(), images.clone(), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(raws), torch.cat(clips), torch.cat(successes)
+
+
+def _minimal(attack: MinimalAttack, model: nn.Module, fmodel: fb.PyTorchModel, images: torch.Tensor,
+             labels: torch.Tensor, clean_pred: torch.Tensor, attacked: torch.Tensor, batch_size: int, progress: bool,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(raw, clipped, success, adv_pred): the attack's output for the attacked images (the image elsewhere), and
+    that output where it is a confirmed adversarial, else the image."""
+    engine = attack.foolbox()
+    index = attacked.nonzero().squeeze(1)
+    raw, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
+    for i in _batches(len(index), batch_size, attack.name, progress):
+        chunk = index[i:i + batch_size]
+        adversarials, ok = attack.minimize(engine, fmodel, images[chunk].to(fmodel.device),
+                                           labels[chunk].to(fmodel.device))
+        raw[chunk], found[chunk] = adversarials.detach().cpu(), ok.detach().cpu()
+    candidate = torch.where(_per_image(found, images), raw, images)
+    candidate_pred = predict(model, candidate)
+    # Success is the model's verdict on the very tensor we return, so adv_pred != label holds by construction.
+    success = found & (candidate_pred != labels)
+    clipped = torch.where(_per_image(success, images), candidate, images)
+    return raw, clipped, success, torch.where(success, candidate_pred, clean_pred)
+
+
+def _per_image(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flags.view(-1, *([1] * (like.dim() - 1)))

@@ -1,0 +1,6 @@
+"""Human-readable reports of labelflip runs: heatmaps, trends, a Markdown summary and one HTML page.
+
+One job per module: `load` finds and validates run files, `group` organises them by dataset,
+`names` fixes the image file names, `fmt`/`tables` turn numbers into table cells, `plots` draws,
+`markdown`/`html` render, `write` puts everything on disk.
+"""

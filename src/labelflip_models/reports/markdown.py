@@ -1,0 +1,39 @@
+"""The summary as GitHub-flavoured Markdown, short enough for a CI job summary ($GITHUB_STEP_SUMMARY)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .group import group_runs
+from .tables import Table, dataset_intro, dataset_tables, provenance_line
+
+# What would break a table row or turn a name into markup: GitHub renders inline HTML tags, so '<' is
+# escaped only where it could open one ('<0.001' stays readable in the raw file).
+_SPECIAL = re.compile(r"([\\|*_`]|<(?=[A-Za-z/!?]))")
+
+
+def md_escape(text: str) -> str:
+    return _SPECIAL.sub(r"\\\1", text).replace("\n", " ")
+
+
+def render_table(table: Table) -> str:
+    lines = [f"#### {md_escape(table.title)}", ""]
+    if table.rows:
+        lines.append("| " + " | ".join(map(md_escape, table.header)) + " |")
+        lines.append("|" + "|".join("---" for _ in table.header) + "|")
+        lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in table.rows]
+        lines.append("")
+    if table.note:
+        lines += [f"<sub>{md_escape(table.note)}</sub>", ""]
+    return "\n".join(lines)
+
+
+def summary_markdown(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]]) -> str:
+    lines = ["## labelflip: where adversarial examples land", ""]
+    for ds in group_runs(results, noise):
+        lines += [f"### {md_escape(ds.name)}", "", md_escape(dataset_intro(ds)), ""]
+        lines += [render_table(t) for t in dataset_tables(ds)]
+        lines += [f"<sub>{md_escape(provenance_line(ds.all_runs))}</sub>", ""]
+    return "\n".join(lines).rstrip() + "\n"

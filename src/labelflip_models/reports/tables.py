@@ -1,0 +1,163 @@
+"""The report's content as plain-text tables, so that the Markdown and the HTML page say the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .fmt import DASH, norm_label, num, pct, pvalue, rate, short_sha, with_ci
+from .group import DatasetRuns, epsilon_label
+
+MAX_PAIRS = 15
+MAX_NOISE_CLASSES = 5
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _analysis(run: dict[str, Any], key: str) -> Any:
+    return (run.get("analysis") or {}).get(key)
+
+
+def _n(run: dict[str, Any]) -> int:
+    return run["dataset"].get("n") or sum(map(sum, run["flip_matrix"]))
+
+
+def dataset_intro(ds: DatasetRuns) -> str:
+    first = (ds.runs or [ds.noise])[0]
+    parts = [f"model {short_sha(ds.model_sha)}"]
+    if ds.runs:
+        info = first["dataset"]
+        parts.append(f"{_n(first)} test images" + (f" ({info['selection']})" if info.get("selection") else ""))
+        if info.get("note"):
+            parts.append(str(info["note"]))
+    return " · ".join(parts)
+
+
+def runs_table(ds: DatasetRuns) -> Table:
+    rows = []
+    for run in ds.runs:
+        sym = _analysis(run, "symmetry") or {}
+        catch = _analysis(run, "catch_all")
+        cells = [run["attack"]["name"], epsilon_label(run), str(_n(run)),
+                 rate(run.get("clean_accuracy")), rate(run.get("flip_fraction"))]
+        for norm in ("entrywise", "induced"):
+            s = sym.get(norm) or {}
+            cells += [with_ci(s.get("score"), s.get("ci")), pvalue(s.get("p_value"))]
+        cells.append(DASH if catch is None else ", ".join(catch["classes"]) or "none")
+        rows.append(cells)
+    level = next((_analysis(r, "symmetry")["confidence"] for r in ds.runs if _analysis(r, "symmetry")), 0.95)
+    return Table("Runs", ["attack", "ε", "n", "clean acc", "flipped", "symmetry entrywise [CI]", "p",
+                          "symmetry induced [CI]", "p", "catch-all classes"], rows,
+                 "Symmetry: 1 = every flip is matched by one the other way, 0 = all flips one-way; "
+                 f"{level:.0%} bootstrap CIs; "
+                 "p: permutation test against each class's flips shuffled over the other classes. "
+                 "Catch-all: a class whose share of all flips is significantly above the threshold.")
+
+
+def targets_table(run: dict[str, Any]) -> Table | None:
+    targets = _analysis(run, "dominant_targets")
+    if not targets:
+        return None
+    rows = []
+    for name in run["class_names"]:
+        t = targets[name]
+        runner = f"{t['runner_up']} ({t['runner_up_count']})" if t["runner_up"] else DASH
+        rows.append([name, str(t["flips"]), t["target"] or DASH, with_ci(t["share"], t["ci"], percent=True),
+                     runner, pvalue(t["p_value"]), "✓" if t["strong"] else ""])
+    return Table(f"Dominant flip target per class — {run['attack']['name']}, ε = {epsilon_label(run)}",
+                 ["true class", "flips", "target", "share of flips [CI]", "runner-up (flips)", "p", "strong"],
+                 rows, "strong (✓): a one-sided binomial test says the target beats the runner-up (p shown).")
+
+
+def pairs_table(run: dict[str, Any]) -> Table | None:
+    pairs = _analysis(run, "pairs")
+    if pairs is None:
+        return None
+    rows = [[f"{p['a']} ↔ {p['b']}" if p["kind"] == "symmetric" else f"{p['a']} → {p['b']}", p["kind"],
+             str(p["a_to_b"]), str(p["b_to_a"]),
+             with_ci(p["share_a_to_b"]["share"], p["share_a_to_b"]["ci"], percent=True),
+             with_ci(p["share_b_to_a"]["share"], p["share_b_to_a"]["ci"], percent=True)]
+            for p in pairs[:MAX_PAIRS]]
+    more = f" {len(pairs) - MAX_PAIRS} more pairs in result.json." if len(pairs) > MAX_PAIRS else ""
+    return Table(f"Significant class pairs — {run['attack']['name']}, ε = {epsilon_label(run)}",
+                 ["pair (a, b)", "kind", "flips a→b", "flips b→a", "share of a's flips [CI]",
+                  "share of b's flips [CI]"], rows,
+                 ("No pair is flipped to more often than chance." if not pairs else
+                  "symmetric: both directions above chance; one-way: a→b above, b→a below chance." + more))
+
+
+def _norm_cell(x: float | None, n: int) -> str:
+    return DASH if n == 0 else "∞" if x is None else num(x, 3)  # None with images attacked: failures dominate
+
+
+def norms_table(run: dict[str, Any]) -> Table | None:
+    summary = run.get("minimal_norms")
+    if not summary:
+        return None
+    rows = []
+    for name in run["class_names"]:
+        c = summary["per_class"][name]
+        median = _norm_cell(c["median"], c["n"])
+        if c["ci"] is not None:
+            median += f" [{_norm_cell(c['ci'][0], c['n'])}, {_norm_cell(c['ci'][1], c['n'])}]"
+        rows.append([name, str(c["n"]), str(c["failed"]), median,
+                     f"{_norm_cell(c['q25'], c['n'])} – {_norm_cell(c['q75'], c['n'])}"])
+    norm = norm_label(run["attack"].get("norm"))
+    return Table(f"Minimal {norm + ' ' if norm else ''}perturbation per class — {run['attack']['name']}",
+                 ["true class", "attacked", "failed", "median norm [CI]", "quartiles"], rows,
+                 "Failed attacks count as infinite norms (∞).")
+
+
+def noise_table(noise: dict[str, Any]) -> Table:
+    hist = noise["histogram"]
+    top = [c for c in hist["top"] if hist["histogram"][c]["count"] > 0][:MAX_NOISE_CLASSES]
+    rows = [[c, str(hist["histogram"][c]["count"]),
+             with_ci(hist["histogram"][c]["share"], hist["histogram"][c]["ci"], percent=True)] for c in top]
+    lo, hi = noise.get("bounds", [0, 1])
+    k = len(noise["class_names"])
+    return Table(f"White noise: {noise['n']} uniform images in [{lo:g}, {hi:g}] (seed {noise.get('seed', DASH)})",
+                 ["predicted class", "count", "share [CI]"], rows,
+                 f"Top classes only; a model without a noise preference would give each class {pct(1 / k)}.")
+
+
+def dataset_tables(ds: DatasetRuns) -> list[Table]:
+    tables = [runs_table(ds)] if ds.runs else []
+    strongest = ds.strongest()
+    if strongest is not None:
+        tables += [t for t in (targets_table(strongest), pairs_table(strongest)) if t is not None]
+    tables += [t for t in map(norms_table, ds.minimal) if t is not None]
+    if ds.noise is not None:
+        tables.append(noise_table(ds.noise))
+    return tables
+
+
+def _distinct(values: list[str]) -> str:
+    return "/".join(dict.fromkeys(v for v in values if v)) or "unknown"
+
+
+def _machine(m: dict[str, Any], device: str) -> str:
+    if not m:
+        return ""
+    cores = f"{m.get('cores', '?')} cores"
+    # A CPU device already names the CPU model; say it once.
+    return cores if not m.get("cpu") or m["cpu"] in device else f"{m['cpu']}, {cores}"
+
+
+def provenance_line(runs: list[dict[str, Any]]) -> str:
+    """Where and with what the numbers were made; values that differ between runs are all listed."""
+    prov = [r.get("provenance") or {} for r in runs]
+    device = _distinct([str(p.get("device", "")) for p in prov])
+    machines = [p.get("machine") or {} for p in prov]
+    packages = dict.fromkeys(k for p in prov for k in (p.get("versions") or {}))
+    versions = ", ".join(f"{k} {_distinct([(p.get('versions') or {}).get(k, '') for p in prov])}"
+                         for k in packages) or "versions unknown"
+    dates = sorted(str(p["timestamp"])[:10] for p in prov if p.get("timestamp"))
+    when = DASH if not dates else dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
+    return " · ".join(["Provenance: " + device, _distinct([_machine(m, device) for m in machines]),
+                       _distinct([str(m.get("platform", "")) for m in machines]), versions, when])
