@@ -22,7 +22,7 @@ from .errors import LabelflipError
 from .gate import pixel_images, run_noise_probe
 from .model_cache import load_or_train, model_sha256
 from .model_io import check_model, load_model, parse_bounds, parse_channel_values, parse_class_names
-from .report import benchmark_table, build_result, check_out_dir, write_noise, write_run
+from .results import benchmark_table, build_result, check_out_dir, write_noise, write_run
 from .reports import load_runs, write_report
 
 
@@ -139,8 +139,9 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         raise LabelflipError(f"--limit must be a positive number of images, got {args.limit}")
     if args.batch_size <= 0:
         raise LabelflipError(f"--batch-size must be positive, got {args.batch_size}")
+    # Checked before any model is loaded or trained.
+    check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
     data, model, info, bounds = _model_and_data(args, progress)
-    check_epsilon_for(attack, args.epsilon, bounds)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     images, labels = pixel_images(data, indices, bounds)
     result = run_attack(model, images, labels, attack, args.epsilon, bounds=bounds,

@@ -31,7 +31,7 @@ from .min_norms import median_ci
 from .noise import compare_histograms, noise_probe
 from .model_cache import model_sha256
 from .profiles import REGEN_HINT, Case, Profile, get_profile
-from .report import build_noise_result, build_result
+from .results import build_noise_result, build_result
 
 BASELINE_SCHEMA = "labelflip.baseline/2"
 NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"

@@ -155,7 +155,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     except LabelflipError as exc:
         session.config.get_terminal_writer().line(f"labelflip: report not written: {exc}", red=True)
         return
-    summary = written.get("markdown") or cfg.report
+    summary = written.get("summary.md", cfg.report)
     session.config.get_terminal_writer().line(f"labelflip: report written to {cfg.report} (summary: {summary})")
 
 
@@ -271,7 +271,7 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
     from .attacks import Bounds
     from .case_runs import CaseRun, computed_once, load_run, save_run
     from .gate import run_case, write_baseline
-    from .report import write_run
+    from .results import write_run
 
     cfg = labelflip_config
     runs: dict[Case, CaseRun] = {}
@@ -308,7 +308,7 @@ def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[s
     from .case_runs import computed_once, load_json, save_json
     from .gate import run_noise_probe, write_noise_baseline
     from .profiles import noise_baseline_path
-    from .report import write_noise
+    from .results import write_noise
 
     cfg = labelflip_config
     probes: dict[str, dict[str, Any]] = {}

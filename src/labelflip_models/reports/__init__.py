@@ -4,3 +4,8 @@ One job per module: `load` finds and validates run files, `group` organises them
 `names` fixes the image file names, `fmt`/`tables` turn numbers into table cells, `plots` draws,
 `markdown`/`html` render, `write` puts everything on disk.
 """
+
+from .load import load_runs
+from .write import write_report
+
+__all__ = ["load_runs", "write_report"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..atomic import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError
-from ..report import check_out_dir
+from ..results import check_out_dir
 from .group import DatasetRuns, epsilon_label, group_runs, model_sha
 from .html import report_html
 from .markdown import summary_markdown

@@ -1,4 +1,4 @@
-"""A run's artefacts: `flip_matrix.csv` in the paper's layout and `result.json` with statistics and provenance."""
+"""A run's artefacts: `flip_matrix.csv` in the paper's layout, `result.json` (statistics, analysis, provenance) and `noise.json`."""
 
 from __future__ import annotations
 
