@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from labelflip_models.cli import main
 from labelflip_models.flips import read_csv
@@ -30,6 +32,16 @@ def run(capsys, argv):
     (ATTACK + ["--epsilon", "0.1", "--limit", "0", "--out", "x"], "--limit must be a positive"),
     (ATTACK + ["--epsilon", "0.1", "--batch-size", "0", "--out", "x"], "--batch-size must be positive"),
     (ATTACK + ["--epsilon", "0.1", "--out", "/proc/labelflip/out"], "not writable"),
+    (["attack", "--dataset", "mnist-5k", "--attack", "l2-cw", "--epsilon", "0.1", "--out", "x"], "takes no epsilon"),
+    (ATTACK + ["--out", "x"], "needs an epsilon"),
+    (ATTACK + ["--epsilon", "0.1", "--param", "steps", "--out", "x"], "NAME=VALUE"),
+    (ATTACK + ["--epsilon", "0.1", "--param", "steps=3", "--out", "x"], "has no parameter 'steps'"),
+    (["attack", "--dataset", "mnist-5k", "--attack", "l2-cw", "--param", "steps=-3", "--out", "x"], "steps must be"),
+    (ATTACK + ["--epsilon", "0.1", "--bounds", "1,0", "--out", "x"], "--bounds"),
+    (ATTACK + ["--epsilon", "0.1", "--mean", "0.5", "--out", "x"], "describe a --model"),
+    (ATTACK + ["--epsilon", "0.1", "--model", "missing.pt", "--out", "x"], "missing.pt"),
+    (["noise", "--dataset", "mnist-5k", "--n", "0", "--out", "x"], "--n must be a positive"),
+    (["report", "nowhere", "--out", "x"], "nowhere"),
     (["train", "--dataset", "mnist-5k", "--device", "cuda:7"] if not __import__("torch").cuda.is_available()
      else ["train", "--dataset", "mnist-5k", "--device", "tpu"], "device"),
 ])
@@ -74,3 +86,88 @@ def test_attack_writes_the_papers_artefacts(capsys, tmp_path):
     assert {"seed", "versions", "device", "timestamp", "wall_seconds", "machine"} <= set(prov)
     assert len(result["model"]["sha256"]) == 64 and len(result["dataset"]["fingerprint"]) == 64
     assert not math.isnan(result["clean_accuracy"]["rate"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Bring your own model: the same network through the user-model path gives the same answers
+# --------------------------------------------------------------------------------------------------
+
+class Pixels255(torch.nn.Module):
+    """A model that takes pixels in [0, 255], as many user models do."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x / 255)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from labelflip_models.data import load_dataset
+    from labelflip_models.model_cache import load_or_train
+
+    return load_or_train(load_dataset("mnist-5k")).model
+
+
+def attack_matrix(capsys, tmp_path, name, *extra):
+    out = tmp_path / name
+    rc, stdout, err = run(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "fgsm", "--limit", "200",
+                                   "--out", str(out), *extra])
+    assert rc == 0, err
+    return json.loads((out / "result.json").read_text()), stdout
+
+
+@pytest.mark.slow
+def test_user_models_match_the_reference_path(capsys, tmp_path, reference):
+    ref, _ = attack_matrix(capsys, tmp_path, "ref", "--epsilon", "0.1")
+    scripted = tmp_path / "model.ts"
+    torch.jit.script(reference).save(str(scripted))
+    ts, stdout = attack_matrix(capsys, tmp_path, "ts", "--epsilon", "0.1", "--model", str(scripted))
+    assert ts["flip_matrix"] == ref["flip_matrix"] and ts["model"]["path"] == str(scripted)
+    assert "catch-all classes" in stdout
+
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    st, _ = attack_matrix(capsys, tmp_path, "st", "--epsilon", "0.1", "--model", str(weights), "--arch", "cw-mnist")
+    assert st["flip_matrix"] == ref["flip_matrix"]
+
+    # Pixel range 0..255: ε = 25.5 there is ε = 0.1 on [0, 1]; float rounding may move an image or two.
+    wide = tmp_path / "wide.ts"
+    torch.jit.script(Pixels255(reference)).save(str(wide))
+    w, _ = attack_matrix(capsys, tmp_path, "wide", "--epsilon", "25.5", "--bounds", "0,255", "--model", str(wide),
+                         "--class-names", ",".join(f"digit {d}" for d in range(10)))
+    assert np.abs(np.array(w["flip_matrix"]) - np.array(ref["flip_matrix"])).sum() <= 4
+    assert w["attack"]["bounds"] == [0, 255] and w["class_names"][3] == "digit 3"
+
+
+@pytest.mark.slow
+def test_pickled_model_needs_trust(capsys, tmp_path, reference):
+    pickled = tmp_path / "whole.pt"
+    torch.save(reference, pickled)
+    out = tmp_path / "run"
+    argv = ["attack", "--dataset", "mnist-5k", "--attack", "linf-deepfool", "--limit", "30", "--out", str(out),
+            "--model", str(pickled)]
+    rc, _, err = run(capsys, argv)
+    assert rc == 2 and "--trust-pickle" in err and "Traceback" not in err and not out.exists()
+    rc, stdout, err = run(capsys, argv + ["--trust-pickle"])
+    assert rc == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["attack"]["minimal"] and result["attack"]["epsilon"] is None
+    assert "minimal perturbation" in stdout and set(result["minimal_norms"]["per_class"]) == set(map(str, range(10)))
+
+
+@pytest.mark.slow
+def test_noise_then_report(capsys, tmp_path):
+    rc, stdout, err = run(capsys, ["noise", "--dataset", "mnist-5k", "--n", "500", "--out", str(tmp_path / "noise")])
+    assert rc == 0, err
+    noise = json.loads((tmp_path / "noise" / "noise.json").read_text())
+    assert noise["n"] == 500 == sum(noise["counts"]) and "most land in" in stdout
+    attack_matrix(capsys, tmp_path, "pgd", "--epsilon", "0.1")
+    rc, stdout, err = run(capsys, ["report", str(tmp_path / "noise"), str(tmp_path / "pgd"), "--out",
+                                   str(tmp_path / "report")])
+    assert rc == 0, err
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "White noise" in summary and "| fgsm |" in summary
+    assert (tmp_path / "report" / "heatmaps" / "mnist-5k-fgsm-eps0.1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -87,12 +87,6 @@ def pytest_configure(config: pytest.Config) -> None:
         shutil.rmtree(cfg.report / RUNS_DIR, ignore_errors=True)
     # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
     config.addinivalue_line("filterwarnings", "ignore:Please import `gaussian_filter`:DeprecationWarning")
-    if getattr(config.option, "dist", None) == "load":
-        # xdist's default scheduling would scatter each dataset's cases over all workers, and every worker
-        # would load (or wait for another to train) every model; loadgroup keeps a dataset on one worker.
-        config.option.dist = "loadgroup"
-    if getattr(config, "workerinput", {}).get("labelflip_loadgroup"):
-        config.option.loadgroup = True  # workers parse the command line afresh and never saw the switch
     # From workerinput, not the environment: a pytest started inside a worker inherits the worker's env.
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers:
@@ -103,19 +97,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    node.workerinput["labelflip_loadgroup"] = node.config.option.dist == "loadgroup"
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `-n` with xdist's default `--dist load`, keep each gate case's tests on one worker."""
+    if config.getvalue("dist") != "load":
+        return None  # the user chose a distribution mode; respect it
+    from .xdist_scheduling import CaseScheduling
+
+    cfg: GateConfig = config.stash[_GATE_CONFIG]
+    scopes = [c.id for c in cases(get_profile(cfg.profile), cfg.datasets)]
+    return CaseScheduling(config, log, scopes + [noise_scope(d) for d in cfg.datasets])
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        params = item.callspec.params if hasattr(item, "callspec") else {}
-        dataset = params["labelflip_case"].dataset if "labelflip_case" in params else params.get(
-            "labelflip_noise_dataset")
-        if dataset is not None:
-            item.add_marker(pytest.mark.xdist_group(dataset))
+def noise_scope(dataset: str) -> str:
+    return f"{dataset}-white-noise"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -123,7 +117,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     cfg: GateConfig = metafunc.config.stash[_GATE_CONFIG]
     if "labelflip_noise_dataset" in metafunc.fixturenames:
-        metafunc.parametrize("labelflip_noise_dataset", cfg.datasets)
+        metafunc.parametrize("labelflip_noise_dataset", cfg.datasets, ids=[noise_scope(d) for d in cfg.datasets])
     if not {"labelflip_case", "labelflip_class"} & set(metafunc.fixturenames):
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")
@@ -320,13 +314,13 @@ def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[s
         if cfg.regen:
             write_noise_baseline(noise_baseline_path(cfg.baselines, cfg.profile, data.name), result, cfg.profile)
         if cfg.report is not None:
-            write_noise(cfg.report / RUNS_DIR / f"{data.name}-white-noise", result)
+            write_noise(cfg.report / RUNS_DIR / noise_scope(data.name), result)
         return result
 
     def get(name: str) -> dict[str, Any]:
         if name not in probes:
             data = labelflip_dataset(name)
-            probes[name] = computed_once(shared and shared / f"{name}-white-noise", lambda: compute(data),
+            probes[name] = computed_once(shared and shared / noise_scope(name), lambda: compute(data),
                                          save_json, load_json)
         return probes[name]
 

@@ -54,10 +54,17 @@ def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> di
                          "max": float(moved.max()) if len(moved) else None},
         "confidence": {"method": "wilson", "level": CONFIDENCE},
         "analysis": analyse(matrix, class_names, seed),
-        **({"minimal_norms": minimal_norm_summary(
-            labels, result.landed.numpy(), result.norms.numpy(), result.success.numpy(), result.attacked.numpy(),
-            class_names, CONFIDENCE)} if result.epsilon is None else {}),
+        **({"minimal_norms": _minimal_norms(result, class_names)} if result.epsilon is None else {}),
     }
+
+
+def _minimal_norms(result: AttackResult, class_names: list[str]) -> dict[str, Any]:
+    """Per-class and per-pair summaries, plus every image's minimal norm (None: not attacked, or attack failed)."""
+    norms, success, attacked = result.norms.numpy(), result.success.numpy(), result.attacked.numpy()
+    summary = minimal_norm_summary(result.labels.numpy(), result.landed.numpy(), norms, success, attacked,
+                                   class_names, CONFIDENCE)
+    summary["per_image"] = [float(v) if ok else None for v, ok in zip(norms, success)]
+    return summary
 
 
 def analyse(matrix: np.ndarray, class_names: list[str], seed: int) -> dict[str, Any]:

@@ -1,0 +1,31 @@
+"""pytest-xdist scheduling for the gate: all tests of one gate case (or one white-noise probe) go to one worker.
+
+Each case's attack run is computed once per session; if its tests were spread over workers, all but one
+worker would sit waiting on the run's file lock. xdist's `loadgroup` would express this with `xdist_group`
+marks, but xdist 3.8 writes the group into `item._nodeid`, which pytest 9 no longer reads, so the marks are
+silently ignored. Scheduling on the test ids, which carry the case id, needs no private API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from xdist.scheduler import LoadScopeScheduling
+
+
+class CaseScheduling(LoadScopeScheduling):
+    """LoadScopeScheduling whose scope is the gate case named in a test's parameter id; other tests are
+    scheduled one by one, as with `--dist load`."""
+
+    def __init__(self, config, log, scopes: Iterable[str]) -> None:
+        super().__init__(config, log)
+        # Longest first, and bounded by "[", "-" or "]", so that "mnist-5k-fgsm-eps0.1" is not read as
+        # "mnist-5k-fgsm-eps0.1" of another dataset or as a prefix of "...-eps0.15".
+        names = sorted(set(scopes), key=len, reverse=True)
+        self._pattern = re.compile(r"[\[-](" + "|".join(map(re.escape, names)) + r")(?=[-\]])") if names else None
+
+    def _split_scope(self, nodeid: str) -> str:
+        params = nodeid[nodeid.find("["):] if "[" in nodeid else ""
+        match = self._pattern.search(params) if self._pattern else None
+        return match.group(1) if match else nodeid
