@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
+GATE_FILES = {name: (REPO / "robustness_tests" / f"{name}.py").read_text()
+              for name in ("test_gate", "test_flip_structure")}
 # Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.987 -> 0.975 (the
 # regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.11 -> 0.24.
 WEIGHT_NOISE = 0.5
@@ -38,7 +39,7 @@ def labelflip_model(labelflip_reference_model):
 
 
 def run_gate(pytester_gate):
-    pytester_gate.makepyfile(test_gate=GATE_TESTS)
+    pytester_gate.makepyfile(**GATE_FILES)
     return pytester_gate.runpytest_subprocess(
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick",
         "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))

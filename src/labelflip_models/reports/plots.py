@@ -88,10 +88,13 @@ def _symmetry_panel(ax: Any, runs: list[dict[str, Any]]) -> None:
         if not points:
             continue
         eps, score, ci = zip(*points)
-        lo = [sc - c[0] if c else 0 for sc, c in zip(score, ci)]
-        hi = [c[1] - sc if c else 0 for sc, c in zip(score, ci)]
-        # Nudge the two series apart on the log axis so their error bars do not hide each other.
-        ax.errorbar(np.array(eps) * offset, score, yerr=[lo, hi], marker=marker, capsize=3, label=norm)
+        x = np.array(eps) * offset  # nudge the two series apart on the log axis so their bars do not overlap
+        line = ax.plot(x, score, marker=marker, label=norm)[0]
+        # Drawn as segments, not error bars: a bias-corrected interval need not contain the estimate.
+        with_ci = [(xi, c) for xi, c in zip(x, ci) if c]
+        if with_ci:
+            ax.vlines([xi for xi, _ in with_ci], [c[0] for _, c in with_ci], [c[1] for _, c in with_ci],
+                      color=line.get_color(), linewidth=1.5)
         plotted = True
     ax.set_ylim(-0.05, 1.05)  # non-negative counts keep both scores in [0, 1]
     ax.set_ylabel("symmetry score", **FONT)
