@@ -45,10 +45,14 @@ def run_gate(pytester_gate):
         "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))
 
 
+QUICK_GATE_TESTS = 49  # 3 cases (FGSM, LinfPGD, L2 DeepFool) of the quick profile, plus its white-noise probe
+CORRECTNESS = ("test_epsilon_bound", "test_minimal_adversarials", "test_attack_success")
+
+
 @pytest.mark.slow
 def test_unchanged_model_passes(pytester_gate):
     result = run_gate(pytester_gate)
-    result.assert_outcomes(passed=24)
+    result.assert_outcomes(passed=QUICK_GATE_TESTS)
 
 
 @pytest.mark.slow
@@ -57,8 +61,11 @@ def test_weakened_model_fails_per_class_flip_rates(pytester_gate):
     result = run_gate(pytester_gate)
     outcomes = result.parseoutcomes()
     failed = [line for line in result.outlines if line.startswith("FAILED")]
-    flip_failures = [line for line in failed if "test_class_flip_rate" in line]
     print("\n".join(failed))
+    flip_failures = [line for line in failed if "test_class_flip_rate" in line]
+    norm_failures = [line for line in failed if "test_class_min_norm" in line]
     assert len(flip_failures) >= 3, result.stdout.str()
-    assert flip_failures == failed  # budgets still hold, and the attack did not get weaker
-    assert outcomes["failed"] == len(failed) and outcomes["passed"] == 24 - len(failed)
+    assert len(norm_failures) >= 1, result.stdout.str()
+    # Budgets still hold, reported norms are real, and the attacks did not get weaker.
+    assert not [line for line in failed if any(name in line for name in CORRECTNESS)]
+    assert outcomes["failed"] == len(failed) and outcomes["passed"] == QUICK_GATE_TESTS - len(failed)

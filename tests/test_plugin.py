@@ -1,5 +1,6 @@
 """The plugin end to end on the cheapest real case (quick profile, FGSM): baseline life cycle and options."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,57 @@ def test_options_and_ini_keys_are_declared(pytester_gate):
     result = pytester_gate.runpytest_subprocess("-p", "no:xdist", "--help")
     result.stdout.fnmatch_lines(["*--labelflip-profile*", "*--labelflip-regen*", "*--labelflip-require-data*",
                                  "*labelflip_baselines*"])
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--labelflip-model", "model.ts"], "*needs --labelflip-dataset*"),
+    (["--labelflip-model", "model.ts", "--labelflip-dataset", "mnist-5k"], "*needs --labelflip-baselines DIR*"),
+    (["--labelflip-model", "nowhere.ts", "--labelflip-dataset", "mnist-5k"], "*no model file at nowhere.ts*"),
+    (["--labelflip-arch", "cw-mnist"], "*describe a --labelflip-model; none given*"),
+    (["--labelflip-dataset", "cifar-10"], "*unknown dataset 'cifar-10'*"),
+    (["--labelflip-bounds", "1,0"], "*--labelflip-bounds: lower must be below upper*"),
+    (["--labelflip-model", "model.ts", "--labelflip-dataset", "mnist-5k", "--labelflip-baselines", "b",
+      "--labelflip-std", "0,x"], "*--labelflip-std*"),
+    (["--labelflip-class-names", "a,b"], "*needs --labelflip-dataset*"),
+])
+def test_bad_own_model_options_are_usage_errors(pytester_gate, option, message):
+    pytester_gate.makepyfile(test_gate=GATE_TESTS)
+    (pytester_gate.path / "model.ts").write_bytes(b"")
+    result = pytester_gate.runpytest_subprocess("-p", "no:xdist", *option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+@pytest.fixture(scope="module")
+def mnist5k_reference():
+    from labelflip_models.data import load_dataset
+    from labelflip_models.model_cache import load_or_train
+
+    return load_or_train(load_dataset("mnist-5k")).model
+
+
+@pytest.mark.slow
+def test_own_model_gets_its_own_baselines_and_passes(pytester_gate, tmp_path, mnist5k_reference):
+    """The reference network exported as TorchScript goes through --labelflip-model end to end."""
+    import torch
+
+    model = tmp_path / "mine.ts"
+    torch.jit.script(mnist5k_reference).save(str(model))
+    own = ["--labelflip-model", str(model), "--labelflip-dataset", "mnist-5k"]
+    baselines = tmp_path / "mine"
+    gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=11)
+    recorded = json.loads((baselines / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
+    assert recorded["result"]["model"]["source"] == str(model)
+    gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=12)
+
+
+@pytest.mark.slow
+def test_pickled_own_model_is_refused_in_the_gate(pytester_gate, tmp_path, mnist5k_reference):
+    import torch
+
+    model = tmp_path / "whole.pt"
+    torch.save(mnist5k_reference, model)
+    result = gate(pytester_gate, tmp_path / "b", "-p", "no:xdist", "--labelflip-model", str(model),
+                  "--labelflip-dataset", "mnist-5k", "-k", "epsilon_bound")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*executes arbitrary code*--labelflip-trust-pickle*"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,11 @@ class GateConfig:
     trust_pickle: bool
 
 
+def gate_option_names(message: str) -> str:
+    """model_io's messages name the CLI's options; in pytest the same options carry the --labelflip- prefix."""
+    return re.sub(r"(?<![\w-])--(arch|trust-pickle|mean|std|bounds|class-names)\b", r"--labelflip-\1", message)
+
+
 def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool], rootpath: Path) -> GateConfig:
     """`setting(ini_key)` gives an option's value (command line over ini file), `flag(dest)` a switch's."""
     from .data import CLASS_NAMES, DATASETS
@@ -61,13 +67,15 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     if model is not None or mean_text or std_text or names_text or bounds_text != "0,1":
         from .model_io import parse_bounds, parse_channel_values, parse_class_names
 
-        mean = parse_channel_values(mean_text, "--labelflip-mean") if mean_text else None
-        std = parse_channel_values(std_text, "--labelflip-std") if std_text else None
-        bounds = parse_bounds(bounds_text)
-        if names_text:
-            if len(datasets) != 1:
-                raise ConfigError("--labelflip-class-names needs --labelflip-dataset (names belong to one dataset)")
-            class_names = parse_class_names(names_text, len(CLASS_NAMES[datasets[0]]))
+        if names_text and len(datasets) != 1:
+            raise ConfigError("--labelflip-class-names needs --labelflip-dataset (names belong to one dataset)")
+        try:
+            mean = parse_channel_values(mean_text, "--mean") if mean_text else None
+            std = parse_channel_values(std_text, "--std") if std_text else None
+            bounds = parse_bounds(bounds_text)
+            class_names = parse_class_names(names_text, len(CLASS_NAMES[datasets[0]])) if names_text else None
+        except ConfigError as exc:
+            raise ConfigError(gate_option_names(str(exc))) from None
     if model is not None:
         if not model.is_file():
             raise ConfigError(f"--labelflip-model: no model file at {model}")

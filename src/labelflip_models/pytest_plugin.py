@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import BaselineError, DataNotFound, LabelflipError
-from .gate_config import DEFAULT_BASELINES, GateConfig, parse_gate_config
+from .gate_config import DEFAULT_BASELINES, GateConfig, gate_option_names, parse_gate_config
 from .profiles import PROFILES, Case, cases, get_profile
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn
             loaded[data.name] = model.to(resolve_device(cfg.device))
             return loaded[data.name]
         except LabelflipError as exc:
-            problem = f"--labelflip-model {cfg.model}: {exc}"
+            problem = f"--labelflip-model {cfg.model}: {gate_option_names(str(exc))}"
         _fail(problem)
 
     return get

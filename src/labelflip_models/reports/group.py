@@ -41,10 +41,11 @@ class DatasetRuns:
         return self.runs + ([self.noise] if self.noise is not None else [])
 
     def strongest(self) -> dict[str, Any] | None:
-        """The largest-ε fixed run (most flips among equal ε): where flips, and their structure, are clearest."""
+        """The fixed run with the most flips, L∞ attacks first (ε of different norms do not compare): where
+        flips, and their structure, are clearest."""
         last = [runs[-1] for runs in self.fixed.values()]
-        return max(last, default=None,
-                   key=lambda r: (r["attack"]["epsilon"], (r.get("flip_fraction") or {}).get("rate") or 0.0))
+        return max(last, default=None, key=lambda r: (r["attack"].get("norm", "linf") == "linf",
+                                                      (r.get("flip_fraction") or {}).get("count") or 0))
 
 
 def group_runs(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]]) -> list[DatasetRuns]:
