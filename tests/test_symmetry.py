@@ -78,7 +78,7 @@ def test_analysis_schema_and_json_safety():
     for norm in ("entrywise", "induced"):
         r = out[norm]
         assert r["score"] == pytest.approx(symmetry_score(HAND, norm))
-        assert -1 <= r["ci"][0] <= r["ci"][1] <= 1 and r["se"] > 0 and 0 < r["p_value"] <= 1
+        assert 0 <= r["ci"][0] <= r["ci"][1] <= 1 and r["se"] > 0 and 0 < r["p_value"] <= 1
     json.dumps(out, allow_nan=False)
     assert symmetry_analysis(HAND, resamples=500, seed=4) == out
 
@@ -170,3 +170,12 @@ def test_fast_enough():
     start = time.perf_counter()
     symmetry_analysis(m, resamples=2000)
     assert time.perf_counter() - start < 1.0  # about 0.05 s on one core; slack for loaded CI
+
+
+@pytest.mark.parametrize("norm", ["entrywise", "induced"])
+def test_count_matrices_score_between_zero_and_one(norm):
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        m = rng.poisson(rng.uniform(0.1, 5), (6, 6))
+        s = symmetry_score(m, norm)
+        assert s is None or 0 <= s <= 1

@@ -1,4 +1,4 @@
-"""How symmetric a flip matrix is: s = (|A_sym| - |A_anti|) / (|A_sym| + |A_anti|), in [-1, 1].
+"""How symmetric a flip matrix is: s = (|A_sym| - |A_anti|) / (|A_sym| + |A_anti|), in [0, 1] for counts.
 
 The diagonal (images that stayed in their class) is zeroed first: it is symmetric by construction and
 would otherwise swamp the flips. s = 1 when every a_ij equals a_ji; s = 0 (entrywise norm) when all flips
@@ -10,7 +10,8 @@ Uncertainty:
   no score and are left out. Sampling noise can only break pairs up, so resampled scores sit below the
   estimate (on a few hundred flips the plain percentile interval often excludes the estimate itself); the
   basic (reverse-percentile) interval [2s - q_hi, 2s - q_lo] corrects that bias once. It is clipped to
-  [-1, 1]; se = sample std (ddof=1) of the resampled scores.
+  [0, 1], the range of s for count matrices under both norms (|a_ij - a_ji| <= a_ij + a_ji entry by entry
+  and column by column); se = sample std (ddof=1) of the resampled scores.
 - Permutation test of "more symmetric than chance": the null keeps each row's off-diagonal counts (where a
   true class's flips go, as a multiset) and shuffles them over that row's off-diagonal positions, rows
   independently, which breaks only the alignment of a_ij with a_ji. p = (1 + #{s_perm >= s_obs}) / (1 + R),
@@ -106,7 +107,7 @@ def symmetry_analysis(matrix: np.ndarray, confidence: float = 0.95, resamples: i
         out[norm]["score"] = observed
         if len(scores):
             q_lo, q_hi = np.percentile(scores, [50 * (1 - confidence), 50 * (1 + confidence)])
-            out[norm]["ci"] = [float(max(-1.0, 2 * observed - q_hi)), float(min(1.0, 2 * observed - q_lo))]
+            out[norm]["ci"] = [float(max(0.0, 2 * observed - q_hi)), float(min(1.0, 2 * observed - q_lo))]
         if len(scores) > 1:
             out[norm]["se"] = float(np.std(scores, ddof=1))
         out[norm]["p_value"] = float((1 + np.sum(null >= observed - TIE_TOLERANCE)) / (1 + resamples))
