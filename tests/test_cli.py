@@ -120,6 +120,7 @@ def attack_matrix(capsys, tmp_path, name, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_user_models_match_the_reference_path(capsys, tmp_path, reference):
     ref, _ = attack_matrix(capsys, tmp_path, "ref", "--epsilon", "0.1")
     scripted = tmp_path / "model.ts"
@@ -135,7 +136,7 @@ def test_user_models_match_the_reference_path(capsys, tmp_path, reference):
 
     # Pixel range 0..255: ε = 25.5 there is ε = 0.1 on [0, 1]; float rounding may move an image or two.
     wide = tmp_path / "wide.ts"
-    torch.jit.script(Pixels255(reference)).save(str(wide))
+    torch.jit.script(Pixels255(reference).eval()).save(str(wide))
     w, _ = attack_matrix(capsys, tmp_path, "wide", "--epsilon", "25.5", "--bounds", "0,255", "--model", str(wide),
                          "--class-names", ",".join(f"digit {d}" for d in range(10)))
     assert np.abs(np.array(w["flip_matrix"]) - np.array(ref["flip_matrix"])).sum() <= 4

@@ -79,6 +79,7 @@ def mnist5k_reference():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_own_model_gets_its_own_baselines_and_passes(pytester_gate, tmp_path, mnist5k_reference):
     """The reference network exported as TorchScript goes through --labelflip-model end to end."""
     import torch

@@ -87,6 +87,8 @@ def pytest_configure(config: pytest.Config) -> None:
         shutil.rmtree(cfg.report / RUNS_DIR, ignore_errors=True)
     # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
     config.addinivalue_line("filterwarnings", "ignore:Please import `gaussian_filter`:DeprecationWarning")
+    # Foolbox's Brendel-Bethge hands eagerpy read-only arrays; it never writes to them.
+    config.addinivalue_line("filterwarnings", "ignore:The given NumPy array is not writable:UserWarning")
     # From workerinput, not the environment: a pytest started inside a worker inherits the worker's env.
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers:
