@@ -173,3 +173,17 @@ def test_noise_baseline_round_trip_and_check(tmp_path):
         load_noise_baseline(path, NAMES, 1000, "quick")
     with pytest.raises(BaselineError, match="--labelflip-regen --labelflip-profile quick -k white_noise"):
         load_noise_baseline(tmp_path / "missing.json", NAMES, 1000, "quick")
+
+
+def test_minimal_baseline_needs_its_norm_floors(tmp_path):
+    case = Case("quick", "mnist-5k", "l2-deepfool", None)
+    norms = {name: np.linspace(0.1, 1.0, 20) for name in NAMES}
+    path = write_baseline(case, tmp_path, fake_result(), norms)
+    assert path.name == "l2-deepfool-min.json"
+    baseline = load_baseline(case, tmp_path, NAMES, 1000)
+    assert set(baseline["gate"]["min_norm_floor"]) == set(NAMES)
+    data = json.loads(path.read_text())
+    data["gate"].pop("min_norm_floor")
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=r"missing gate\.min_norm_floor"):
+        load_baseline(case, tmp_path, NAMES, 1000)

@@ -154,6 +154,21 @@ def _check_rate(value: Any, what: str, path: Path) -> float:
     return float(value)
 
 
+def _gate_keys(minimal: bool) -> list[tuple[str, ...]]:
+    """Where the checks of a case read their thresholds in a baseline's "gate" section."""
+    keys = [("dominant_targets",), *(("symmetry", n, k) for n in SYMMETRY_NORMS for k in ("score", "se")),
+            *(("catch_all", k) for k in ("threshold", "classes", "ruled_out"))]
+    return keys + [("min_norm_floor",)] if minimal else keys
+
+
+def _has(section: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(section, dict) or key not in section:
+            return False
+        section = section[key]
+    return True
+
+
 def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dict[str, Any]:
     """The baseline for `case`, validated against the run it gates."""
     path = case.baseline_path(root, ".json")
@@ -173,14 +188,12 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
         max_rate = gate["max_flip_rate"]
         min_success = _check_rate(gate["min_attack_success"], "min_attack_success", path)
         baseline_n, baseline_names = result["dataset"]["n"], result["class_names"]
-        for norm in SYMMETRY_NORMS:
-            gate["symmetry"][norm]["score"], gate["symmetry"][norm]["se"]
-        gate["catch_all"]["threshold"], gate["catch_all"]["classes"], gate["catch_all"]["ruled_out"]
-        gate["dominant_targets"].items()
-        if case.minimal:
-            gate["min_norm_floor"].items()
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise BaselineError(f"{path}: malformed baseline (missing {exc}); regenerate it with: {hint}") from None
+    missing = [".".join(keys) for keys in _gate_keys(case.minimal) if not _has(gate, keys)]
+    if missing:
+        raise BaselineError(f"{path}: malformed baseline (missing gate.{', gate.'.join(missing)}); "
+                            f"regenerate it with: {hint}")
     if recorded != {"dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon}:
         raise BaselineError(f"{path}: baseline is for {recorded}, not {case.id}")
     if baseline_names != class_names or set(max_rate) != set(class_names):

@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     from .case_runs import CaseRun
     from .data import Dataset
 
-# Under --labelflip-report DIR, each computed run also lands in DIR/runs/<case id>/ for the session's report.
-RUNS_DIR = "runs"
+# Under --labelflip-report DIR, each computed run also lands in DIR/gate-runs/<case id>/ for the session's report;
+# the controller empties that folder (and only it) when a session starts.
+RUNS_DIR = "gate-runs"
 
 _OPTIONS = [
     # (name, ini key, default, help)
