@@ -12,16 +12,15 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack, run_attack
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import LabelflipError
-from .gate import pixel_images, run_noise_probe
+from .gate import load_user_model, pixel_images, run_noise_probe
 from .model_cache import load_or_train, model_sha256
-from .model_io import check_model, load_model, parse_bounds, parse_channel_values, parse_class_names
+from .model_io import parse_bounds, parse_channel_values, parse_class_names
 from .results import benchmark_table, build_result, check_out_dir, write_noise, write_run
 from .reports import load_runs, write_report
 
@@ -120,11 +119,8 @@ def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, 
                                       "test_accuracy": trained.test_accuracy, "path": str(trained.weights_path)}
     else:
         data = load_dataset(args.dataset, args.data_dir, args.download)
-        sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), bounds)
-        model = load_model(Path(args.model), arch=args.arch, mean=mean, std=std, trust_pickle=args.trust_pickle,
-                           in_channels=sample.shape[1], num_classes=data.num_classes)
-        check_model(model, sample, data.num_classes)
-        model = model.to(resolve_device(args.device))
+        model = load_user_model(Path(args.model), data, bounds, arch=args.arch, mean=mean, std=std,
+                                trust_pickle=args.trust_pickle).to(resolve_device(args.device))
         info = {"path": str(Path(args.model).absolute()), "arch": args.arch, "sha256": model_sha256(model)}
     if args.class_names:
         data = replace(data, class_names=parse_class_names(args.class_names, data.num_classes))

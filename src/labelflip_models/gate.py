@@ -30,6 +30,7 @@ from .flips import one_sided_wilson, read_csv, to_csv
 from .min_norms import median_ci
 from .noise import compare_histograms, noise_probe
 from .model_cache import model_sha256
+from .model_io import check_model, load_model
 from .profiles import REGEN_HINT, Case, Profile, get_profile
 from .results import build_noise_result, build_result
 
@@ -54,6 +55,16 @@ def pixel_images(data: Dataset, indices: np.ndarray, bounds: Bounds) -> tuple[to
     """Test images mapped from [0, 1] onto the model's pixel range, and their labels."""
     images, labels = data.tensors("test", indices)
     return bounds.lower + images * (bounds.upper - bounds.lower), labels
+
+
+def load_user_model(path: Path, data: Dataset, bounds: Bounds, *, arch: str | None,
+                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, trust_pickle: bool) -> nn.Module:
+    """A user's model file, loaded safely and checked on a few of the dataset's images (CPU, eval mode)."""
+    sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), bounds)
+    model = load_model(path, arch=arch, mean=mean, std=std, trust_pickle=trust_pickle, in_channels=sample.shape[1],
+                       num_classes=data.num_classes)
+    check_model(model, sample, data.num_classes)
+    return model
 
 
 def run_case(case: Case, data: Dataset, model: nn.Module, seed: int, bounds: Bounds = Bounds(),

@@ -215,12 +215,9 @@ def labelflip_reference_model(labelflip_config: GateConfig) -> Callable[[Dataset
 @pytest.fixture(scope="session")
 def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn.Module]:
     """Factory: dataset -> the --labelflip-model file, loaded once, checked on the dataset's images."""
-    import numpy as np
-
     from .attacks import Bounds
     from .devices import resolve_device
-    from .gate import pixel_images
-    from .model_io import check_model, load_model
+    from .gate import load_user_model
 
     cfg = labelflip_config
     loaded: dict[str, nn.Module] = {}
@@ -229,10 +226,8 @@ def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn
         if data.name in loaded:
             return loaded[data.name]
         try:
-            sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), Bounds(*cfg.bounds))
-            model = load_model(cfg.model, arch=cfg.arch, mean=cfg.mean, std=cfg.std, trust_pickle=cfg.trust_pickle,
-                               in_channels=sample.shape[1], num_classes=data.num_classes)
-            check_model(model, sample, data.num_classes)
+            model = load_user_model(cfg.model, data, Bounds(*cfg.bounds), arch=cfg.arch, mean=cfg.mean, std=cfg.std,
+                                    trust_pickle=cfg.trust_pickle)
             model.labelflip_source = str(cfg.model)
             loaded[data.name] = model.to(resolve_device(cfg.device))
             return loaded[data.name]
