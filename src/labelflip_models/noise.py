@@ -10,7 +10,6 @@ left both runs put every image in the same class, so the histograms agree: stati
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from scipy.stats import chi2_contingency
 from torch import nn
 
+from .attacks.bounds import Bounds
 from .errors import ConfigError, DataError
 from .flips import wilson_interval
 from .models import predict
@@ -34,10 +34,8 @@ def _check(n: int, shape: tuple[int, ...], bounds: tuple[float, float]) -> tuple
         raise ConfigError(f"the number of noise images must be positive, got {n}")
     if not shape or any(s < 1 for s in shape):
         raise ConfigError(f"image shape must be non-empty with positive sizes, got {tuple(shape)}")
-    lo, hi = float(bounds[0]), float(bounds[1])
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ConfigError(f"bounds need finite lower < upper, got ({lo}, {hi})")
-    return lo, hi
+    checked = Bounds(float(bounds[0]), float(bounds[1]))
+    return checked.lower, checked.upper
 
 
 def uniform_noise(n: int, shape: tuple[int, ...], bounds: tuple[float, float], seed: int) -> torch.Tensor:
