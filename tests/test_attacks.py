@@ -272,7 +272,7 @@ def test_describe_is_json_ready_and_complete():
     for name in KINDS:
         attack = make_attack(name)
         described = json.loads(json.dumps(describe(attack)))
-        assert described["name"] == name and described["engine"] == f"foolbox {fb.__version__}"
+        assert described["name"] == name
         assert (described["norm"], described["minimal"]) == KINDS[name]
         assert all(described[f.name] == getattr(attack, f.name) for f in fields(attack))
     assert "deepfool" in describe(make_attack("l1-bb"))["starting_points"]

@@ -34,9 +34,10 @@ def test_training_is_deterministic_on_cpu(tmp_path):
 
 def test_key_depends_on_recipe_seed_and_data():
     fp = tiny_dataset().fingerprint
-    key = cache_key("cw-mnist", TINY_RECIPE, 0, fp)
-    assert key != cache_key("cw-mnist", TINY_RECIPE, 1, fp)
-    assert key != cache_key("cw-mnist", TINY_RECIPE, 0, tiny_dataset(seed=1).fingerprint)
+    key = cache_key("cw-mnist", TINY_RECIPE, 0, fp, "fp32")
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 1, fp, "fp32")
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 0, tiny_dataset(seed=1).fingerprint, "fp32")
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 0, fp, "bf16")
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "foreign_sidecar", "no_sidecar", "bad_json"])

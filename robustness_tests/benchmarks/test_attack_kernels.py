@@ -1,92 +1,188 @@
-"""Attack-kernel timings on one fixed batch: Foolbox's FGSM and LinfPGD as labelflip runs them, and
-the same work as a plain eager fp32 PyTorch loop (the reference). Each benchmark records images/s and
-`ratio_to_reference` (its time / the reference loop's time for the same work, measured in this run).
+"""Kernel benchmarks: every attack as labelflip runs it, the same attack through torchattacks where it has one,
+and one slice of a training epoch, each timed side by side with a plain eager fp32 PyTorch loop doing the same
+work on the same batch (`reference_loops`). Each entry records in `extra_info`: images/s, `ratio_to_reference`
+(best time / the reference's best time, both measured round by round in this run; < 1 is faster), achieved
+GFLOP/s (FLOPs counted by torch's FlopCounterMode on one untimed run), the engine and the device class.
 
 Run without xdist:  pytest robustness_tests/benchmarks -p no:xdist --benchmark-json=bench.json
+Then:  labelflip bench-table bench.json;  labelflip bench-compare bench.json --baseline fixtures/benchmarks/...
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from labelflip_models.attacks import FGSM, LinfPGD, run_attack
+from labelflip_models.attacks import NORMS, make_attack, run_attack
+from labelflip_models.attacks.engine import choose_engine, fast_copy
+from labelflip_models.attacks.run import fixed_adversarials
+from labelflip_models.models import predict
+from labelflip_models.devices import device_class
+from labelflip_models.train import recipe_for, train_step
 
-BATCH = 256
-EPSILON = 0.05
-ROUNDS = 3
+import reference_loops as ref  # robustness_tests/benchmarks is on sys.path (pytest rootdir-relative import)
 
-
-def plain_pgd(model, x, y, eps, steps, rel_stepsize, random_start):
-    """Foolbox's LinfPGD semantics in plain PyTorch: uniform random start, signed-gradient steps of
-    rel_stepsize·ε, projection onto the ε-ball and the [0, 1] box after every step."""
-    delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
-    adv = (x + delta).clamp(0, 1)
-    for _ in range(steps):
-        adv.requires_grad_(True)
-        loss = F.cross_entropy(model(adv), y)
-        (grad,) = torch.autograd.grad(loss, adv)
-        adv = adv.detach() + rel_stepsize * eps * grad.sign()
-        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
-    return adv
+ROUNDS = 3  # timed rounds per entry, each preceded by one round of the reference; plus one warm-up round
 
 
+@dataclass(frozen=True)
+class Kernel:
+    attack: str
+    params: dict[str, Any]
+    epsilon: float | None
+    batch: int
+    reference: Callable[..., Any]  # (model, x, y) -> adversarials, the plain loop
+    torchattacks: Callable[[Any], Any] | None = None  # (model) -> a torchattacks attack doing the same
+    steps: int = 1  # gradient steps per image, for image-steps/s
+    # Whether each step is one forward and one input-gradient pass, so GFLOP/s follows from image-steps/s;
+    # DeepFool's steps take one backward pass per candidate class and stop when every image is adversarial.
+    flops_per_step: bool = True
+
+
+def _pgd(norm, eps, steps, rel, start):
+    return lambda m, x, y: ref.pgd(m, x, y, eps, norm, steps, rel, start)
+
+
+def _ta(name, **kw):
+    def make(model):
+        import torchattacks
+
+        return getattr(torchattacks, name)(model, **kw)
+    return make
+
+
+CW = dict(binary_search_steps=1, steps=20, initial_const=1.0, abort_early=False)
 KERNELS = {
-    # name: (labelflip kernel, plain reference doing the same work)
-    "fgsm": (FGSM(), dict(steps=1, rel_stepsize=1.0, random_start=False)),
-    "linf-pgd": (LinfPGD(), dict(steps=40, rel_stepsize=0.01 / 0.3, random_start=True)),
+    "fgsm": Kernel("fgsm", {}, 0.05, 256, _pgd("linf", 0.05, 1, 1.0, False), _ta("FGSM", eps=0.05)),
+    "linf-pgd": Kernel("linf-pgd", {}, 0.05, 256, _pgd("linf", 0.05, 40, 0.01 / 0.3, True),
+                       _ta("PGD", eps=0.05, alpha=0.05 * 0.01 / 0.3, steps=40, random_start=True), steps=40),
+    "l2-pgd": Kernel("l2-pgd", {}, 1.0, 256, _pgd("l2", 1.0, 50, 0.025, True),
+                     _ta("PGDL2", eps=1.0, alpha=0.025, steps=50, random_start=True), steps=50),
+    # Fixed work: one binary-search step, no early abort, so every implementation takes exactly `steps` steps.
+    "l2-cw": Kernel("l2-cw", CW, None, 256, lambda m, x, y: ref.carlini_wagner(m, x, y, CW["steps"], 1.0),
+                    _ta("CW", c=1.0, kappa=0, steps=CW["steps"], lr=0.01), steps=CW["steps"]),
+    "l2-deepfool": Kernel("l2-deepfool", {}, None, 32, lambda m, x, y: ref.deepfool(m, x, y, "l2"),
+                          _ta("DeepFool", steps=50, overshoot=0.02), flops_per_step=False),
+    "linf-deepfool": Kernel("linf-deepfool", {}, None, 32, lambda m, x, y: ref.deepfool(m, x, y, "linf"),
+                            flops_per_step=False),
 }
+TRAIN_SLICE = 2048  # images of one training-epoch slice (8 steps of the Fashion-MNIST recipe's batch)
 
 
 @pytest.fixture(scope="module")
-def batch(labelflip_dataset, labelflip_reference_model):
+def setup(labelflip_dataset, labelflip_reference_model):
     data = labelflip_dataset("fashion-mnist")
-    model = labelflip_reference_model(data)
-    x, y = data.tensors("test", torch.arange(BATCH).numpy())
-    return model, x, y
+    return data, labelflip_reference_model(data)
 
 
-@pytest.fixture(scope="module")
-def reference_seconds(batch):
-    """Best-of-ROUNDS time of the plain loop for each kernel's work, measured in this run."""
-    model, x, y = batch
-    seconds = {}
-    for name, (_, spec) in KERNELS.items():
-        times = []
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            plain_pgd(model, x, y, EPSILON, **spec)
-            times.append(time.perf_counter() - start)
-        seconds[name] = min(times)
-    return seconds
+def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weights: bool) -> float:
+    """FLOPs per image of one forward and backward pass: to the input (an attack step) or to the weights (a
+    training step), counted by FlopCounterMode on a copy of the model."""
+    model = copy.deepcopy(model)
+    for p in model.parameters():
+        p.requires_grad_(weights)
+    x = x.clone().requires_grad_(not weights)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / len(x)
 
 
-def _record(benchmark, name, reference_seconds, device):
+def side_by_side(benchmark, fn: Callable[[], Any], reference: Callable[[], Any]) -> tuple[Any, float]:
+    """Time `fn` with pytest-benchmark, running `reference` (untimed by it, timed here) before every round, so
+    both see the same machine state; returns fn's last result and the reference's best time."""
+    ref_times: list[float] = []
+
+    def before() -> None:
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        reference()
+        ref_times.append(time.perf_counter() - start)
+        torch.manual_seed(0)
+
+    result = benchmark.pedantic(fn, setup=before, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    return result, min(ref_times)
+
+
+def _record(benchmark, kernel: str, impl: str, engine: str, device: torch.device, batch: int, steps: int,
+            reference_s: float, flops: float | bool) -> None:
+    """`flops`: per image and step, or False where the work per step is not fixed."""
     best = benchmark.stats.stats.min
-    steps = KERNELS[name][1]["steps"]
-    benchmark.extra_info.update(kernel=name, batch=BATCH, epsilon=EPSILON, steps=steps, device=str(device),
-                                images_per_s=BATCH / best, image_steps_per_s=BATCH * steps / best,
-                                ratio_to_reference=best / reference_seconds[name])
+    benchmark.extra_info.update(
+        kernel=kernel, impl=impl, engine=engine, device=str(device), device_class=device_class(device), batch=batch,
+        steps=steps, images_per_s=batch / best, image_steps_per_s=batch * steps / best,
+        reference_images_per_s=batch / reference_s, ratio_to_reference=best / reference_s,
+        gflops_per_s=None if not flops else flops * batch * steps / best / 1e9)
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_foolbox_kernel(benchmark, batch, reference_seconds, name):
-    model, x, y = batch
-    attack = KERNELS[name][0]
-    result = benchmark.pedantic(run_attack, args=(model, x, y, attack, EPSILON), kwargs={"batch_size": BATCH},
-                                rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, name, reference_seconds, x.device)
-    assert result.linf_norms.max() <= EPSILON + 1e-6
-    assert result.success.any(), "the attack found no adversarial at all on a batch of 256"
+def _batch(data, model, n):
+    x, y = data.tensors("test", torch.arange(n).numpy())
+    device = next(model.parameters()).device
+    return x.to(device), y.to(device)
 
 
-@pytest.mark.parametrize("name", sorted(KERNELS))
-def test_plain_torch_reference(benchmark, batch, reference_seconds, name):
-    model, x, y = batch
-    adv = benchmark.pedantic(plain_pgd, args=(model, x, y, EPSILON), kwargs=KERNELS[name][1],
-                             rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    _record(benchmark, name, reference_seconds, x.device)
-    assert (adv - x).abs().max() <= EPSILON + 1e-6
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_labelflip_kernel(benchmark, setup, name):
+    data, model = setup
+    k = KERNELS[name]
+    x, y = _batch(data, model, k.batch)
+    attack = make_attack(k.attack, **k.params)
+    engine = choose_engine("auto", not attack.minimal, model, x.device)
+
+    def run():
+        if attack.minimal:  # Foolbox's minimal attacks, plus the fp32 check of each candidate
+            return run_attack(model, x, y, attack, batch_size=k.batch).clipped
+        # The fixed-ε kernel alone, like the reference loop: no clean or adversarial verdicts around it.
+        return fixed_adversarials(fast_copy(model), x, y, attack, k.epsilon, engine, batch_size=k.batch)[1]
+
+    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y))
+    _record(benchmark, name, "labelflip", engine.describe(), x.device, k.batch, k.steps, reference_s,
+            k.flops_per_step and step_flops(model, x, y, weights=False))
+    if k.epsilon is not None:
+        norms = torch.linalg.vector_norm((adv - x.cpu()).flatten(1), ord=NORMS[attack.norm], dim=1)
+        assert norms.max() <= k.epsilon * (1 + 1e-5)
+    assert (predict(model, adv) != y.cpu()).any(), f"{name} found no adversarial on a batch of {k.batch}"
+
+
+@pytest.mark.parametrize("name", [n for n, k in KERNELS.items() if k.torchattacks])
+def test_torchattacks_kernel(benchmark, setup, name):
+    pytest.importorskip("torchattacks", reason="torchattacks is a benchmark-only dependency: pip install .[bench]")
+    data, model = setup
+    k = KERNELS[name]
+    x, y = _batch(data, model, k.batch)
+    attack = k.torchattacks(model)
+    adv, reference_s = side_by_side(benchmark, lambda: attack(x, y), lambda: k.reference(model, x, y))
+    _record(benchmark, name, "torchattacks", "torchattacks (eager fp32)", x.device, k.batch, k.steps, reference_s,
+            k.flops_per_step and step_flops(model, x, y, weights=False))
+    assert adv.shape == x.shape and 0 <= adv.min() and adv.max() <= 1
+
+
+def test_training_slice(benchmark, setup):
+    """One slice of a Fashion-MNIST epoch: labelflip's training step (channels_last, bf16 where native) against
+    plain fp32 Adam steps, each on its own copy of the reference model."""
+    data, model = setup
+    recipe = recipe_for("fashion-mnist")
+    x, y = data.tensors("train", torch.arange(TRAIN_SLICE).numpy())
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    bf16 = recipe.uses_bf16(device)
+    fast, plain = copy.deepcopy(model), copy.deepcopy(model)
+    fast.to(memory_format=torch.channels_last).train()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(fast.parameters(), lr=recipe.lr)
+
+    def run():
+        for i in range(0, TRAIN_SLICE, recipe.batch_size):
+            train_step(fast, opt, x_cl[i:i + recipe.batch_size], y[i:i + recipe.batch_size], recipe, bf16)
+
+    _, reference_s = side_by_side(benchmark, run, lambda: ref.train_steps(plain, x, y, recipe.batch_size, recipe.lr))
+    engine = f"labelflip train ({'bf16 autocast' if bf16 else 'fp32'}, channels_last)"
+    _record(benchmark, "train-step", "labelflip", engine, device, TRAIN_SLICE, 1, reference_s,
+            step_flops(model, x[:8], y[:8], weights=True))
+    assert all(torch.isfinite(p).all() for p in fast.parameters()), "bf16 training steps produced non-finite weights"

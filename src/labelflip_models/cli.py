@@ -15,13 +15,15 @@ from typing import Any
 from torch import nn
 
 from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack, run_attack
+from .attacks.engine import ENGINES
+from .bench_report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import LabelflipError
 from .gate import load_user_model, pixel_images, run_noise_probe
 from .model_cache import load_or_train, model_sha256
 from .model_io import parse_bounds, parse_channel_values, parse_class_names
-from .results import benchmark_table, build_result, check_out_dir, write_noise, write_run
+from .results import build_result, check_out_dir, write_noise, write_run
 from .reports import load_runs, write_report
 
 
@@ -61,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="override one of the attack's Foolbox parameters, e.g. --param steps=100 (repeatable)")
     attack.add_argument("--limit", type=int, help="attack only the first N test images (dataset order)")
-    attack.add_argument("--batch-size", type=int, default=256)
+    attack.add_argument("--batch-size", type=int, help="images per batch (default: 256 on a CPU, 4096 on a GPU)")
+    attack.add_argument("--engine", default="auto", choices=ENGINES,
+                        help="auto (default): labelflip's native kernels for fgsm/linf-pgd/l2-pgd, in bf16 where the "
+                             "hardware runs it natively, Foolbox for the rest; foolbox: Foolbox for every attack "
+                             "(the reference); native / native-fp32: native kernels in bf16 / fp32")
     attack.add_argument("--out", required=True, help="output directory")
     noise = sub.add_parser("noise", help="white-noise probe: classify uniform-noise images, write noise.json")
     _common(noise)
@@ -73,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="output directory")
     table = sub.add_parser("bench-table", help="Markdown table from a pytest-benchmark JSON report")
     table.add_argument("report", help="file written by pytest --benchmark-json")
+    baseline = sub.add_parser("bench-baseline", help="write a benchmark baseline (ratios to the reference loop)")
+    baseline.add_argument("report", help="file written by pytest --benchmark-json")
+    baseline.add_argument("--out", required=True, help="baseline file to write (JSON)")
+    bench_compare = sub.add_parser("bench-compare", help="judge a benchmark report against a baseline: exit 1 on a "
+                                                         "regression, 2 on bad input")
+    bench_compare.add_argument("report", help="file written by pytest --benchmark-json")
+    bench_compare.add_argument("--baseline", required=True, help="file written by labelflip bench-baseline")
+    bench_compare.add_argument("--margin", type=float, default=0.25,
+                               help="a ratio more than this fraction above the baseline's regressed (default 0.25)")
     return parser
 
 
@@ -133,7 +148,7 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     attack = make_attack(args.attack, **_parse_params(args.param))
     if args.limit is not None and args.limit <= 0:
         raise LabelflipError(f"--limit must be a positive number of images, got {args.limit}")
-    if args.batch_size <= 0:
+    if args.batch_size is not None and args.batch_size <= 0:
         raise LabelflipError(f"--batch-size must be positive, got {args.batch_size}")
     # Checked before any model is loaded or trained.
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
@@ -141,7 +156,7 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     images, labels = pixel_images(data, indices, bounds)
     result = run_attack(model, images, labels, attack, args.epsilon, bounds=bounds,
-                        batch_size=args.batch_size, seed=args.seed, progress=progress)
+                        batch_size=args.batch_size, seed=args.seed, progress=progress, engine=args.engine)
     summary = build_result(data, info, f"first {len(indices)} test images", result,
                            str(next(model.parameters()).device), time.perf_counter() - start)
     csv_path, json_path = write_run(out, summary)
@@ -188,11 +203,22 @@ def cmd_report(args: argparse.Namespace, progress: bool) -> None:
 
 
 def cmd_bench_table(args: argparse.Namespace, progress: bool) -> None:
-    try:
-        bench = json.loads(Path(args.report).read_text())
-    except (OSError, ValueError) as exc:
-        raise LabelflipError(f"cannot read benchmark report {args.report}: {exc}") from None
-    print(benchmark_table(bench), end="")
+    print(markdown_table(load_report(args.report)), end="")
+
+
+def cmd_bench_baseline(args: argparse.Namespace, progress: bool) -> None:
+    report = load_report(args.report)
+    baseline = make_baseline(report)
+    write_baseline(args.out, baseline)
+    n = sum(len(impls) for impls in baseline["kernels"].values())
+    print(f"wrote a baseline of {n} benchmarks ({report.device_class}) to {args.out}")
+
+
+def cmd_bench_compare(args: argparse.Namespace, progress: bool) -> int:
+    comparison = compare(load_report(args.report), load_baseline(args.baseline), args.margin)
+    print(comparison.markdown())
+    print(comparison.summary())
+    return 1 if comparison.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,15 +226,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = sys.stderr.isatty()
     try:
         commands = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
-                    "bench-table": cmd_bench_table}
-        commands[args.command](args, progress)
+                    "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline,
+                    "bench-compare": cmd_bench_compare}
+        # A command returns a status only when its verdict, not an error, decides it (bench-compare: 1 = regression).
+        status = commands[args.command](args, progress)
     except LabelflipError as exc:
         print(f"labelflip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("labelflip: interrupted; no partial results were written", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Which torch device to run on: CUDA when present (or asked for), else the CPU."""
+"""Which torch device to run on (CUDA when present, or asked for, else the CPU), and what it runs fast."""
 
 from __future__ import annotations
 
@@ -17,3 +17,42 @@ def resolve_device(name: str = "auto") -> str:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     return name
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether the device has native bf16 matrix units (emulated bf16 would be slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def worker_device(device: str, worker_id: str | None, cuda_count: int) -> str:
+    """The device an xdist worker runs on: with `cuda` (what auto resolves to on a GPU machine) and several GPUs,
+    worker gwN takes cuda:(N mod count), so the workers spread evenly over the GPUs. An explicit cuda:K or cpu, a
+    single GPU, or no xdist keeps `device`."""
+    if worker_id is None or device != "cuda" or cuda_count < 2:
+        return device
+    index = worker_id.removeprefix("gw")
+    if not index.isdigit():
+        raise ConfigError(f"unexpected xdist worker id {worker_id!r}; expected gw0, gw1, ...")
+    return f"cuda:{int(index) % cuda_count}"
+
+
+def process_device(requested: str, worker_id: str | None) -> str:
+    """The device for this process's models: `requested` resolved, then pinned to one GPU per xdist worker."""
+    device = worker_device(resolve_device(requested), worker_id, torch.cuda.device_count())
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)  # so that a bare "cuda" tensor lands on this worker's GPU too
+    return device
+
+
+def device_class(device: torch.device | str) -> str:
+    """Names hardware whose speed ratios are comparable: the CPU's vector ISA and bf16 support, or the GPU model."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda-{torch.cuda.get_device_name(device)}"
+    bf16 = "-bf16" if bf16_is_fast(device) else ""
+    return f"{device.type}-{torch.backends.cpu.get_cpu_capability()}{bf16}"

@@ -68,7 +68,7 @@ def load_user_model(path: Path, data: Dataset, bounds: Bounds, *, arch: str | No
 
 
 def run_case(case: Case, data: Dataset, model: nn.Module, seed: int, bounds: Bounds = Bounds(),
-             uncapped: bool = False) -> tuple[dict[str, Any], AttackResult]:
+             uncapped: bool = False, engine: str = "auto") -> tuple[dict[str, Any], AttackResult]:
     """Attack the case's images; return result.json's content and the adversarials.
 
     Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
@@ -79,7 +79,7 @@ def run_case(case: Case, data: Dataset, model: nn.Module, seed: int, bounds: Bou
     images, labels = pixel_images(data, indices, bounds)
     attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
     epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
-    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, seed=seed)
+    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, seed=seed, engine=engine)
     device = str(next(model.parameters()).device)
     return build_result(data, model_info(model), selection, attacked, device, time.perf_counter() - start), attacked
 

@@ -17,6 +17,7 @@ DEFAULT_BASELINES = "fixtures/baselines"
 class GateConfig:
     profile: str
     device: str
+    engine: str
     baselines: Path
     data_dir: str | None
     seed: int
@@ -53,6 +54,12 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         from .devices import resolve_device
 
         resolve_device(device)
+    engine = setting("labelflip_engine")
+    if engine != "auto":
+        from .attacks.engine import ENGINES
+
+        if engine not in ENGINES:
+            raise ConfigError(f"--labelflip-engine: unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     baselines_text = setting("labelflip_baselines")
     baselines = Path(baselines_text)
     dataset = setting("labelflip_dataset") or None
@@ -88,7 +95,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         raise ConfigError("--labelflip-arch/--labelflip-mean/--labelflip-std describe a --labelflip-model; none given")
     report = setting("labelflip_report")
     return GateConfig(
-        profile=profile.name, device=device,
+        profile=profile.name, device=device, engine=engine,
         baselines=baselines if baselines.is_absolute() else Path(rootpath) / baselines,
         data_dir=setting("labelflip_data_dir") or None, seed=int(seed),
         regen=flag("labelflip_regen"), require_data=flag("labelflip_require_data"),

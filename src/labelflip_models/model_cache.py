@@ -68,8 +68,9 @@ def cache_root() -> Path:
     return Path(env) if env else Path(platformdirs.user_cache_dir("labelflip"))
 
 
-def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str) -> str:
-    spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": asdict(recipe), "seed": seed,
+def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, precision: str) -> str:
+    """`precision` is what training actually ran in, which depends on the hardware as well as the recipe."""
+    spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": asdict(recipe), "precision": precision, "seed": seed,
             "dataset": dataset_fingerprint, "mean": PAPER_MEAN, "std": PAPER_STD}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -100,7 +101,8 @@ def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: 
                   recipe: Recipe | None = None, root: Path | None = None, progress: bool = False,
                   lock_timeout: float = LOCK_TIMEOUT_S) -> TrainedModel:
     recipe = recipe or recipe_for(data.name)
-    key = cache_key(arch, recipe, seed, data.fingerprint)
+    precision = "bf16" if recipe.uses_bf16(device) else "fp32"
+    key = cache_key(arch, recipe, seed, data.fingerprint, precision)
     directory = (root or cache_root()) / "models" / data.name
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: 
             sidecar = {
                 "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
                 "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
-                "recipe": asdict(recipe), "seed": seed, "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
+                "recipe": asdict(recipe), "precision": precision, "seed": seed, "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
                 "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
                 "machine": machine(), "versions": versions(), "created": now_iso(),
                 "sha256": hashlib.sha256(blob).hexdigest(),

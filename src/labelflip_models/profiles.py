@@ -58,6 +58,9 @@ PAPER_EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 CW_SMOKE = (("binary_search_steps", 5), ("steps", 100))
 # Brendel-Bethge's per-sample trust-region solver runs on the CPU (numba) whatever the device.
 BB_SMOKE = (("steps", 100),)
+# Attacks whose solver compiles in every process that runs them (Brendel-Bethge's numba code: ~25-40 s). Under
+# xdist their cases share one worker, which compiles once.
+COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
 # The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
 PAPER_BB_PER_CLASS = 100
 

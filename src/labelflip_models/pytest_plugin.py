@@ -18,7 +18,7 @@ import pytest
 
 from .errors import BaselineError, DataNotFound, LabelflipError
 from .gate_config import DEFAULT_BASELINES, GateConfig, gate_option_names, parse_gate_config
-from .profiles import PROFILES, Case, cases, get_profile
+from .profiles import COMPILED_PER_PROCESS, PROFILES, Case, cases, get_profile
 
 if TYPE_CHECKING:
     from torch import nn
@@ -34,6 +34,8 @@ _OPTIONS = [
     # (name, ini key, default, help)
     ("profile", "labelflip_profile", "smoke", f"gate profile: {', '.join(PROFILES)}"),
     ("device", "labelflip_device", "auto", "torch device for models and attacks: auto, cpu, cuda, cuda:N"),
+    ("engine", "labelflip_engine", "auto", "attack engine: auto (native kernels for FGSM/PGD, bf16 where the "
+                                           "hardware has it; Foolbox otherwise), foolbox, native, native-fp32"),
     ("baselines", "labelflip_baselines", DEFAULT_BASELINES, "baseline directory (relative to rootdir)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
     ("seed", "labelflip_seed", "0", "training and attack seed"),
@@ -107,8 +109,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     from .xdist_scheduling import CaseScheduling
 
     cfg: GateConfig = config.stash[_GATE_CONFIG]
-    scopes = [c.id for c in cases(get_profile(cfg.profile), cfg.datasets)]
-    return CaseScheduling(config, log, scopes + [noise_scope(d) for d in cfg.datasets])
+    # Cases of attacks that compile per process (numba) share a worker, so each process compiles at most once.
+    scopes = {c.id: c.attack if c.attack in COMPILED_PER_PROCESS else c.id
+              for c in cases(get_profile(cfg.profile), cfg.datasets)}
+    return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in cfg.datasets})
 
 
 def noise_scope(dataset: str) -> str:
@@ -194,12 +198,19 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
 
 
 @pytest.fixture(scope="session")
-def labelflip_reference_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn.Module]:
+def labelflip_device(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> str:
+    """The torch device of this process's models: under xdist on a multi-GPU machine, one GPU per worker."""
+    from .devices import process_device
+
+    return process_device(labelflip_config.device, getattr(request.config, "workerinput", {}).get("workerid"))
+
+
+@pytest.fixture(scope="session")
+def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: str) -> Callable[[Dataset], nn.Module]:
     """Factory: dataset -> labelflip's reference model for it, trained once and cached on disk."""
-    from .devices import resolve_device
     from .model_cache import load_or_train
 
-    device = resolve_device(labelflip_config.device)
+    device = labelflip_device
     models: dict[str, nn.Module] = {}
 
     def get(data: Dataset) -> nn.Module:
@@ -213,10 +224,9 @@ def labelflip_reference_model(labelflip_config: GateConfig) -> Callable[[Dataset
 
 
 @pytest.fixture(scope="session")
-def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn.Module]:
+def labelflip_user_model(labelflip_config: GateConfig, labelflip_device: str) -> Callable[[Dataset], nn.Module]:
     """Factory: dataset -> the --labelflip-model file, loaded once, checked on the dataset's images."""
     from .attacks import Bounds
-    from .devices import resolve_device
     from .gate import load_user_model
 
     cfg = labelflip_config
@@ -229,7 +239,7 @@ def labelflip_user_model(labelflip_config: GateConfig) -> Callable[[Dataset], nn
             model = load_user_model(cfg.model, data, Bounds(*cfg.bounds), arch=cfg.arch, mean=cfg.mean, std=cfg.std,
                                     trust_pickle=cfg.trust_pickle)
             model.labelflip_source = str(cfg.model)
-            loaded[data.name] = model.to(resolve_device(cfg.device))
+            loaded[data.name] = model.to(labelflip_device)
             return loaded[data.name]
         except LabelflipError as exc:
             problem = f"--labelflip-model {cfg.model}: {gate_option_names(str(exc))}"
@@ -271,7 +281,8 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
 
     def compute(case: Case, data: Dataset) -> CaseRun:
         try:
-            result, attacked = run_case(case, data, labelflip_model(data), cfg.seed, Bounds(*cfg.bounds), cfg.uncapped)
+            result, attacked = run_case(case, data, labelflip_model(data), cfg.seed, Bounds(*cfg.bounds),
+                                        cfg.uncapped, cfg.engine)
             run = CaseRun.from_attack(case, result, attacked)
             if cfg.regen:
                 write_baseline(case, cfg.baselines, result, run.class_norms() if case.minimal else None)

@@ -140,17 +140,3 @@ def build_result(data: Dataset, model_info: dict[str, Any], selection: str, resu
         "provenance": provenance(result.params["seed"], device, wall_seconds, result.seconds),
     }
 
-
-def benchmark_table(bench: dict[str, Any]) -> str:
-    """Markdown table of a pytest-benchmark JSON report: kernel, images/s, ratio to the plain loop."""
-    try:
-        rows = [(b["name"], b["extra_info"], b["stats"]) for b in bench["benchmarks"]]
-        cpu = bench["machine_info"].get("cpu", {}).get("brand_raw", "unknown CPU")
-    except (KeyError, TypeError) as exc:
-        raise ConfigError(f"not a pytest-benchmark JSON report (missing {exc})") from None
-    lines = [f"Benchmarks on {cpu}", "",
-             "| benchmark | kernel | device | min s | images/s | ratio to plain torch |", "|---|---|---|---|---|---|"]
-    for name, info, stats in rows:
-        lines.append(f"| {name} | {info.get('kernel', '-')} | {info.get('device', '-')} | {stats['min']:.3f} | "
-                     f"{info.get('images_per_s', 0):,.0f} | {info.get('ratio_to_reference', float('nan')):.2f} |")
-    return "\n".join(lines) + "\n"

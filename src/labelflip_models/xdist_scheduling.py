@@ -9,23 +9,24 @@ silently ignored. Scheduling on the test ids, which carry the case id, needs no 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from xdist.scheduler import LoadScopeScheduling
 
 
 class CaseScheduling(LoadScopeScheduling):
-    """LoadScopeScheduling whose scope is the gate case named in a test's parameter id; other tests are
-    scheduled one by one, as with `--dist load`."""
+    """LoadScopeScheduling whose scope is looked up from the gate case named in a test's parameter id
+    (`scopes`: case id -> scope); other tests are scheduled one by one, as with `--dist load`."""
 
-    def __init__(self, config, log, scopes: Iterable[str]) -> None:
+    def __init__(self, config, log, scopes: Mapping[str, str]) -> None:
         super().__init__(config, log)
+        self._scopes = dict(scopes)
         # Longest first, and bounded by "[", "-" or "]", so that "mnist-5k-fgsm-eps0.1" is not read as
         # "mnist-5k-fgsm-eps0.1" of another dataset or as a prefix of "...-eps0.15".
-        names = sorted(set(scopes), key=len, reverse=True)
+        names = sorted(self._scopes, key=len, reverse=True)
         self._pattern = re.compile(r"[\[-](" + "|".join(map(re.escape, names)) + r")(?=[-\]])") if names else None
 
     def _split_scope(self, nodeid: str) -> str:
         params = nodeid[nodeid.find("["):] if "[" in nodeid else ""
         match = self._pattern.search(params) if self._pattern else None
-        return match.group(1) if match else nodeid
+        return self._scopes[match.group(1)] if match else nodeid

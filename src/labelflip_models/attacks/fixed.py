@@ -1,6 +1,8 @@
 """Fixed-ε attacks: each looks for an adversarial within distance ε of the image, in its norm.
 
-Step sizes are relative to ε (Foolbox's `rel_stepsize`), so one setting serves every ε of a profile.
+All three are Foolbox's gradient-descent scheme (random start, `steps` steps of `rel_stepsize`·ε, projection), so
+each runs either through Foolbox or through labelflip's own kernel (`kernels.pgd`); see `engine`. Step sizes are
+relative to ε, so one setting serves every ε of a profile.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from .base import FLAG, POSITIVE, AttackBase, at_least, param
 
 class FixedAttack(AttackBase):
     minimal: ClassVar[bool] = False
+    steps: int
+    rel_stepsize: float
+    random_start: bool
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class FGSM(FixedAttack):
 
     name: ClassVar[str] = "fgsm"
     norm: ClassVar[str] = "linf"
+    steps: ClassVar[int] = 1
+    rel_stepsize: ClassVar[float] = 1.0
     random_start: bool = param(False, FLAG)
 
     def foolbox(self) -> fb.attacks.base.FixedEpsilonAttack:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-import foolbox as fb
-
 from ..errors import ConfigError
 from .fixed import FGSM, L2PGD, LinfPGD
 from .minimal import L0BrendelBethge, L1BrendelBethge, L2CarliniWagner, L2DeepFool, LinfDeepFool
@@ -31,5 +29,4 @@ def make_attack(name: str, **params: Any) -> Attack:
 
 def describe(attack: Attack) -> dict[str, Any]:
     """JSON-ready identity and settings of an attack, for result files."""
-    return {"name": attack.name, "norm": attack.norm, "minimal": attack.minimal,
-            "engine": f"foolbox {fb.__version__}", **attack.settings()}
+    return {"name": attack.name, "norm": attack.norm, "minimal": attack.minimal, **attack.settings()}

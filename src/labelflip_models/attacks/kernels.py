@@ -1,0 +1,64 @@
+"""labelflip's own gradient kernels for the fixed-ε attacks (FGSM, L∞ PGD, L2 PGD).
+
+Same algorithm as Foolbox 3.3.4's `LinfBaseGradientDescent`/`L2BaseGradientDescent`: an optional random start
+drawn uniformly from the ε-ball, `steps` ascent steps of `rel_stepsize·ε` on the summed cross-entropy along the
+gradient's sign (L∞) or its per-image unit L2 direction, each followed by projection onto the ε-ball and clipping
+to the bounds. What differs is how it runs: the model may evaluate in bf16 (autocast), but the iterate, the
+projection and the clipping stay fp32, so the ε-bound holds exactly whatever the model's precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bounds import Bounds
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, norm: str, steps: int,
+        rel_stepsize: float, random_start: bool, bounds: Bounds, bf16: bool) -> torch.Tensor:
+    """The adversarials for one batch (fp32, within ε of `x` in `norm` and within `bounds`)."""
+    x = x.float()
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"pgd supports the linf and l2 norms, not {norm!r}")
+    adv = (x + _random_start(x, epsilon, norm)).clamp(bounds.lower, bounds.upper) if random_start else x
+    step = rel_stepsize * epsilon
+    for _ in range(steps):
+        adv = adv.detach().requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(adv)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = adv.detach() + step * _direction(grad, norm)
+        adv = (x + _project(adv - x, epsilon, norm)).clamp(bounds.lower, bounds.upper)
+    return adv.detach()
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return grad.sign()
+    return grad / _flat_norm(grad).clamp_min(1e-12)
+
+
+def _project(delta: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-epsilon, epsilon)
+    return delta * (epsilon / _flat_norm(delta).clamp_min(1e-12)).clamp_max(1.0)
+
+
+def _random_start(x: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
+    # The same draws, in the same order, as Foolbox (through eagerpy), so a seed gives both engines one start.
+    if norm == "linf":
+        return torch.rand(x.shape, dtype=x.dtype, device=x.device) * (2 * epsilon) - epsilon
+    # Uniform in the n-ball: the first n coordinates of a uniform point on the (n+2)-sphere (Foolbox's method).
+    n = math.prod(x.shape[1:])
+    sphere = torch.randn(len(x), n + 2, device=x.device, dtype=x.dtype)
+    sphere = sphere / sphere.norm(dim=1, keepdim=True)
+    return epsilon * sphere[:, :n].view_as(x)

@@ -1,0 +1,22 @@
+"""The gate's xdist scheduler: which tests share a worker."""
+
+from types import SimpleNamespace
+
+from labelflip_models.xdist_scheduling import CaseScheduling
+
+
+def _scheduler(scopes):
+    config = SimpleNamespace(getvalue=lambda name: {"tx": ["2*popen"]}[name])
+    return CaseScheduling(config, None, scopes)
+
+
+def test_tests_of_one_case_share_a_scope_and_compiled_attacks_share_one_across_datasets():
+    fgsm = ("mnist-5k-fgsm-eps0.1", "mnist-5k-fgsm-eps0.15")
+    sched = _scheduler({**{c: c for c in fgsm}, "fashion-mnist-l1-bb-min": "l1-bb", "mnist-5k-l1-bb-min": "l1-bb"})
+    split = sched._split_scope
+    assert split("t.py::test_epsilon_bound[mnist-5k-fgsm-eps0.1]") == "mnist-5k-fgsm-eps0.1"
+    assert split("t.py::test_class_flip_rate[mnist-5k-fgsm-eps0.1-3]") == "mnist-5k-fgsm-eps0.1"
+    assert split("t.py::test_class_flip_rate[mnist-5k-fgsm-eps0.15-3]") == "mnist-5k-fgsm-eps0.15"
+    assert split("t.py::test_symmetry_score[fashion-mnist-l1-bb-min-entrywise]") == "l1-bb"
+    assert split("t.py::test_attack_success[mnist-5k-l1-bb-min]") == "l1-bb"
+    assert split("tests/test_x.py::test_other[mnist-5k]") == "tests/test_x.py::test_other[mnist-5k]"
