@@ -200,3 +200,14 @@ def test_failed_bench_baseline_leaves_no_file(capsys, tmp_path):
     rc, _, err = run(capsys, ["bench-baseline", str(good), "--out", str(target)])
     assert rc == 2 and "cannot write baseline" in err and list(target.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "good.json", "taken"]
+
+
+def test_other_implementations_are_shown_but_not_gated(tmp_path):
+    baseline = make_baseline(load_report(write_report(tmp_path, standard_entries(), "old.json")))
+    entries = standard_entries()
+    for e in entries:
+        if e["extra_info"]["impl"] == "torchattacks":
+            e["extra_info"]["ratio_to_reference"] *= 3  # a slower torchattacks release is not our regression
+    comparison = compare(load_report(write_report(tmp_path, entries, "new.json")), baseline, 0.25)
+    assert [v.verdict for v in comparison.verdicts if v.impl == "torchattacks"] == ["regressed"]
+    assert not comparison.failed and "(for information)" in comparison.markdown()
