@@ -128,7 +128,8 @@ def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: 
             sidecar = {
                 "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
                 "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
-                "recipe": asdict(recipe), "precision": precision, "seed": seed, "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
+                "recipe": asdict(recipe), "precision": precision, "seed": seed,
+                "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
                 "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
                 "machine": machine(), "versions": versions(), "created": now_iso(),
                 "sha256": hashlib.sha256(blob).hexdigest(),

@@ -84,20 +84,22 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
     device = next(fast.parameters()).device
     fmodel = fb.PyTorchModel(fast, bounds=(bounds.lower, bounds.upper), device=device)
     foolbox_attack = attack.foolbox()
+    # One copy to the device and one back, not one per batch: on a GPU each copy is a host synchronisation.
+    images_on, labels_on = images.to(device), labels.to(device)
     raws, clips = [], []
     for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
-        x, y = images[i:i + batch_size].to(device), labels[i:i + batch_size].to(device)
+        x, y = images_on[i:i + batch_size], labels_on[i:i + batch_size]
         if engine.name == "native":
             x = x.contiguous(memory_format=torch.channels_last)
             raw = clipped = pgd(fast, x, y, epsilon, attack.norm, attack.steps, attack.rel_stepsize,
                                 attack.random_start, bounds, engine.bf16)
         else:
             raw, clipped, _ = foolbox_attack(fmodel, x, Misclassification(y), epsilons=epsilon)
-        raws.append(raw.detach().contiguous().cpu())
-        clips.append(clipped.detach().contiguous().cpu())
+        raws.append(raw.detach())
+        clips.append(clipped.detach())
     if not raws:
         return images.clone(), images.clone()
-    return torch.cat(raws), torch.cat(clips)
+    return (torch.cat(raws).contiguous().cpu(), torch.cat(clips).contiguous().cpu())
 
 
 def _minimal(attack: MinimalAttack, model: nn.Module, fmodel: fb.PyTorchModel, images: torch.Tensor,
