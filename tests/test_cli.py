@@ -119,6 +119,17 @@ def attack_matrix(capsys, tmp_path, name, *extra):
     return json.loads((out / "result.json").read_text()), stdout
 
 
+def test_engine_is_chosen_and_recorded(capsys, tmp_path, reference):
+    auto, _ = attack_matrix(capsys, tmp_path, "auto", "--epsilon", "0.1")
+    exact, _ = attack_matrix(capsys, tmp_path, "fp32", "--epsilon", "0.1", "--engine", "native-fp32")
+    ref, _ = attack_matrix(capsys, tmp_path, "foolbox", "--epsilon", "0.1", "--engine", "foolbox")
+    assert auto["attack"]["engine"].startswith("labelflip native") and ref["attack"]["engine"].startswith("foolbox")
+    assert exact["flip_matrix"] == ref["flip_matrix"]  # same algorithm, same precision, same draws
+    rc, _, err = run(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "l2-deepfool", "--limit", "5",
+                              "--engine", "native", "--out", str(tmp_path / "df")])
+    assert rc == 2 and "no kernel for this attack" in err and not (tmp_path / "df").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_user_models_match_the_reference_path(capsys, tmp_path, reference):

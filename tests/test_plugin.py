@@ -36,6 +36,7 @@ def test_missing_then_regenerated_then_passing(pytester_gate, tmp_path):
     (["--labelflip-profile", "nightly"], "*unknown profile 'nightly'*"),
     (["--labelflip-seed", "x"], "*--labelflip-seed must be an integer*"),
     (["--labelflip-device", "tpu:0"], "*device*"),
+    (["--labelflip-engine", "turbo"], "*--labelflip-engine: unknown engine 'turbo'*"),
 ])
 def test_bad_options_are_usage_errors(pytester_gate, option, message):
     pytester_gate.makepyfile(test_gate=GATE_TESTS)

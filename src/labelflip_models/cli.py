@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack, run_attack
-from .attacks.engine import ENGINES
+from .attacks.engine import ENGINES, check_engine
 from .bench_report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
@@ -152,6 +152,7 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         raise LabelflipError(f"--batch-size must be positive, got {args.batch_size}")
     # Checked before any model is loaded or trained.
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
+    check_engine(args.engine, not attack.minimal)
     data, model, info, bounds = _model_and_data(args, progress)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     images, labels = pixel_images(data, indices, bounds)

@@ -79,7 +79,9 @@ def run_case(case: Case, data: Dataset, model: nn.Module, seed: int, bounds: Bou
     images, labels = pixel_images(data, indices, bounds)
     attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
     epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
-    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, seed=seed, engine=engine)
+    # The gate's engine option picks how fixed-ε attacks run; minimal attacks have one engine (Foolbox).
+    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, seed=seed,
+                          engine="auto" if attack.minimal else engine)
     device = str(next(model.parameters()).device)
     return build_result(data, model_info(model), selection, attacked, device, time.perf_counter() - start), attacked
 

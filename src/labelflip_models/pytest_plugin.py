@@ -34,8 +34,9 @@ _OPTIONS = [
     # (name, ini key, default, help)
     ("profile", "labelflip_profile", "smoke", f"gate profile: {', '.join(PROFILES)}"),
     ("device", "labelflip_device", "auto", "torch device for models and attacks: auto, cpu, cuda, cuda:N"),
-    ("engine", "labelflip_engine", "auto", "attack engine: auto (native kernels for FGSM/PGD, bf16 where the "
-                                           "hardware has it; Foolbox otherwise), foolbox, native, native-fp32"),
+    ("engine", "labelflip_engine", "auto", "engine of the fixed-ε attacks: auto (native kernels, bf16 where the "
+                                           "hardware has it), foolbox, native, native-fp32; minimal attacks always "
+                                           "run through Foolbox"),
     ("baselines", "labelflip_baselines", DEFAULT_BASELINES, "baseline directory (relative to rootdir)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
     ("seed", "labelflip_seed", "0", "training and attack seed"),

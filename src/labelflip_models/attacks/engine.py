@@ -33,17 +33,22 @@ class Engine:
         return f"labelflip native ({'bf16 autocast' if self.bf16 else 'fp32'})"
 
 
+def check_engine(requested: str, has_kernel: bool) -> None:
+    """ConfigError unless `requested` can run an attack with (or without) a native kernel; needs no model."""
+    if requested not in ENGINES:
+        raise ConfigError(f"unknown engine {requested!r}; choose one of: {', '.join(ENGINES)}")
+    if requested.startswith("native") and not has_kernel:
+        raise ConfigError(f"engine {requested!r} has no kernel for this attack; use --engine foolbox or auto")
+
+
 def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: torch.device) -> Engine:
     """`auto`: native (bf16 where the hardware runs it natively) for attacks with a native kernel, else foolbox.
 
     TorchScript models keep fp32: autocast does not reach inside a scripted graph on every backend.
     """
-    if requested not in ENGINES:
-        raise ConfigError(f"unknown engine {requested!r}; choose one of: {', '.join(ENGINES)}")
+    check_engine(requested, has_kernel)
     if requested == "foolbox" or (requested == "auto" and not has_kernel):
         return Engine("foolbox", bf16=False)
-    if not has_kernel:
-        raise ConfigError(f"engine {requested!r} has no kernel for this attack; use --engine foolbox or auto")
     if requested == "native-fp32":
         return Engine("native", bf16=False)
     scripted = isinstance(model, torch.jit.ScriptModule)
