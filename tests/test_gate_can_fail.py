@@ -8,8 +8,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 GATE_FILES = {name: (REPO / "robustness_tests" / f"{name}.py").read_text()
               for name in ("test_gate", "test_flip_structure")}
-# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.987 -> 0.975 (the
-# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.11 -> 0.24.
+# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.984 -> 0.977 (the
+# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.118 -> 0.252.
 WEIGHT_NOISE = 0.5
 
 WEAKENED_CONFTEST = f"""
