@@ -21,3 +21,15 @@ def tiny_dataset(n_train: int = 64, n_test: int = 40, seed: int = 0) -> Dataset:
         test_labels=np.arange(n_test) % 10,
         source="generated",
     )
+
+
+def run_cli(capsys, argv):
+    """(exit status, stdout, stderr) of `labelflip ARGV`, run in this process."""
+    from labelflip_models.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err

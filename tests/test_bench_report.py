@@ -6,8 +6,9 @@ import pytest
 
 from labelflip_models.bench_report import (BASELINE_SCHEMA, compare, load_baseline, load_report, make_baseline,
                                            markdown_table, write_baseline)
-from labelflip_models.cli import main
 from labelflip_models.errors import ConfigError
+
+from .helpers import run_cli
 
 CPU = "Intel(R) Xeon(R) Platinum 8480+"
 CLASS = "cpu-avx512bf16"
@@ -36,13 +37,6 @@ def write_report(tmp_path, benchmarks, name="bench.json"):
     return path
 
 
-def run(capsys, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_module_does_not_import_torch():
@@ -152,26 +146,26 @@ def test_bad_baselines(tmp_path):
 
 def test_cli_table_baseline_and_compare(capsys, tmp_path):
     report = write_report(tmp_path, standard_entries(), "old.json")
-    rc, out, err = run(capsys, ["bench-table", str(report)])
+    rc, out, err = run_cli(capsys, ["bench-table", str(report)])
     assert rc == 0 and "| linf-pgd | cpu | 2,926 | 0.35 (2.9× faster) |" in out and err == ""
 
     baseline = tmp_path / "baseline.json"
-    rc, out, _ = run(capsys, ["bench-baseline", str(report), "--out", str(baseline)])
+    rc, out, _ = run_cli(capsys, ["bench-baseline", str(report), "--out", str(baseline)])
     assert rc == 0 and str(baseline) in out and load_baseline(baseline)["device_class"] == CLASS
 
-    rc, out, _ = run(capsys, ["bench-compare", str(report), "--baseline", str(baseline)])
+    rc, out, _ = run_cli(capsys, ["bench-compare", str(report), "--baseline", str(baseline)])
     assert rc == 0 and "| linf-pgd | labelflip | 0.35 | 0.35 | +0.0% | ok |" in out
     assert out.splitlines()[-1] == "no regression beyond the 25% margin (3 compared, 0 improved, 0 new)"
 
     slower = write_report(tmp_path, standard_entries(pgd_ratio=0.7), "new.json")
-    rc, out, _ = run(capsys, ["bench-compare", str(slower), "--baseline", str(baseline)])
+    rc, out, _ = run_cli(capsys, ["bench-compare", str(slower), "--baseline", str(baseline)])
     assert rc == 1
     assert out.splitlines()[-1] == "regression beyond the 25% margin: linf-pgd/labelflip ratio 0.35 → 0.7 (+100.0%)"
-    rc, _, _ = run(capsys, ["bench-compare", str(slower), "--baseline", str(baseline), "--margin", "1.5"])
+    rc, _, _ = run_cli(capsys, ["bench-compare", str(slower), "--baseline", str(baseline), "--margin", "1.5"])
     assert rc == 0
 
     other = write_report(tmp_path, standard_entries(pgd_ratio=0.7, device_class="cpu"), "other.json")
-    rc, out, _ = run(capsys, ["bench-compare", str(other), "--baseline", str(baseline)])
+    rc, out, _ = run_cli(capsys, ["bench-compare", str(other), "--baseline", str(baseline)])
     assert rc == 0 and "not comparable" in out
 
 
@@ -185,19 +179,19 @@ def test_cli_bad_input_exits_2_with_one_clear_line(capsys, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     report = load_report(write_report(tmp_path, standard_entries()))
     write_baseline(tmp_path / "baseline.json", make_baseline(report))
-    rc, out, err = run(capsys, argv)
+    rc, out, err = run_cli(capsys, argv)
     assert rc == 2 and message in err and "Traceback" not in err and out == ""
 
 
 def test_failed_bench_baseline_leaves_no_file(capsys, tmp_path):
     report = write_report(tmp_path, [entry("fgsm", "labelflip", float("nan"))])
-    rc, _, err = run(capsys, ["bench-baseline", str(report), "--out", str(tmp_path / "out" / "baseline.json")])
+    rc, _, err = run_cli(capsys, ["bench-baseline", str(report), "--out", str(tmp_path / "out" / "baseline.json")])
     assert rc == 2 and "ratio_to_reference" in err
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
     target = tmp_path / "taken"
     target.mkdir()
     good = write_report(tmp_path, standard_entries(), "good.json")
-    rc, _, err = run(capsys, ["bench-baseline", str(good), "--out", str(target)])
+    rc, _, err = run_cli(capsys, ["bench-baseline", str(good), "--out", str(target)])
     assert rc == 2 and "cannot write baseline" in err and list(target.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "good.json", "taken"]
 

@@ -6,19 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labelflip_models.cli import main
 from labelflip_models.flips import read_csv
+
+from .helpers import run_cli
 
 ATTACK = ["attack", "--dataset", "mnist-5k", "--attack", "fgsm"]
 
 
-def run(capsys, argv):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -47,7 +41,7 @@ def run(capsys, argv):
 ])
 def test_bad_arguments_exit_nonzero_with_one_clear_line(capsys, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)
-    rc, out, err = run(capsys, argv)
+    rc, out, err = run_cli(capsys, argv)
     assert rc == 2
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -56,19 +50,19 @@ def test_bad_arguments_exit_nonzero_with_one_clear_line(capsys, tmp_path, monkey
 def test_out_path_that_is_a_file(capsys, tmp_path):
     target = tmp_path / "taken"
     target.write_text("keep me")
-    rc, _, err = run(capsys, ATTACK + ["--epsilon", "0.1", "--out", str(target)])
+    rc, _, err = run_cli(capsys, ATTACK + ["--epsilon", "0.1", "--out", str(target)])
     assert rc == 2 and "is not a directory" in err and target.read_text() == "keep me"
 
 
 def test_missing_full_mnist_points_to_the_sample(capsys, tmp_path):
-    rc, _, err = run(capsys, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path)])
+    rc, _, err = run_cli(capsys, ["train", "--dataset", "mnist", "--data-dir", str(tmp_path)])
     assert rc == 2 and "mnist not found" in err and "mnist-5k" in err
 
 
 @pytest.mark.slow
 def test_attack_writes_the_papers_artefacts(capsys, tmp_path):
     out = tmp_path / "run"
-    rc, stdout, err = run(capsys, ATTACK + ["--epsilon", "0.1", "--limit", "120", "--out", str(out)])
+    rc, stdout, err = run_cli(capsys, ATTACK + ["--epsilon", "0.1", "--limit", "120", "--out", str(out)])
     assert rc == 0, err
     assert "mnist-5k is a 5,000-image sample" in stdout
     matrix, names = read_csv(out / "flip_matrix.csv")
@@ -113,7 +107,7 @@ def reference():
 
 def attack_matrix(capsys, tmp_path, name, *extra):
     out = tmp_path / name
-    rc, stdout, err = run(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "fgsm", "--limit", "200",
+    rc, stdout, err = run_cli(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "fgsm", "--limit", "200",
                                    "--out", str(out), *extra])
     assert rc == 0, err
     return json.loads((out / "result.json").read_text()), stdout
@@ -125,7 +119,7 @@ def test_engine_is_chosen_and_recorded(capsys, tmp_path, reference):
     ref, _ = attack_matrix(capsys, tmp_path, "foolbox", "--epsilon", "0.1", "--engine", "foolbox")
     assert auto["attack"]["engine"].startswith("labelflip native") and ref["attack"]["engine"].startswith("foolbox")
     assert exact["flip_matrix"] == ref["flip_matrix"]  # same algorithm, same precision, same draws
-    rc, _, err = run(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "l2-deepfool", "--limit", "5",
+    rc, _, err = run_cli(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "l2-deepfool", "--limit", "5",
                               "--engine", "native", "--out", str(tmp_path / "df")])
     assert rc == 2 and "no kernel for this attack" in err and not (tmp_path / "df").exists()
 
@@ -161,9 +155,9 @@ def test_pickled_model_needs_trust(capsys, tmp_path, reference):
     out = tmp_path / "run"
     argv = ["attack", "--dataset", "mnist-5k", "--attack", "linf-deepfool", "--limit", "30", "--out", str(out),
             "--model", str(pickled)]
-    rc, _, err = run(capsys, argv)
+    rc, _, err = run_cli(capsys, argv)
     assert rc == 2 and "--trust-pickle" in err and "Traceback" not in err and not out.exists()
-    rc, stdout, err = run(capsys, argv + ["--trust-pickle"])
+    rc, stdout, err = run_cli(capsys, argv + ["--trust-pickle"])
     assert rc == 0, err
     result = json.loads((out / "result.json").read_text())
     assert result["attack"]["minimal"] and result["attack"]["epsilon"] is None
@@ -172,12 +166,12 @@ def test_pickled_model_needs_trust(capsys, tmp_path, reference):
 
 @pytest.mark.slow
 def test_noise_then_report(capsys, tmp_path):
-    rc, stdout, err = run(capsys, ["noise", "--dataset", "mnist-5k", "--n", "500", "--out", str(tmp_path / "noise")])
+    rc, stdout, err = run_cli(capsys, ["noise", "--dataset", "mnist-5k", "--n", "500", "--out", str(tmp_path / "noise")])
     assert rc == 0, err
     noise = json.loads((tmp_path / "noise" / "noise.json").read_text())
     assert noise["n"] == 500 == sum(noise["counts"]) and "most land in" in stdout
     attack_matrix(capsys, tmp_path, "pgd", "--epsilon", "0.1")
-    rc, stdout, err = run(capsys, ["report", str(tmp_path / "noise"), str(tmp_path / "pgd"), "--out",
+    rc, stdout, err = run_cli(capsys, ["report", str(tmp_path / "noise"), str(tmp_path / "pgd"), "--out",
                                    str(tmp_path / "report")])
     assert rc == 0, err
     summary = (tmp_path / "report" / "summary.md").read_text()
