@@ -58,12 +58,13 @@ def test_baseline_round_trip(tmp_path):
     report = load_report(write_report(tmp_path, standard_entries()))
     baseline = make_baseline(report)
     assert baseline["schema"] == BASELINE_SCHEMA and baseline["device_class"] == CLASS
-    assert baseline["kernels"] == {"fgsm": {"labelflip": {"ratio_to_reference": 0.5, "images_per_s": 90000.0}},
-                                   "linf-pgd": {"labelflip": {"ratio_to_reference": 0.35, "images_per_s": 2925.7},
-                                                "torchattacks": {"ratio_to_reference": 1.4, "images_per_s": 731.4}}}
+    assert baseline["kernels"] == {
+        "fgsm": {"labelflip": {"ratio_to_reference": 0.5, "images_per_s": 90000.0, "runs": 1}},
+        "linf-pgd": {"labelflip": {"ratio_to_reference": 0.35, "images_per_s": 2925.7, "runs": 1},
+                     "torchattacks": {"ratio_to_reference": 1.4, "images_per_s": 731.4, "runs": 1}}}
     prov = baseline["provenance"]
-    assert (prov["machine"], prov["run_datetime"], prov["pytest_benchmark_version"], prov["source"]) == \
-        (CPU, "2024-05-01T12:00:00", "5.3.1", "bench.json") and prov["created"]
+    assert (prov["machine"], prov["run_datetimes"], prov["pytest_benchmark_version"], prov["sources"]) == \
+        (CPU, ["2024-05-01T12:00:00"], "5.3.1", ["bench.json"]) and prov["created"]
     path = tmp_path / "baselines" / "bench-baseline.json"
     write_baseline(path, baseline)
     assert path.read_text() == json.dumps(baseline, indent=2, sort_keys=True) + "\n"
@@ -205,3 +206,15 @@ def test_other_implementations_are_shown_but_not_gated(tmp_path):
     comparison = compare(load_report(write_report(tmp_path, entries, "new.json")), baseline, 0.25)
     assert [v.verdict for v in comparison.verdicts if v.impl == "torchattacks"] == ["regressed"]
     assert not comparison.failed and "(for information)" in comparison.markdown()
+
+
+def test_baseline_of_several_runs_takes_median_ratios(tmp_path):
+    runs = [load_report(write_report(tmp_path, standard_entries(pgd_ratio=r), f"run{i}.json"))
+            for i, r in enumerate((0.30, 0.45, 0.35))]
+    baseline = make_baseline(*runs)
+    assert baseline["kernels"]["linf-pgd"]["labelflip"]["ratio_to_reference"] == 0.35
+    assert baseline["kernels"]["linf-pgd"]["labelflip"]["runs"] == 3
+    assert baseline["provenance"]["sources"] == ["run0.json", "run1.json", "run2.json"]
+    other = load_report(write_report(tmp_path, standard_entries(device_class="cuda-H100"), "gpu.json"))
+    with pytest.raises(ConfigError, match="one device class"):
+        make_baseline(runs[0], other)

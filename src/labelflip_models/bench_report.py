@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,19 +143,32 @@ def markdown_table(report: BenchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_baseline(report: BenchReport) -> dict[str, Any]:
-    """What a later run is judged against: every non-reference entry's ratio, under the report's device class."""
+def make_baseline(*reports: BenchReport) -> dict[str, Any]:
+    """What a later run is judged against: every non-reference entry's ratio, under the reports' device class.
+
+    With several reports (runs of one commit) each ratio is their median: one run's ratios move by up to ~25%
+    on a 2-core CPU, and a baseline taken from a lucky run would fail honest runs after it.
+    """
+    classes = sorted({r.device_class for r in reports})
+    if len(classes) != 1:
+        raise ConfigError(f"a baseline needs reports of one device class, got {', '.join(classes) or 'none'}")
+    samples: dict[tuple[str, str], list[BenchRow]] = {}
+    for report in reports:
+        for r in report.rows:
+            if r.impl != REFERENCE:
+                samples.setdefault((r.kernel, r.impl), []).append(r)
+    if not samples:
+        raise ConfigError(f"{', '.join(str(r.source) for r in reports)} hold only reference-loop benchmarks; "
+                          "a baseline would judge nothing")
     kernels: dict[str, dict[str, dict[str, float]]] = {}
-    for r in report.rows:
-        if r.impl != REFERENCE:
-            kernels.setdefault(r.kernel, {})[r.impl] = {"ratio_to_reference": r.ratio_to_reference,
-                                                        "images_per_s": r.images_per_s}
-    if not kernels:
-        raise ConfigError(f"{report.source} holds only reference-loop benchmarks; a baseline would judge nothing")
-    return {"schema": BASELINE_SCHEMA, "device_class": report.device_class, "kernels": kernels,
-            "provenance": {"machine": report.machine, "run_datetime": report.datetime,
-                           "pytest_benchmark_version": report.version, "source": report.source.name,
-                           "created": now_iso()}}
+    for (kernel, impl), rows in sorted(samples.items()):
+        kernels.setdefault(kernel, {})[impl] = {
+            "ratio_to_reference": statistics.median(r.ratio_to_reference for r in rows),
+            "images_per_s": statistics.median(r.images_per_s for r in rows), "runs": len(rows)}
+    return {"schema": BASELINE_SCHEMA, "device_class": classes[0], "kernels": kernels,
+            "provenance": {"machine": reports[0].machine, "run_datetimes": [r.datetime for r in reports],
+                           "pytest_benchmark_version": reports[0].version,
+                           "sources": [r.source.name for r in reports], "created": now_iso()}}
 
 
 def write_baseline(path: Path | str, baseline: dict[str, Any]) -> None:

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("bench-table", help="Markdown table from a pytest-benchmark JSON report")
     table.add_argument("report", help="file written by pytest --benchmark-json")
     baseline = sub.add_parser("bench-baseline", help="write a benchmark baseline (ratios to the reference loop)")
-    baseline.add_argument("report", help="file written by pytest --benchmark-json")
+    baseline.add_argument("reports", nargs="+", metavar="REPORT",
+                          help="files written by pytest --benchmark-json; several runs give median ratios")
     baseline.add_argument("--out", required=True, help="baseline file to write (JSON)")
     bench_compare = sub.add_parser("bench-compare", help="judge a benchmark report against a baseline: exit 1 on a "
                                                          "regression, 2 on bad input")
@@ -208,11 +209,11 @@ def cmd_bench_table(args: argparse.Namespace, progress: bool) -> None:
 
 
 def cmd_bench_baseline(args: argparse.Namespace, progress: bool) -> None:
-    report = load_report(args.report)
-    baseline = make_baseline(report)
+    baseline = make_baseline(*(load_report(path) for path in args.reports))
     write_baseline(args.out, baseline)
     n = sum(len(impls) for impls in baseline["kernels"].values())
-    print(f"wrote a baseline of {n} benchmarks ({report.device_class}) to {args.out}")
+    print(f"wrote a baseline of {n} benchmarks ({baseline['device_class']}, median of {len(args.reports)} "
+          f"run(s)) to {args.out}")
 
 
 def cmd_bench_compare(args: argparse.Namespace, progress: bool) -> int:
