@@ -9,3 +9,15 @@ def pytester_gate(pytester, monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
     return pytester
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(model, test images, test labels): a model trained for seconds on random digit-shaped data."""
+    from labelflip_models.model_cache import load_or_train
+
+    from .helpers import TINY_RECIPE, tiny_dataset
+
+    data = tiny_dataset()
+    model = load_or_train(data, recipe=TINY_RECIPE, root=tmp_path_factory.mktemp("cache")).model
+    return model, *data.tensors("test")

@@ -14,9 +14,7 @@ from labelflip_models.attacks import (
     run_attack,
 )
 from labelflip_models.errors import ConfigError
-from labelflip_models.model_cache import load_or_train
 
-from .helpers import TINY_RECIPE, tiny_dataset
 
 # Foolbox's class behind each attack name, to check our defaults and plumbing against its own signature.
 FOOLBOX_CLASSES = {
@@ -43,13 +41,6 @@ SLOW = {"l0-bb", "l1-bb"}
 
 def _minimal_cases(names=QUICK_MINIMAL):
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    data = tiny_dataset()
-    model = load_or_train(data, recipe=TINY_RECIPE, root=tmp_path_factory.mktemp("cache")).model
-    return model, *data.tensors("test")
 
 
 @pytest.fixture(scope="module")

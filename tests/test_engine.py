@@ -7,18 +7,9 @@ from labelflip_models.attacks import FGSM, L2PGD, Bounds, LinfPGD, make_attack, 
 from labelflip_models.attacks.engine import Engine, choose_engine, fast_copy
 from labelflip_models.devices import bf16_is_fast, process_device, worker_device
 from labelflip_models.errors import ConfigError
-from labelflip_models.model_cache import load_or_train
 
-from .helpers import TINY_RECIPE, tiny_dataset
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    data = tiny_dataset()
-    model = load_or_train(data, recipe=TINY_RECIPE, root=tmp_path_factory.mktemp("cache")).model
-    return model, *data.tensors("test")
 
 
 @pytest.mark.parametrize("attack, epsilon", [(FGSM(), 0.1), (LinfPGD(steps=10), 0.1), (FGSM(random_start=True), 0.1)])

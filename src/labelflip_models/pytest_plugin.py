@@ -211,12 +211,11 @@ def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: st
     """Factory: dataset -> labelflip's reference model for it, trained once and cached on disk."""
     from .model_cache import load_or_train
 
-    device = labelflip_device
     models: dict[str, nn.Module] = {}
 
     def get(data: Dataset) -> nn.Module:
         if data.name not in models:
-            trained = load_or_train(data, seed=labelflip_config.seed, device=device)
+            trained = load_or_train(data, seed=labelflip_config.seed, device=labelflip_device)
             trained.model.labelflip_sidecar = trained.sidecar
             models[data.name] = trained.model
         return models[data.name]
