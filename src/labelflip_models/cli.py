@@ -223,22 +223,26 @@ def cmd_bench_compare(args: argparse.Namespace, progress: bool) -> int:
     return 1 if comparison.failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
+            "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline, "bench-compare": cmd_bench_compare}
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """The command's exit status; LabelflipError (bad input) and argparse's SystemExit propagate."""
     args = build_parser().parse_args(argv)
-    progress = sys.stderr.isatty()
+    # A command returns a status only when its verdict, not an error, decides it (bench-compare: 1 = regression).
+    return COMMANDS[args.command](args, sys.stderr.isatty()) or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        commands = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
-                    "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline,
-                    "bench-compare": cmd_bench_compare}
-        # A command returns a status only when its verdict, not an error, decides it (bench-compare: 1 = regression).
-        status = commands[args.command](args, progress)
+        return run(argv)
     except LabelflipError as exc:
         print(f"labelflip: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("labelflip: interrupted; no partial results were written", file=sys.stderr)
         return 130
-    return status or 0
 
 
 if __name__ == "__main__":

@@ -222,6 +222,19 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
     return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success}
 
 
+def check_same_model(path: str | Path, recorded: str, current: str, mismatch: str) -> str | None:
+    """A note when the baseline in `path` was made with another model than the one gated (by weights sha256);
+    under mismatch="error" a BaselineError instead. Another sha is expected after retraining on other hardware,
+    where the statistical checks decide; a CI that pins its model can make it an error."""
+    if recorded == current:
+        return None
+    note = f"{path}: baseline was recorded with model {recorded[:12]}, this run's model is {current[:12]}"
+    if mismatch == "error":
+        raise BaselineError(f"{note} (--labelflip-model-mismatch error); regenerate the baseline for this model "
+                            "with --labelflip-regen, or gate it with --labelflip-model-mismatch warn")
+    return note
+
+
 @dataclass(frozen=True)
 class Decision:
     passed: bool

@@ -34,6 +34,11 @@ class GateConfig:
     bounds: tuple[float, float]
     class_names: tuple[str, ...] | None
     trust_pickle: bool
+    # "warn" or "error" when a baseline was recorded with another model (by weights sha256) than the one gated.
+    model_mismatch: str = "warn"
+
+
+MODEL_MISMATCH = ("warn", "error")
 
 
 def gate_option_names(message: str) -> str:
@@ -94,6 +99,10 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     elif arch or mean or std:
         raise ConfigError("--labelflip-arch/--labelflip-mean/--labelflip-std describe a --labelflip-model; none given")
     report = setting("labelflip_report")
+    model_mismatch = setting("labelflip_model_mismatch")
+    if model_mismatch not in MODEL_MISMATCH:
+        raise ConfigError(f"--labelflip-model-mismatch: expected one of {', '.join(MODEL_MISMATCH)}, "
+                          f"got {model_mismatch!r}")
     return GateConfig(
         profile=profile.name, device=device, engine=engine,
         baselines=baselines if baselines.is_absolute() else Path(rootpath) / baselines,
@@ -101,5 +110,5 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         regen=flag("labelflip_regen"), require_data=flag("labelflip_require_data"),
         datasets=datasets, report=Path(report).absolute() if report else None, uncapped=flag("labelflip_uncapped"),
         model=model.absolute() if model else None, arch=arch, mean=mean, std=std, bounds=bounds,
-        class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"),
+        class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"), model_mismatch=model_mismatch,
     )

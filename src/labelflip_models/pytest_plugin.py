@@ -49,6 +49,8 @@ _OPTIONS = [
     ("std", "labelflip_std", "", "normalisation std the model expects: one value or one per channel"),
     ("bounds", "labelflip_bounds", "0,1", "LO,HI pixel range of the model's input; ε is a fraction of HI-LO"),
     ("class-names", "labelflip_class_names", "", "comma-separated class names, or @FILE with one per line"),
+    ("model-mismatch", "labelflip_model_mismatch", "warn", "warn or error when a baseline was recorded with another "
+                                                           "model (weights sha256) than the one gated"),
 ]
 _FLAGS = [
     ("regen", "regenerate the baselines of the selected gate cases instead of checking them"),
@@ -349,11 +351,10 @@ def labelflip_baseline(labelflip_case: Case, labelflip_config: GateConfig,
     try:
         baseline = load_baseline(labelflip_case, labelflip_config.baselines, run.result["class_names"],
                                  run.result["dataset"]["n"])
+        _check_model(baseline, run.result["model"]["sha256"], labelflip_config)
+        return baseline
     except BaselineError as exc:
         problem = str(exc)
-    else:
-        _warn_other_model(labelflip_case.id, baseline["result"]["model"]["sha256"], run.result["model"]["sha256"])
-        return baseline
     _fail(problem)
 
 
@@ -371,17 +372,16 @@ def labelflip_noise_baseline(labelflip_noise_dataset: str, labelflip_config: Gat
         pytest.skip(f"baseline regenerated: {path}")
     try:
         baseline = load_noise_baseline(path, probe["class_names"], probe["n"], cfg.profile)
+        _check_model({**baseline, "path": str(path)}, probe["model"]["sha256"], cfg)
+        return baseline
     except BaselineError as exc:
         problem = str(exc)
-    else:
-        _warn_other_model(f"{labelflip_noise_dataset} white noise", baseline["result"]["model"]["sha256"],
-                          probe["model"]["sha256"])
-        return baseline
     _fail(problem)
 
 
-def _warn_other_model(what: str, recorded: str, current: str) -> None:
-    if recorded != current:
-        # Expected after retraining or on another CPU; the statistical checks decide, this only informs.
-        warnings.warn(f"labelflip: {what}: model {current[:12]} is gated against baselines of model "
-                      f"{recorded[:12]}", stacklevel=3)
+def _check_model(baseline: dict[str, Any], current: str, cfg: GateConfig) -> None:
+    from .gate import check_same_model
+
+    note = check_same_model(baseline["path"], baseline["result"]["model"]["sha256"], current, cfg.model_mismatch)
+    if note is not None:
+        warnings.warn(f"labelflip: {note}", stacklevel=3)
