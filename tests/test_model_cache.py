@@ -40,7 +40,7 @@ def test_key_depends_on_recipe_seed_and_data():
     assert key != cache_key("cw-mnist", TINY_RECIPE, 0, fp, "bf16")
 
 
-@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "foreign_sidecar", "no_sidecar", "bad_json"])
+@pytest.mark.parametrize("damage", ["flip_byte", "truncate", "foreign_sidecar", "bad_json", "no_weights"])
 def test_damaged_entry_is_retrained_never_loaded(tmp_path, damage):
     good = _train(tmp_path)
     weights, sidecar = good.weights_path, good.weights_path.with_suffix(".json")
@@ -54,8 +54,8 @@ def test_damaged_entry_is_retrained_never_loaded(tmp_path, damage):
         meta = json.loads(sidecar.read_text())
         meta["key"] = "0" * 20
         sidecar.write_text(json.dumps(meta))
-    elif damage == "no_sidecar":
-        sidecar.unlink()
+    elif damage == "no_weights":
+        weights.unlink()
     else:
         sidecar.write_text("{not json")
     with pytest.warns(CacheWarning, match="unusable"):

@@ -289,8 +289,8 @@ def test_torch_files_that_hold_no_state_dict(tmp_path, payload, match):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"mean": (0.1, 0.2)}, r"--mean needs 1 or 1 values.*got 2"),
-    ({"std": (0.1, 0.2, 0.3, 0.4), "in_channels": 3}, r"--std needs 1 or 3 values.*got 4"),
+    ({"mean": (0.1, 0.2)}, r"--mean needs 1 value \(the dataset's images have 1 channel\), got 2"),
+    ({"std": (0.1, 0.2, 0.3, 0.4), "in_channels": 3}, r"--std needs 1 value or 3 \(one per channel.*got 4"),
     ({"std": (0.0,)}, "--std values must be positive"),
     ({"std": (1.0, -1.0, 1.0), "in_channels": 3}, "--std values must be positive"),
 ])

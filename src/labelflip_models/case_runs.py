@@ -14,11 +14,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from safetensors.torch import load_file, save
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_files, atomic_write_text
 from .attacks import AttackResult
+from .errors import LabelflipError
+from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
 from .profiles import Case
 
 T = TypeVar("T")
@@ -51,9 +53,8 @@ class CaseRun:
 
 def save_run(run: CaseRun, directory: Path) -> None:
     """Tensors first, JSON last: the JSON marks a complete entry."""
-    atomic_write_bytes(directory / "run.safetensors",
-                       save({name: getattr(run, name).contiguous() for name in _TENSORS}))
-    atomic_write_text(directory / "result.json", json.dumps(run.result))
+    atomic_write_files({directory / "run.safetensors": save({name: getattr(run, name).contiguous() for name in _TENSORS}),
+                        directory / "result.json": json.dumps(run.result).encode()})
 
 
 def load_run(case: Case, directory: Path) -> CaseRun | None:
@@ -78,9 +79,14 @@ def computed_once(directory: Path | None, compute: Callable[[], T], save_to: Cal
     if directory is None:
         return compute()
     directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(directory / "lock")):
-        value = load_from(directory)
-        if value is None:
-            value = compute()
-            save_to(value, directory)
+    lock = FileLock(str(directory / "lock"), timeout=lock_timeout_s())
+    try:
+        with lock:
+            value = load_from(directory)
+            if value is None:
+                value = compute()
+                save_to(value, directory)
+    except Timeout:
+        raise LabelflipError(f"waited {lock.timeout:g} s for {lock.lock_file}, held by another worker computing "
+                             f"the same gate case; raise ${LOCK_TIMEOUT_ENV} if it takes longer") from None
     return value

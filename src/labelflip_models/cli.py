@@ -19,7 +19,7 @@ from .attacks.engine import ENGINES, check_engine
 from .bench_report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
-from .errors import LabelflipError
+from .errors import ConfigError, LabelflipError
 from .gate import load_user_model, pixel_images, run_noise_probe
 from .model_cache import load_or_train, model_sha256
 from .model_io import parse_bounds, parse_channel_values, parse_class_names
@@ -114,7 +114,7 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name:
-            raise LabelflipError(f"--param needs NAME=VALUE, got {item!r}")
+            raise ConfigError(f"--param needs NAME=VALUE, got {item!r}")
         try:
             params[name] = json.loads(value)
         except ValueError:
@@ -129,7 +129,7 @@ def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, 
     std = parse_channel_values(args.std, "--std") if args.std else None
     if args.model is None:
         if mean or std or args.trust_pickle or args.bounds != "0,1":
-            raise LabelflipError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
+            raise ConfigError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
         data, trained = _train(args, progress)
         model, info = trained.model, {"arch": args.arch or "cw-mnist", "sha256": trained.sha256,
                                       "test_accuracy": trained.test_accuracy, "path": str(trained.weights_path)}
@@ -148,9 +148,9 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     out = check_out_dir(args.out)
     attack = make_attack(args.attack, **_parse_params(args.param))
     if args.limit is not None and args.limit <= 0:
-        raise LabelflipError(f"--limit must be a positive number of images, got {args.limit}")
+        raise ConfigError(f"--limit must be a positive number of images, got {args.limit}")
     if args.batch_size is not None and args.batch_size <= 0:
-        raise LabelflipError(f"--batch-size must be positive, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     # Checked before any model is loaded or trained.
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
     check_engine(args.engine, not attack.minimal)
@@ -184,7 +184,7 @@ def _score(s: dict[str, Any]) -> str:
 def cmd_noise(args: argparse.Namespace, progress: bool) -> None:
     out = check_out_dir(args.out)
     if args.n <= 0:
-        raise LabelflipError(f"--n must be a positive number of images, got {args.n}")
+        raise ConfigError(f"--n must be a positive number of images, got {args.n}")
     data, model, info, bounds = _model_and_data(args, progress)
     noise = run_noise_probe(data, model, args.n, args.seed, (bounds.lower, bounds.upper))
     noise["model"] = info

@@ -19,3 +19,7 @@ class ConfigError(LabelflipError):
 
 class BaselineError(LabelflipError):
     """A committed baseline is missing, malformed, or does not match the run."""
+
+
+class StorageError(LabelflipError):
+    """A file could not be written (disk full, read-only, no permission); nothing partial was left behind."""

@@ -22,10 +22,10 @@ from scipy.stats import binomtest
 from scipy.stats import norm as scipy_norm
 from torch import nn
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_files, atomic_write_text
 from .attacks import AttackResult, Bounds, make_attack, run_attack
 from .data import Dataset, balanced_subset
-from .errors import BaselineError
+from .errors import BaselineError, DataError
 from .flips import one_sided_wilson, read_csv, to_csv
 from .min_norms import median_ci
 from .noise import compare_histograms, noise_probe
@@ -154,10 +154,10 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
 def write_baseline(case: Case, root: Path, result: dict[str, Any],
                    class_norms: dict[str, np.ndarray] | None = None) -> Path:
     """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete."""
-    atomic_write_text(case.baseline_path(root, ".csv"),
-                      to_csv(np.array(result["flip_matrix"]), result["class_names"]))
     json_path = case.baseline_path(root, ".json")
-    atomic_write_text(json_path, json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n")
+    atomic_write_files({case.baseline_path(root, ".csv"):
+                        to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
+                        json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
     return json_path
 
 
@@ -216,7 +216,10 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
     thresholds = {name: _check_rate(max_rate[name], f"max_flip_rate[{name!r}]", path) for name in class_names}
     csv_path = case.baseline_path(root, ".csv")
     if csv_path.exists():
-        matrix, names = read_csv(csv_path)
+        try:
+            matrix, names = read_csv(csv_path)
+        except DataError as exc:  # a damaged baseline, not damaged data: the fix is to regenerate it
+            raise BaselineError(f"{exc}; regenerate both with: {hint}") from None
         if names != class_names or matrix.tolist() != result["flip_matrix"]:
             raise BaselineError(f"{csv_path} does not match {path.name}; regenerate both with: {hint}")
     return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success}

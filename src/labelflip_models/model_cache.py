@@ -22,16 +22,16 @@ from filelock import FileLock, Timeout
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_files, remove_stale_temps
 from .data import Dataset
-from .errors import LabelflipError
+from .errors import LabelflipError, StorageError
+from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
 from .models import PAPER_MEAN, PAPER_STD, Normalized, build_model
 from .provenance import machine, now_iso, versions
 from .train import Recipe, recipe_for, train
 
 CACHE_DIR_ENV = "LABELFLIP_CACHE_DIR"
 FORMAT_VERSION = 2
-LOCK_TIMEOUT_S = 3600.0
 
 
 class CacheWarning(UserWarning):
@@ -76,8 +76,11 @@ def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, pr
 
 
 def _load_entry(weights: Path, sidecar_path: Path, key: str, model: Normalized) -> dict[str, Any] | None:
-    """The sidecar if the entry is complete and intact, else None (after one warning line if it exists)."""
-    if not weights.exists() and not sidecar_path.exists():
+    """The sidecar if the entry is complete and intact, else None (after one warning line if it is damaged).
+
+    Weights without a sidecar are what a writer killed between the two files leaves: no entry, no warning.
+    """
+    if not sidecar_path.exists():
         return None
     try:
         sidecar = json.loads(sidecar_path.read_text())
@@ -92,51 +95,84 @@ def _load_entry(weights: Path, sidecar_path: Path, key: str, model: Normalized) 
             return sidecar
     except (OSError, ValueError, KeyError, RuntimeError, AttributeError) as exc:
         problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    warnings.warn(f"labelflip: cache entry {weights} is unusable ({problem}); retraining", CacheWarning,
+    warnings.warn(f"labelflip: cache entry {weights} is unusable ({problem}); ignoring it", CacheWarning,
                   stacklevel=3)
     return None
 
 
+def _trained_entry(model: Normalized, data: Dataset, arch: str, recipe: Recipe, seed: int, device: str,
+                   key: str, precision: str, progress: bool) -> tuple[bytes, dict[str, Any]]:
+    start = time.perf_counter()
+    acc = train(model, data, recipe, seed, progress)
+    seconds = time.perf_counter() - start
+    model.eval()
+    blob = serialize(model)
+    return blob, {
+        "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
+        "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
+        "recipe": asdict(recipe), "precision": precision, "seed": seed,
+        "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
+        "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
+        "machine": machine(), "versions": versions(), "created": now_iso(),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+    }
+
+
+def _store(weights: Path, sidecar_path: Path, blob: bytes, sidecar: dict[str, Any]) -> None:
+    """Write the entry, sidecar last; on a full or read-only disk keep no half of it and warn (the caller still
+    has the trained model, which is worth more to this run than the cache)."""
+    try:
+        atomic_write_files({weights: blob, sidecar_path: (json.dumps(sidecar, indent=2) + "\n").encode()})
+    except StorageError as exc:
+        warnings.warn(f"labelflip: trained model not cached: {exc}; this run uses it from memory, the next one "
+                      "retrains", CacheWarning, stacklevel=3)
+
+
 def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: str = "cpu",
                   recipe: Recipe | None = None, root: Path | None = None, progress: bool = False,
-                  lock_timeout: float = LOCK_TIMEOUT_S) -> TrainedModel:
+                  lock_timeout: float | None = None) -> TrainedModel:
+    """The cached model for (data, arch, recipe, seed, precision), trained first if no valid entry exists.
+
+    Exactly one of several processes asking at once trains; the others wait on a file lock and load. The lock
+    is an OS lock (flock), so a holder killed by SIGKILL releases it; a live holder is waited for up to
+    `lock_timeout` (default: lock_timeout_s()). A cache dir that cannot be written is still read.
+    """
     recipe = recipe or recipe_for(data.name)
+    lock_timeout = lock_timeout_s() if lock_timeout is None else lock_timeout
     precision = "bf16" if recipe.uses_bf16(device) else "fp32"
     key = cache_key(arch, recipe, seed, data.fingerprint, precision)
     directory = (root or cache_root()) / "models" / data.name
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LabelflipError(f"cannot create the model cache {directory} ({exc.strerror}); "
-                             f"set ${CACHE_DIR_ENV} to a writable directory") from None
+        raise StorageError(f"cannot create the model cache {directory} ({exc.strerror}); "
+                           f"set ${CACHE_DIR_ENV} to a writable directory") from None
     weights, sidecar_path = directory / f"{arch}-{key}.safetensors", directory / f"{arch}-{key}.json"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
         model = build_model(arch, data.in_channels, data.num_classes)
     lock = FileLock(str(directory / f"{arch}-{key}.lock"), timeout=lock_timeout)
     try:
-        with lock:
-            sidecar = _load_entry(weights, sidecar_path, key, model)
-            if sidecar is not None:
-                return TrainedModel(model.to(device).eval(), sidecar, weights, trained_now=False)
-            model.to(device)
-            start = time.perf_counter()
-            acc = train(model, data, recipe, seed, progress)
-            seconds = time.perf_counter() - start
-            model.eval()
-            blob = serialize(model)
-            sidecar = {
-                "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
-                "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
-                "recipe": asdict(recipe), "precision": precision, "seed": seed,
-                "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
-                "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
-                "machine": machine(), "versions": versions(), "created": now_iso(),
-                "sha256": hashlib.sha256(blob).hexdigest(),
-            }
-            atomic_write_bytes(weights, blob)
-            atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2) + "\n")
-            return TrainedModel(model, sidecar, weights, trained_now=True)
+        lock.acquire()
     except Timeout:
-        raise LabelflipError(f"waited {lock_timeout:.0f} s for {lock.lock_file}, held by another process "
-                             "training the same model; if none is running, delete the lock file") from None
+        raise LabelflipError(f"waited {lock_timeout:g} s for {lock.lock_file}, held by another process training "
+                             f"the same model; raise ${LOCK_TIMEOUT_ENV} if its training takes longer") from None
+    except OSError as exc:
+        # A read-only cache (e.g. a CI mount) cannot hold a lock, but its complete entries are safe to read.
+        sidecar = _load_entry(weights, sidecar_path, key, model)
+        if sidecar is not None:
+            return TrainedModel(model.to(device).eval(), sidecar, weights, trained_now=False)
+        raise StorageError(f"the model cache {directory} is not writable ({exc.strerror or exc}) and holds no "
+                           f"valid {arch} model for {data.name}; set ${CACHE_DIR_ENV} to a writable "
+                           "directory") from None
+    try:
+        for path in (weights, sidecar_path):
+            remove_stale_temps(path)  # of a writer killed mid-write; we hold the lock, so none is in use
+        sidecar = _load_entry(weights, sidecar_path, key, model)
+        if sidecar is not None:
+            return TrainedModel(model.to(device).eval(), sidecar, weights, trained_now=False)
+        blob, sidecar = _trained_entry(model.to(device), data, arch, recipe, seed, device, key, precision, progress)
+        _store(weights, sidecar_path, blob, sidecar)
+        return TrainedModel(model, sidecar, weights, trained_now=True)
+    finally:
+        lock.release()

@@ -329,11 +329,17 @@ def _check_normalisation(mean: tuple[float, ...] | None, std: tuple[float, ...] 
         if values is None:
             continue
         if len(values) not in (1, in_channels):
-            raise ConfigError(f"{what} needs 1 or {in_channels} values (one per channel), got {len(values)}")
+            raise ConfigError(f"{what} needs {_channel_counts(in_channels)}, got {len(values)}")
         if not all(math.isfinite(v) for v in values):
             raise ConfigError(f"{what} values must be finite, got {tuple(values)}")
     if std is not None and any(v <= 0 for v in std):
         raise ConfigError(f"--std values must be positive, got {tuple(std)}")
+
+
+def _channel_counts(in_channels: int) -> str:
+    if in_channels == 1:
+        return "1 value (the dataset's images have 1 channel)"
+    return f"1 value or {in_channels} (one per channel of the dataset's images)"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -216,11 +216,17 @@ def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: st
     models: dict[str, nn.Module] = {}
 
     def get(data: Dataset) -> nn.Module:
-        if data.name not in models:
+        if data.name in models:
+            return models[data.name]
+        try:
             trained = load_or_train(data, seed=labelflip_config.seed, device=labelflip_device)
+        except LabelflipError as exc:
+            problem = f"reference model for {data.name}: {exc}"
+        else:
             trained.model.labelflip_sidecar = trained.sidecar
             models[data.name] = trained.model
-        return models[data.name]
+            return trained.model
+        _fail(problem)
 
     return get
 
@@ -296,11 +302,16 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
         _fail(problem)
 
     def get(case: Case) -> CaseRun:
-        if case not in runs:
-            data = labelflip_dataset(case.dataset)
+        if case in runs:
+            return runs[case]
+        data = labelflip_dataset(case.dataset)
+        try:
             runs[case] = computed_once(shared and shared / case.id, lambda: compute(case, data), save_run,
                                        lambda directory: load_run(case, directory))
-        return runs[case]
+            return runs[case]
+        except LabelflipError as exc:
+            problem = str(exc)
+        _fail(problem)
 
     return get
 
@@ -329,11 +340,16 @@ def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[s
         return result
 
     def get(name: str) -> dict[str, Any]:
-        if name not in probes:
-            data = labelflip_dataset(name)
+        if name in probes:
+            return probes[name]
+        data = labelflip_dataset(name)
+        try:
             probes[name] = computed_once(shared and shared / noise_scope(name), lambda: compute(data),
                                          save_json, load_json)
-        return probes[name]
+            return probes[name]
+        except LabelflipError as exc:
+            problem = str(exc)
+        _fail(problem)
 
     return get
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_files, atomic_write_text
 from .attacks import AttackResult
 from .data import Dataset
 from .errors import ConfigError
@@ -96,23 +96,22 @@ def check_out_dir(out: Path) -> Path:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
-        raise ConfigError(f"output directory {out} is not writable ({existing}: {exc.strerror})") from None
+        raise ConfigError(f"output directory {out} is not writable: creating a file in {existing} failed "
+                          f"({exc.strerror})") from None
     return out
 
 
 def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     """Write both files atomically; result.json goes last, so its presence marks a complete run."""
     out = check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "flip_matrix.csv", out / "result.json"
-    atomic_write_text(csv_path, to_csv(np.array(result["flip_matrix"]), result["class_names"]))
-    atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")
+    atomic_write_files({csv_path: to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
+                        json_path: (json.dumps(result, indent=2) + "\n").encode()})
     return csv_path, json_path
 
 
 def write_noise(out: Path, noise: dict[str, Any]) -> Path:
     out = check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "noise.json", json.dumps(noise, indent=2) + "\n")
     return out / "noise.json"
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..atomic import atomic_write_files
 from ..errors import ConfigError
 from ..results import check_out_dir
 from .group import DatasetRuns, epsilon_label, group_runs, model_sha
@@ -57,10 +57,6 @@ def write_report(out_dir: Path, results: Sequence[dict[str, Any]],
     groups = group_runs(results, noise)
     images = _images(groups)
     texts = {"summary.md": summary_markdown(results, noise), "report.html": report_html(results, noise, images)}
-    for name, data in images.items():
-        atomic_write_bytes(out_dir / name, data)
-    for name, text in texts.items():
-        atomic_write_text(out_dir / name, text)
     index = {"schema": REPORT_SCHEMA,
              "runs": [_run_entry(r) for ds in groups for r in ds.runs],
              "trends": [{"dataset": ds.name, "attack": a, "image": trend_name(ds.name, a)}
@@ -69,5 +65,7 @@ def write_report(out_dir: Path, results: Sequence[dict[str, Any]],
                         "top": ds.noise["histogram"]["top"][:3], "image": noise_name(ds.name)}
                        for ds in groups if ds.noise is not None],
              "summary": "summary.md", "html": "report.html"}
-    atomic_write_text(out_dir / "report.json", json.dumps(index, indent=2) + "\n")
+    files = {**images, **{name: text.encode() for name, text in texts.items()},
+             "report.json": (json.dumps(index, indent=2) + "\n").encode()}
+    atomic_write_files({out_dir / name: data for name, data in files.items()})
     return {name: out_dir / name for name in [*images, *texts, "report.json"]}
