@@ -1,13 +1,22 @@
 import pytest
 
+from labelflip_models.cache_dir import CACHE_DIR_ENV, cache_root
+
+# Read before pytester points HOME at a temp folder, which would move the default model cache there (and retrain).
+USER_CACHE = cache_root()
+
 
 @pytest.fixture
 def pytester_gate(pytester, monkeypatch):
-    """pytester for runs of the gate in a child pytest, which gets this process's share of the cores:
-    under xdist each worker has fewer threads than cores, and a child using all of them oversubscribes."""
+    """pytester for runs of the gate in a child pytest, which gets this process's share of the cores (under
+    xdist each worker has fewer threads than cores, and a child using all of them oversubscribes), the user's model
+    cache, and no network."""
     import torch
 
     monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))
+    # The child's rootdir is a temp dir without our pyproject.toml, whose addopts block sockets.
+    monkeypatch.setenv("PYTEST_ADDOPTS", "--disable-socket")
+    monkeypatch.setenv(CACHE_DIR_ENV, str(USER_CACHE))
     return pytester
 
 

@@ -266,12 +266,15 @@ def test_ctrl_c_during_an_attack_exits_cleanly_and_writes_nothing(tmp_path):
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
     proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path)
     os.close(follower)
-    seen = _read_until(leader, b"linf-pgd", timeout=120)
-    assert b"linf-pgd" in seen, seen.decode(errors="replace")
-    proc.send_signal(signal.SIGINT)
-    rc = proc.wait(timeout=60)
-    seen += _read_until(leader, b"\x00", timeout=5)
-    os.close(leader)
+    try:
+        seen = _read_until(leader, b"linf-pgd", timeout=120)
+        assert b"linf-pgd" in seen, seen.decode(errors="replace")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+        seen += _read_until(leader, b"\x00", timeout=5)
+    finally:
+        proc.kill()  # a child that ignored Ctrl-C must not outlive the test
+        os.close(leader)
     assert rc == 130
     text = seen.decode(errors="replace")
     assert "labelflip: interrupted; no partial results were written" in text and "Traceback" not in text

@@ -1,8 +1,4 @@
 import json
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -71,23 +67,6 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
 
     with pytest.raises(LabelflipError, match="LABELFLIP_CACHE_DIR"):
         _train(blocker)
-
-
-def test_concurrent_processes_train_exactly_once(tmp_path):
-    script = textwrap.dedent(f"""
-        from pathlib import Path
-        from labelflip_models.model_cache import load_or_train
-        from tests.helpers import TINY_RECIPE, tiny_dataset
-        m = load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=Path({str(tmp_path)!r}))
-        print("TRAINED" if m.trained_now else "LOADED", m.sha256)
-    """)
-    root_of_repo = Path(__file__).resolve().parents[1]
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=root_of_repo)
-             for _ in range(4)]
-    outputs = [p.communicate(timeout=300)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert sorted(o[0] for o in outputs) == ["LOADED"] * 3 + ["TRAINED"]
-    assert len({o[1] for o in outputs}) == 1
 
 
 def test_model_on_requested_device(tmp_path):

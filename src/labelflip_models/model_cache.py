@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import torch
 from filelock import FileLock, Timeout
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from .atomic import atomic_write_files, remove_stale_temps
+from .cache_dir import CACHE_DIR_ENV, cache_root
 from .data import Dataset
 from .errors import LabelflipError, StorageError
 from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
@@ -30,7 +29,6 @@ from .models import PAPER_MEAN, PAPER_STD, Normalized, build_model
 from .provenance import machine, now_iso, versions
 from .train import Recipe, recipe_for, train
 
-CACHE_DIR_ENV = "LABELFLIP_CACHE_DIR"
 FORMAT_VERSION = 2
 
 
@@ -61,11 +59,6 @@ def serialize(model: torch.nn.Module) -> bytes:
 
 def model_sha256(model: torch.nn.Module) -> str:
     return hashlib.sha256(serialize(model)).hexdigest()
-
-
-def cache_root() -> Path:
-    env = os.environ.get(CACHE_DIR_ENV)
-    return Path(env) if env else Path(platformdirs.user_cache_dir("labelflip"))
 
 
 def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, precision: str) -> str:

@@ -89,9 +89,21 @@ def _locate(source: IdxSource, data_dir: Path | None) -> dict[str, Path]:
 
 
 def _download(source: IdxSource, data_dir: Path) -> None:
+    """torchvision's download; on failure, what it half-fetched is removed and the error is a DataError."""
     import torchvision.datasets
 
-    getattr(torchvision.datasets, source.torchvision_class)(root=str(data_dir), train=True, download=True)
+    target = data_dir / source.torchvision_class
+    before = set(target.rglob("*")) if target.exists() else set()
+    try:
+        getattr(torchvision.datasets, source.torchvision_class)(root=str(data_dir), train=True, download=True)
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... after trying every mirror
+        for path in sorted(set(target.rglob("*")) - before, reverse=True):  # files before their folders
+            path.rmdir() if path.is_dir() else path.unlink()
+        if not before and target.exists():
+            target.rmdir()
+        reason = next((line for line in str(exc).splitlines()[::-1] if line.strip()), type(exc).__name__)
+        raise DataError(f"downloading {source.name} into {data_dir} failed ({reason.strip()}); "
+                        f"without network access, {source.how_to_get.replace(', or pass --download', '')}") from None
 
 
 def load_idx_dataset(source: IdxSource, data_dir: str | os.PathLike | None = None,

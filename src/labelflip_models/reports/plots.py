@@ -7,11 +7,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.colors import PowerNorm
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
+from ..cache_dir import keep_matplotlib_in_cache
 from ..errors import ConfigError
+
+keep_matplotlib_in_cache()
+from matplotlib.colors import PowerNorm  # noqa: E402  (after the font cache's folder is set)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from .fmt import norm_label
 from .group import epsilon_label, is_minimal
 
