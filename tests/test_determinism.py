@@ -12,7 +12,7 @@ from .fault_injection import REPO
 ATTACKS = {
     # Random start: the seed decides the start point, so this also checks that the seed reaches the kernel.
     "linf-pgd": ["--attack", "linf-pgd", "--epsilon", "0.05", "--limit", "1000"],
-    "l2-deepfool": ["--attack", "l2-deepfool", "--limit", "300"],
+    "l2-deepfool": ["--attack", "l2-deepfool", "--limit", "200"],
 }
 TRAIN_TINY = """
 import sys

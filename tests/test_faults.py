@@ -24,9 +24,10 @@ from labelflip_models.gate import load_baseline, write_baseline
 from labelflip_models.model_cache import CacheWarning, load_or_train
 from labelflip_models.profiles import Case
 from labelflip_models.reports import load_runs, write_report
+from labelflip_models.results import write_run
 
 from .fault_injection import REPO, fill_disk, run_killed, temp_files
-from .helpers import TINY_RECIPE, tiny_dataset
+from .helpers import TINY_RECIPE, run_cli, tiny_dataset
 
 TRAIN = """
 from pathlib import Path
@@ -120,6 +121,7 @@ def read_only(tmp_path):
     made = []
 
     def make(directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() != 0:
             directory.chmod(0o555)
         elif subprocess.run(["chattr", "+i", str(directory)], capture_output=True).returncode != 0:
@@ -248,6 +250,28 @@ def test_full_disk_while_writing_a_report_replaces_nothing(tmp_path, monkeypatch
     with pytest.raises(StorageError, match="cannot write .*report.html \\(No space left on device\\); no file"):
         write_report(out, *load_runs([runs]))
     assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_full_disk_while_writing_a_run_keeps_the_old_run(tmp_path, monkeypatch):
+    import labelflip_models.atomic as atomic
+
+    old, new = _baseline_result(0), _baseline_result(1)
+    write_run(tmp_path, old)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    monkeypatch.setattr(atomic, "os", atomic.os)
+    monkeypatch.setattr(atomic, "tempfile", atomic.tempfile)
+    fill_disk("result.json")  # flip_matrix.csv fits, result.json does not: neither may be replaced
+    with pytest.raises(StorageError, match="result.json \\(No space left on device\\); no file was replaced"):
+        write_run(tmp_path, new)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_report_into_a_read_only_dir_is_a_clear_error(tmp_path, read_only, capsys):
+    runs = _runs_dir(tmp_path, ["fgsm"])
+    out = read_only(tmp_path / "out")
+    rc, _, err = run_cli(capsys, ["report", str(runs), "--out", str(out)])
+    assert rc == 2 and f"labelflip: error: output directory {out} is not writable" in err
+    assert list(out.iterdir()) == []
 
 
 # --- Ctrl-C --------------------------------------------------------------------------------------------------

@@ -172,10 +172,8 @@ def make_baseline(*reports: BenchReport) -> dict[str, Any]:
 
 
 def write_baseline(path: Path | str, baseline: dict[str, Any]) -> None:
-    try:
-        atomic_write_text(Path(path), json.dumps(baseline, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write baseline {path}: {exc.strerror or exc}") from None
+    """StorageError (nothing written) if `path` cannot be written."""
+    atomic_write_text(Path(path), json.dumps(baseline, indent=2, sort_keys=True) + "\n")
 
 
 def load_baseline(path: Path | str) -> dict[str, Any]:
