@@ -43,7 +43,7 @@ def test_epsilon_bound(labelflip_case, labelflip_run):
 
 
 @pytest.mark.labelflip_cases("minimal")
-def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_model, labelflip_dataset):
+def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_model):
     """Minimal attacks have no ε: the norms the run reports must be the adversarials' norms, and every success
     must really change the class (checked with a fresh forward pass)."""
     run = labelflip_run(labelflip_case)
@@ -52,7 +52,7 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_model, la
     assert len(wrong) == 0, (f"reported norms differ from measured ones for images {wrong[:10].tolist()}: "
                              f"{run.norms[wrong[:10]].tolist()} vs {measured[wrong[:10]].tolist()}")
     assert_within_bounds(run)
-    model = labelflip_model(labelflip_dataset(labelflip_case.dataset))
+    model = labelflip_case_model(labelflip_case)
     succeeded = torch.nonzero(run.success).flatten()
     assert run.attacked[succeeded].all(), "success reported for images the attack did not have to move"
     now = predict(model, run.clipped[succeeded])

@@ -28,11 +28,13 @@ import torch
 from torch import nn
 
 from labelflip_models import cli
+from labelflip_models.data.cifar10 import FILES as CIFAR_FILES
 from labelflip_models.errors import BaselineError, ConfigError, DataError, DataNotFound
 from labelflip_models.gate import check_same_model, load_baseline
 from labelflip_models.profiles import Case
 
 from .helpers import run_cli
+from .test_cifar10_data import NAMES, TRUNCATED, RunsCommand, good_batch, meta, write_cifar
 from .test_data import IDX_STEMS, fake_arrays, idx_bytes, write_file
 
 # TorchScript is deprecated upstream but still the portable format users have; its warnings are noise here.
@@ -120,6 +122,21 @@ def idx_case(arrays: dict[str, np.ndarray] | None = None, skip: str | None = Non
                 write_file(tmp / "data" / "fashion-mnist" / name, content)
         return attack_argv("--data-dir", "data", "--model", torchscript_file(tmp), dataset="fashion-mnist")
     return setup
+
+
+def cifar_case(skip: tuple[str, ...] = (), **files: Any) -> Setup:
+    """attack on a cifar-10 --data-dir in the real layout (DATA_DIR/cifar-10-batches-py/), `files` replacing a file's
+    pickled dict (or bytes), `skip` leaving files out; with a working 32x32x3 --model, as idx_case."""
+    def setup(tmp: Path) -> list[str]:
+        write_cifar(tmp / "data" / "cifar-10-batches-py", skip=skip, **files)
+        model = torchscript_file(tmp, pixels=3 * 32 * 32)
+        return attack_argv("--data-dir", "data", "--model", model, dataset="cifar-10", epsilon="0.03")
+    return setup
+
+
+def planted_pickle(tmp: Path) -> list[str]:
+    """A cifar-10 batch that would run a shell command when unpickled: it must be refused, the marker never made."""
+    return cifar_case(data_batch_2=good_batch(data=RunsCommand(f"touch {tmp / 'pwned'}")))(tmp)
 
 
 def idx_images(dtype: type = np.uint8, shape: tuple[int, ...] = (6, 28, 28)) -> np.ndarray:
@@ -237,6 +254,40 @@ CLI_CASES = [
     case(with_dir("data", attack_argv("--data-dir", "data", dataset="mnist")), DataNotFound,
          r"mnist not found \(looked in: data/mnist, data/MNIST/raw; .*use the 5,000-digit sample 'mnist-5k'",
          "dataset-not-found"),
+    # CIFAR-10 data (python-pickle layout under --data-dir)
+    case(cifar_case(data_batch_3=TRUNCATED), DataError,
+         r"^data/cifar-10-batches-py/data_batch_3: corrupt or truncated pickle \(UnpicklingError: "
+         r"pickle data was truncated\)$", "cifar-truncated-batch"),
+    case(cifar_case(test_batch=b"<!DOCTYPE html><html>Rate limit exceeded</html>"), DataError,
+         r"^data/cifar-10-batches-py/test_batch: corrupt or truncated pickle \(UnpicklingError: invalid load key",
+         "cifar-garbage-batch"),
+    case(cifar_case(**{"batches.meta": meta([*NAMES[:3], b"dog", b"deer", b"cat", *NAMES[6:]])}), DataError,
+         r"^data/cifar-10-batches-py/batches.meta: label_names differ from CIFAR-10's at 3: 'dog' instead of 'cat'; "
+         r"5: 'cat' instead of 'dog'", "cifar-wrong-meta"),
+    case(cifar_case(**{"batches.meta": {b"fine_label_names": NAMES}}), DataError,
+         r"^data/cifar-10-batches-py/batches.meta: missing key 'label_names' \(keys found: 'fine_label_names'\)$",
+         "cifar-meta-missing-key"),
+    case(cifar_case(data_batch_1={b"batch_label": b"training batch 1 of 5"}), DataError,
+         r"^data/cifar-10-batches-py/data_batch_1: missing key 'data', 'labels' \(keys found: 'batch_label'\)$",
+         "cifar-missing-keys"),
+    case(cifar_case(test_batch=good_batch(data=np.zeros((20, 32, 32, 3), np.uint8))), DataError,
+         r"^data/cifar-10-batches-py/test_batch: data must have shape \(n, 3072\) \(one 3x32x32 image per row\), "
+         r"found \(20, 32, 32, 3\)$", "cifar-wrong-shape"),
+    case(cifar_case(test_batch=good_batch(data=np.zeros((20, 3072), np.float32))), DataError,
+         r"^data/cifar-10-batches-py/test_batch: data must be uint8 pixels, found dtype float32$", "cifar-wrong-dtype"),
+    case(cifar_case(test_batch=good_batch(labels=[3] * 19 + [10])), DataError,
+         r"^data/cifar-10-batches-py/test_batch: labels must lie in 0..9, found 3..10$", "cifar-label-out-of-range"),
+    case(cifar_case(data_batch_5=good_batch(labels=[3] * 19)), DataError,
+         r"^data/cifar-10-batches-py/data_batch_5: 20 images but 19 labels$", "cifar-label-count-mismatch"),
+    case(planted_pickle, DataError,
+         r"^data/cifar-10-batches-py/data_batch_2: refuses to unpickle posix.system: ", "cifar-malicious-pickle"),
+    case(cifar_case(skip=("data_batch_4",)), DataNotFound,
+         r"^cifar-10: data/cifar-10-batches-py is incomplete, missing data_batch_4; to get it: download "
+         r"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into DATA_DIR, "
+         r"or pass --download$", "cifar-batch-missing"),
+    case(cifar_case(skip=CIFAR_FILES), DataNotFound,
+         r"^cifar-10 not found \(looked in: data/cifar-10-batches-py, data/cifar-10/cifar-10-batches-py; .*"
+         r"to get it: download cifar-10-python.tar.gz from ", "cifar-not-found"),
     # Model files
     case(saved_case(mlp), ConfigError,
          r"model.pth is a pickled Python object \(it names torch.nn.modules.container.Sequential\).*--trust-pickle",
@@ -458,8 +509,7 @@ BASELINE_CASES = [
                   r"fgsm-eps0.1.csv: flip matrix must have one row per class and 11 columns; regenerate both with: ",
                   "csv-unparsable"),
     baseline_case(copy_from(Case("quick", "mnist-5k", "linf-pgd", 0.1), FGSM),
-                  r"baseline is for \{'dataset': 'mnist-5k', 'attack': 'linf-pgd', 'epsilon': 0.1\}, "
-                  r"not mnist-5k-fgsm-eps0.1", "baseline-of-another-case"),
+                  r"baseline is for case mnist-5k-linf-pgd-eps0.1, not mnist-5k-fgsm-eps0.1", "baseline-of-another-case"),
     baseline_case(lambda root: None, r"baseline evaluated 1000 images, this run 500; regenerate it with: ",
                   "other-image-count", n=500),
     baseline_case(lambda root: FGSM.baseline_path(root, ".json").unlink(),

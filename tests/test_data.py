@@ -325,7 +325,8 @@ def test_incomplete_directory_names_missing_file(tmp_path):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ConfigError, match="unknown dataset 'cifar10'; choose one of: fashion-mnist, mnist, mnist-5k"):
+    with pytest.raises(ConfigError,
+                       match="unknown dataset 'cifar10'; choose one of: fashion-mnist, mnist, mnist-5k, cifar-10"):
         load_dataset("cifar10")
 
 

@@ -57,7 +57,7 @@ def test_options_and_ini_keys_are_declared(pytester_gate):
     (["--labelflip-model", "model.ts", "--labelflip-dataset", "mnist-5k"], "*needs --labelflip-baselines DIR*"),
     (["--labelflip-model", "nowhere.ts", "--labelflip-dataset", "mnist-5k"], "*no model file at nowhere.ts*"),
     (["--labelflip-arch", "cw-mnist"], "*describe a --labelflip-model; none given*"),
-    (["--labelflip-dataset", "cifar-10"], "*unknown dataset 'cifar-10'*"),
+    (["--labelflip-dataset", "cifar-100"], "*unknown dataset 'cifar-100'*"),
     (["--labelflip-bounds", "1,0"], "*--labelflip-bounds: lower must be below upper*"),
     (["--labelflip-model", "model.ts", "--labelflip-dataset", "mnist-5k", "--labelflip-baselines", "b",
       "--labelflip-std", "0,x"], "*--labelflip-std*"),

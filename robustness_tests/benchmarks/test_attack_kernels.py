@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from labelflip_models.attacks import NORMS, make_attack, run_attack
 from labelflip_models.attacks.engine import choose_engine, fast_copy
 from labelflip_models.attacks.run import fixed_adversarials
 from labelflip_models.models import predict
 from labelflip_models.devices import device_class
+from labelflip_models.throughput import step_flops
 from labelflip_models.train import recipe_for, train_step
 
 import reference_loops as ref  # robustness_tests/benchmarks is on sys.path (pytest rootdir-relative import)
@@ -82,18 +82,6 @@ def setup(labelflip_dataset, labelflip_reference_model):
     return data, labelflip_reference_model(data)
 
 
-def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, weights: bool) -> float:
-    """FLOPs per image of one forward and backward pass: to the input (an attack step) or to the weights (a
-    training step), counted by FlopCounterMode on a copy of the model."""
-    model = copy.deepcopy(model)
-    for p in model.parameters():
-        p.requires_grad_(weights)
-    x = x.clone().requires_grad_(not weights)
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-    return counter.get_total_flops() / len(x)
-
-
 def side_by_side(benchmark, fn: Callable[[], Any], reference: Callable[[], Any]) -> tuple[Any, float]:
     """Time `fn` with pytest-benchmark, running `reference` (untimed by it, timed here) before every round, so
     both see the same machine state; returns fn's last result and the reference's best time."""
@@ -143,7 +131,7 @@ def test_labelflip_kernel(benchmark, setup, name):
 
     adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y))
     _record(benchmark, name, "labelflip", engine.describe(), x.device, k.batch, k.steps, reference_s,
-            k.flops_per_step and step_flops(model, x, y, weights=False))
+            k.flops_per_step and step_flops(model, x, y, grad="input"))
     if k.epsilon is not None:
         norms = torch.linalg.vector_norm((adv - x.cpu()).flatten(1), ord=NORMS[attack.norm], dim=1)
         assert norms.max() <= k.epsilon * (1 + 1e-5)
@@ -159,7 +147,7 @@ def test_torchattacks_kernel(benchmark, setup, name):
     attack = k.torchattacks(model)
     adv, reference_s = side_by_side(benchmark, lambda: attack(x, y), lambda: k.reference(model, x, y))
     _record(benchmark, name, "torchattacks", "torchattacks (eager fp32)", x.device, k.batch, k.steps, reference_s,
-            k.flops_per_step and step_flops(model, x, y, weights=False))
+            k.flops_per_step and step_flops(model, x, y, grad="input"))
     assert adv.shape == x.shape and 0 <= adv.min() and adv.max() <= 1
 
 
@@ -184,5 +172,5 @@ def test_training_slice(benchmark, setup):
     _, reference_s = side_by_side(benchmark, run, lambda: ref.train_steps(plain, x, y, recipe.batch_size, recipe.lr))
     engine = f"labelflip train ({'bf16 autocast' if bf16 else 'fp32'}, channels_last)"
     _record(benchmark, "train-step", "labelflip", engine, device, TRAIN_SLICE, 1, reference_s,
-            step_flops(model, x[:8], y[:8], weights=True))
+            step_flops(model, x[:8], y[:8], grad="weights"))
     assert all(torch.isfinite(p).all() for p in fast.parameters()), "bf16 training steps produced non-finite weights"

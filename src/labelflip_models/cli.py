@@ -25,6 +25,8 @@ from .model_cache import load_or_train, model_sha256
 from .model_io import parse_bounds, parse_channel_values, parse_class_names
 from .results import build_result, check_out_dir, write_noise, write_run
 from .reports import load_runs, write_report
+from .throughput import ARCHS as THROUGHPUT_ARCHS
+from .throughput import measure as measure_throughput
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,7 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--arch", help="architecture: of the reference model (default cw-mnist), or of a state-dict --model")
+    p.add_argument("--arch", help="architecture: of the reference model (default: the paper's for the dataset, cw-mnist "
+                                  "or, for cifar-10, cw-cifar; also preact-resnet18), or of a state-dict --model")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -89,13 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_compare.add_argument("--baseline", required=True, help="file written by labelflip bench-baseline")
     bench_compare.add_argument("--margin", type=float, default=0.25,
                                help="a ratio more than this fraction above the baseline's regressed (default 0.25)")
+    speed = sub.add_parser("throughput", help="training and L∞-PGD images/s and GFLOP/s of an architecture, on "
+                                              "synthetic CIFAR-10-shaped data")
+    speed.add_argument("--arch", required=True, choices=THROUGHPUT_ARCHS)
+    speed.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    speed.add_argument("--batch-size", type=int, help="images per step (default: the recipe's batch size)")
+    speed.add_argument("--seconds", type=float, default=3.0, help="time each measurement for about this long "
+                                                                  "(default 3)")
     return parser
 
 
 def _train(args: argparse.Namespace, progress: bool):
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
-    trained = load_or_train(data, arch=args.arch or "cw-mnist", seed=args.seed, device=device, progress=progress)
+    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress)
     return data, trained
 
 
@@ -131,7 +141,7 @@ def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, 
         if mean or std or args.trust_pickle or args.bounds != "0,1":
             raise ConfigError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
         data, trained = _train(args, progress)
-        model, info = trained.model, {"arch": args.arch or "cw-mnist", "sha256": trained.sha256,
+        model, info = trained.model, {"arch": trained.sidecar["arch"], "sha256": trained.sha256,
                                       "test_accuracy": trained.test_accuracy, "path": str(trained.weights_path)}
     else:
         data = load_dataset(args.dataset, args.data_dir, args.download)
@@ -223,8 +233,13 @@ def cmd_bench_compare(args: argparse.Namespace, progress: bool) -> int:
     return 1 if comparison.failed else 0
 
 
+def cmd_throughput(args: argparse.Namespace, progress: bool) -> None:
+    print(measure_throughput(args.arch, resolve_device(args.device), args.batch_size, args.seconds).table(), end="")
+
+
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
-            "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline, "bench-compare": cmd_bench_compare}
+            "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline, "bench-compare": cmd_bench_compare,
+            "throughput": cmd_throughput}
 
 
 def run(argv: Sequence[str] | None = None) -> int:

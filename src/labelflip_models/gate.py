@@ -144,7 +144,8 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
         gate["min_norm_floor"] = _norm_floors(class_norms)
     return {
         "schema": BASELINE_SCHEMA,
-        "case": {"profile": case.profile, "dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon},
+        "case": {"profile": case.profile, "dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon,
+                 **({"arch": case.arch} if case.arch else {})},
         "regenerate_with": REGEN_HINT.format(profile=case.profile),
         "gate": gate,
         "result": result,
@@ -197,7 +198,8 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
         raise BaselineError(f"{path}: schema {found!r}, expected {BASELINE_SCHEMA!r}; regenerate it with: {hint}")
     try:
         gate, result = baseline["gate"], baseline["result"]
-        recorded = {k: baseline["case"][k] for k in ("dataset", "attack", "epsilon")}
+        recorded = {k: baseline["case"].get(k, "") if k == "arch" else baseline["case"][k]
+                    for k in ("dataset", "attack", "epsilon", "arch")}
         max_rate = gate["max_flip_rate"]
         min_success = _check_rate(gate["min_attack_success"], "min_attack_success", path)
         baseline_n, baseline_names = result["dataset"]["n"], result["class_names"]
@@ -207,8 +209,8 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
     if missing:
         raise BaselineError(f"{path}: malformed baseline (missing gate.{', gate.'.join(missing)}); "
                             f"regenerate it with: {hint}")
-    if recorded != {"dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon}:
-        raise BaselineError(f"{path}: baseline is for {recorded}, not {case.id}")
+    if recorded != {"dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon, "arch": case.arch}:
+        raise BaselineError(f"{path}: baseline is for case {Case(case.profile, **recorded).id}, not {case.id}")
     if baseline_names != class_names or set(max_rate) != set(class_names):
         raise BaselineError(f"{path}: baseline classes {sorted(max_rate)} differ from the model's {class_names}")
     if baseline_n != n:

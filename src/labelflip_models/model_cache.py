@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ from .cache_dir import CACHE_DIR_ENV, cache_root
 from .data import Dataset
 from .errors import LabelflipError, StorageError
 from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
-from .models import PAPER_MEAN, PAPER_STD, Normalized, build_model
+from .models import Normalized, build_model
 from .provenance import machine, now_iso, versions
-from .train import Recipe, recipe_for, train
+from .train import Recipe, default_arch, recipe_for, train
 
 FORMAT_VERSION = 2
 
@@ -61,10 +61,21 @@ def model_sha256(model: torch.nn.Module) -> str:
     return hashlib.sha256(serialize(model)).hexdigest()
 
 
+# Recipe fields added after keys were first issued: hashed only where they leave their default, so every older
+# recipe keeps its key, and with it its cached weights and the baselines that record their sha256.
+LATER_FIELDS = {f.name: f.default for f in fields(Recipe) if f.name in ("augment", "optimizer")}
+
+
 def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, precision: str) -> str:
     """`precision` is what training actually ran in, which depends on the hardware as well as the recipe."""
-    spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": asdict(recipe), "precision": precision, "seed": seed,
-            "dataset": dataset_fingerprint, "mean": PAPER_MEAN, "std": PAPER_STD}
+    spec = asdict(recipe)
+    # mean and std were hashed beside the recipe before they were part of it; they stay there.
+    mean, std = spec.pop("mean"), spec.pop("std")
+    for name, default in LATER_FIELDS.items():
+        if spec[name] == default:
+            del spec[name]
+    spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": spec, "precision": precision, "seed": seed,
+            "dataset": dataset_fingerprint, "mean": mean, "std": std}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -104,7 +115,7 @@ def _trained_entry(model: Normalized, data: Dataset, arch: str, recipe: Recipe, 
         "format": FORMAT_VERSION, "key": key, "arch": arch, "dataset": data.name,
         "dataset_fingerprint": data.fingerprint, "dataset_note": data.note,
         "recipe": asdict(recipe), "precision": precision, "seed": seed,
-        "mean": list(PAPER_MEAN), "std": list(PAPER_STD),
+        "mean": list(recipe.mean), "std": list(recipe.std),
         "test_accuracy": acc, "train_seconds": round(seconds, 1), "device": device,
         "machine": machine(), "versions": versions(), "created": now_iso(),
         "sha256": hashlib.sha256(blob).hexdigest(),
@@ -121,16 +132,19 @@ def _store(weights: Path, sidecar_path: Path, blob: bytes, sidecar: dict[str, An
                       "retrains", CacheWarning, stacklevel=3)
 
 
-def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: str = "cpu",
+def load_or_train(data: Dataset, arch: str | None = None, seed: int = 0, device: str = "cpu",
                   recipe: Recipe | None = None, root: Path | None = None, progress: bool = False,
                   lock_timeout: float | None = None) -> TrainedModel:
     """The cached model for (data, arch, recipe, seed, precision), trained first if no valid entry exists.
+
+    `arch` defaults to the paper's network for the dataset, `recipe` to recipe_for(data.name, arch, device).
 
     Exactly one of several processes asking at once trains; the others wait on a file lock and load. The lock
     is an OS lock (flock), so a holder killed by SIGKILL releases it; a live holder is waited for up to
     `lock_timeout` (default: lock_timeout_s()). A cache dir that cannot be written is still read.
     """
-    recipe = recipe or recipe_for(data.name)
+    arch = arch or default_arch(data.name)
+    recipe = recipe or recipe_for(data.name, arch, device)
     lock_timeout = lock_timeout_s() if lock_timeout is None else lock_timeout
     precision = "bf16" if recipe.uses_bf16(device) else "fp32"
     key = cache_key(arch, recipe, seed, data.fingerprint, precision)
@@ -143,7 +157,7 @@ def load_or_train(data: Dataset, arch: str = "cw-mnist", seed: int = 0, device: 
     weights, sidecar_path = directory / f"{arch}-{key}.safetensors", directory / f"{arch}-{key}.json"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the initial weights are part of what the seed fixes
-        model = build_model(arch, data.in_channels, data.num_classes)
+        model = build_model(arch, data.in_channels, data.num_classes, recipe.mean, recipe.std)
     lock = FileLock(str(directory / f"{arch}-{key}.lock"), timeout=lock_timeout)
     try:
         lock.acquire()

@@ -64,6 +64,13 @@ COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
 # The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
 PAPER_BB_PER_CLASS = 100
 
+# The paper's reference models per dataset. The first is the dataset's default: the one whose cases keep the plain
+# ids and baseline folders, and the one a user's --labelflip-model stands in for.
+REFERENCE_ARCHS: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("cw-mnist",), "mnist": ("cw-mnist",), "mnist-5k": ("cw-mnist",),
+    "cifar-10": ("cw-cifar", "preact-resnet18"),
+}
+
 PROFILES = {
     # A minute-long pre-commit check; also what the test that proves the gate can fail runs.
     "quick": Profile("quick", ("mnist-5k",), (
@@ -80,8 +87,15 @@ PROFILES = {
         AttackSpec("l2-cw", None, CW_SMOKE, per_class=5),
         AttackSpec("l1-bb", None, BB_SMOKE, per_class=5),
     ), per_class=100, noise_samples=2000),
+    # CIFAR-10 on both reference models, for a GPU machine with the real data (training them on a CPU takes hours);
+    # without the data every case skips and says how to provide it.
+    "cifar": Profile("cifar", ("cifar-10",), (
+        AttackSpec("fgsm", SMOKE_EPSILONS),
+        AttackSpec("linf-pgd", SMOKE_EPSILONS),
+        AttackSpec("l2-deepfool", None, per_class=20),
+    ), per_class=100, noise_samples=2000),
     # The paper's grid on full test sets, meant for a GPU machine; Foolbox's default attack settings.
-    "paper": Profile("paper", ("fashion-mnist", "mnist"), (
+    "paper": Profile("paper", ("fashion-mnist", "mnist", "cifar-10"), (
         AttackSpec("fgsm", PAPER_EPSILONS),
         AttackSpec("linf-pgd", PAPER_EPSILONS),
         AttackSpec("l2-deepfool", None),
@@ -105,6 +119,8 @@ class Case:
     dataset: str
     attack: str
     epsilon: float | None  # None for minimal-perturbation attacks
+    # "": the dataset's default reference model (or the user's model); else another reference architecture.
+    arch: str = ""
 
     @property
     def minimal(self) -> bool:
@@ -115,20 +131,27 @@ class Case:
         return f"{self.attack}-min" if self.epsilon is None else f"{self.attack}-eps{self.epsilon:g}"
 
     @property
+    def model_key(self) -> str:
+        """The dataset, plus the architecture when it is not the dataset's default: names ids and folders."""
+        return f"{self.dataset}-{self.arch}" if self.arch else self.dataset
+
+    @property
     def id(self) -> str:
-        return f"{self.dataset}-{self.stem}"
+        return f"{self.model_key}-{self.stem}"
 
     def baseline_path(self, root: Path, suffix: str) -> Path:
         # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
-        return Path(root) / self.profile / self.dataset / f"{self.stem}{suffix}"
+        return Path(root) / self.profile / self.model_key / f"{self.stem}{suffix}"
 
 
 def noise_baseline_path(root: Path, profile: str, dataset: str) -> Path:
     return Path(root) / profile / dataset / "white-noise.json"
 
 
-def cases(profile: Profile, datasets: tuple[str, ...] | None = None) -> list[Case]:
-    """The profile's cases, optionally restricted to `datasets` (a user's model is trained on one)."""
+def cases(profile: Profile, datasets: tuple[str, ...] | None = None, own_model: bool = False) -> list[Case]:
+    """The profile's cases, optionally restricted to `datasets` (a user's model is trained on one), for every
+    reference model of each dataset, or for the user's model alone (`own_model`)."""
     chosen = profile.datasets if datasets is None else datasets
-    return [Case(profile.name, d, s.attack, e) for d in chosen for s in profile.attacks
-            for e in (s.epsilons if s.epsilons is not None else (None,))]
+    return [Case(profile.name, d, s.attack, e, arch) for d in chosen
+            for arch in ("", *(() if own_model else REFERENCE_ARCHS.get(d, ())[1:]))
+            for s in profile.attacks for e in (s.epsilons if s.epsilons is not None else (None,))]

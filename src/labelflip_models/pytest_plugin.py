@@ -18,7 +18,7 @@ import pytest
 
 from .errors import BaselineError, DataNotFound, LabelflipError
 from .gate_config import DEFAULT_BASELINES, GateConfig, gate_option_names, parse_gate_config
-from .profiles import COMPILED_PER_PROCESS, PROFILES, Case, cases, get_profile
+from .profiles import COMPILED_PER_PROCESS, PROFILES, REFERENCE_ARCHS, Case, cases, get_profile
 
 if TYPE_CHECKING:
     from torch import nn
@@ -114,7 +114,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     cfg: GateConfig = config.stash[_GATE_CONFIG]
     # Cases of attacks that compile per process (numba) share a worker, so each process compiles at most once.
     scopes = {c.id: c.attack if c.attack in COMPILED_PER_PROCESS else c.id
-              for c in cases(get_profile(cfg.profile), cfg.datasets)}
+              for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)}
     return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in cfg.datasets})
 
 
@@ -134,7 +134,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     kind = marker.args[0] if marker and marker.args else "all"
     if kind not in ("all", "fixed", "minimal"):
         raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be 'all', 'fixed' or 'minimal'")
-    selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets)
+    selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
                 if kind == "all" or c.minimal == (kind == "minimal")]
     if "labelflip_class" in metafunc.fixturenames:
         names = {d: cfg.class_names or CLASS_NAMES[d] for d in cfg.datasets}
@@ -190,7 +190,8 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
             loaded[name] = data
             return data
         except DataNotFound as exc:
-            missing, problem = str(exc), f"--labelflip-require-data: {exc}"
+            missing = f"{exc} (--labelflip-require-data turns this skip into a failure)"
+            problem = f"--labelflip-require-data: {exc}"
         except LabelflipError as exc:
             missing, problem = None, str(exc)
         if missing is not None and not labelflip_config.require_data:
@@ -209,22 +210,24 @@ def labelflip_device(labelflip_config: GateConfig, request: pytest.FixtureReques
 
 
 @pytest.fixture(scope="session")
-def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: str) -> Callable[[Dataset], nn.Module]:
-    """Factory: dataset -> labelflip's reference model for it, trained once and cached on disk."""
+def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: str) -> Callable[..., nn.Module]:
+    """Factory: (dataset, arch=None) -> labelflip's reference model of that architecture (default: the dataset's
+    first reference model), trained once and cached on disk."""
     from .model_cache import load_or_train
 
-    models: dict[str, nn.Module] = {}
+    models: dict[tuple[str, str], nn.Module] = {}
 
-    def get(data: Dataset) -> nn.Module:
-        if data.name in models:
-            return models[data.name]
+    def get(data: Dataset, arch: str | None = None) -> nn.Module:
+        arch = arch or REFERENCE_ARCHS[data.name][0]
+        if (data.name, arch) in models:
+            return models[data.name, arch]
         try:
-            trained = load_or_train(data, seed=labelflip_config.seed, device=labelflip_device)
+            trained = load_or_train(data, arch=arch, seed=labelflip_config.seed, device=labelflip_device)
         except LabelflipError as exc:
-            problem = f"reference model for {data.name}: {exc}"
+            problem = f"reference {arch} model for {data.name}: {exc}"
         else:
             trained.model.labelflip_sidecar = trained.sidecar
-            models[data.name] = trained.model
+            models[data.name, arch] = trained.model
             return trained.model
         _fail(problem)
 
@@ -257,12 +260,24 @@ def labelflip_user_model(labelflip_config: GateConfig, labelflip_device: str) ->
 
 
 @pytest.fixture(scope="session")
-def labelflip_model(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> Callable[[Dataset], nn.Module]:
+def labelflip_model(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> Callable[..., nn.Module]:
     """Factory: dataset -> the model under test, in eval mode. --labelflip-model picks a file; overriding this
-    fixture in a conftest.py plugs in any other model."""
+    fixture in a conftest.py plugs in any other model. The reference models also take an architecture."""
     if labelflip_config.model is not None:
         return request.getfixturevalue("labelflip_user_model")
     return request.getfixturevalue("labelflip_reference_model")
+
+
+@pytest.fixture(scope="session")
+def labelflip_case_model(labelflip_dataset: Callable[[str], Dataset],
+                         labelflip_model: Callable[..., nn.Module]) -> Callable[[Case], nn.Module]:
+    """Factory: case -> the model its attack runs on. A case of a dataset's default model asks labelflip_model for
+    the dataset alone, so an override of labelflip_model that takes only a dataset keeps working."""
+    def get(case: Case) -> nn.Module:
+        data = labelflip_dataset(case.dataset)
+        return labelflip_model(data, case.arch) if case.arch else labelflip_model(data)
+
+    return get
 
 
 def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
@@ -274,7 +289,7 @@ def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="session")
 def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
-                  labelflip_model: Callable[[Dataset], nn.Module],
+                  labelflip_case_model: Callable[[Case], nn.Module],
                   tmp_path_factory: pytest.TempPathFactory,
                   request: pytest.FixtureRequest) -> Callable[[Case], CaseRun]:
     """Factory: case -> its attack run, computed once per session even across xdist workers."""
@@ -289,7 +304,7 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
 
     def compute(case: Case, data: Dataset) -> CaseRun:
         try:
-            result, attacked = run_case(case, data, labelflip_model(data), cfg.seed, Bounds(*cfg.bounds),
+            result, attacked = run_case(case, data, labelflip_case_model(case), cfg.seed, Bounds(*cfg.bounds),
                                         cfg.uncapped, cfg.engine)
             run = CaseRun.from_attack(case, result, attacked)
             if cfg.regen:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
+from . import cifar10
 from .dataset import Dataset, balanced_subset, first_n
 from .idx_datasets import DATA_DIR_ENV, FASHION_MNIST, MNIST, load_idx_dataset
 from .mnist5k import load_mnist5k
 
-DATASETS = ("fashion-mnist", "mnist", "mnist-5k")
+DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar-10")
 # Known without loading any data, so that tests can be parameterised per class at collection time.
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "fashion-mnist": FASHION_MNIST.class_names, "mnist": MNIST.class_names, "mnist-5k": MNIST.class_names,
+    "cifar-10": cifar10.CLASS_NAMES,
 }
 
 __all__ = ["CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subset", "first_n", "load_dataset"]
@@ -25,4 +27,6 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
         return load_idx_dataset(MNIST, data_dir, download)
     if name == "mnist-5k":
         return load_mnist5k()
+    if name == "cifar-10":
+        return cifar10.load_cifar10(data_dir, download)
     raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import DataError, DataNotFound
 from .dataset import Dataset
+from .download import safe_download
 from .idx import read_idx
 
 DATA_DIR_ENV = "LABELFLIP_DATA_DIR"
@@ -89,21 +90,11 @@ def _locate(source: IdxSource, data_dir: Path | None) -> dict[str, Path]:
 
 
 def _download(source: IdxSource, data_dir: Path) -> None:
-    """torchvision's download; on failure, what it half-fetched is removed and the error is a DataError."""
     import torchvision.datasets
 
-    target = data_dir / source.torchvision_class
-    before = set(target.rglob("*")) if target.exists() else set()
-    try:
-        getattr(torchvision.datasets, source.torchvision_class)(root=str(data_dir), train=True, download=True)
-    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... after trying every mirror
-        for path in sorted(set(target.rglob("*")) - before, reverse=True):  # files before their folders
-            path.rmdir() if path.is_dir() else path.unlink()
-        if not before and target.exists():
-            target.rmdir()
-        reason = next((line for line in str(exc).splitlines()[::-1] if line.strip()), type(exc).__name__)
-        raise DataError(f"downloading {source.name} into {data_dir} failed ({reason.strip()}); "
-                        f"without network access, {source.how_to_get.replace(', or pass --download', '')}") from None
+    tv_class = getattr(torchvision.datasets, source.torchvision_class)
+    safe_download(source.name, data_dir, lambda: tv_class(root=str(data_dir), train=True, download=True),
+                  [data_dir / source.torchvision_class], source.how_to_get.replace(", or pass --download", ""))
 
 
 def load_idx_dataset(source: IdxSource, data_dir: str | os.PathLike | None = None,

@@ -1,4 +1,5 @@
-"""Organise runs by dataset. A report compares attacks on one model: mixing models per dataset is an error."""
+"""Organise runs by subject: a dataset, or a dataset and one of its non-default reference models (CIFAR-10 has
+two). A report compares attacks on one model per subject: mixing models is an error."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from ..profiles import REFERENCE_ARCHS
 
 
 def is_minimal(result: dict[str, Any]) -> bool:
@@ -21,6 +23,15 @@ def epsilon_label(result: dict[str, Any]) -> str:
 def model_sha(run: dict[str, Any]) -> str | None:
     model = run.get("model")
     return model.get("sha256") if isinstance(model, dict) else None
+
+
+def subject(run: dict[str, Any]) -> str:
+    """The run's dataset, plus its reference architecture when that is not the dataset's default (as in case ids)."""
+    name = run["dataset"]["name"]
+    model = run.get("model") if isinstance(run.get("model"), dict) else {}
+    arch = model.get("arch") or (model.get("reference") or {}).get("arch")
+    default = REFERENCE_ARCHS.get(name, (None,))[0]
+    return f"{name}-{arch}" if arch and default and arch != default else name
 
 
 @dataclass(frozen=True)
@@ -52,9 +63,9 @@ def group_runs(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]
     """Datasets in name order; attacks in name order, each over ε ascending; minimal attacks last."""
     by_dataset: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
     for r in results:
-        by_dataset.setdefault(r["dataset"]["name"], ([], []))[0].append(r)
+        by_dataset.setdefault(subject(r), ([], []))[0].append(r)
     for p in noise:
-        by_dataset.setdefault(p["dataset"]["name"], ([], []))[1].append(p)
+        by_dataset.setdefault(subject(p), ([], []))[1].append(p)
     groups = []
     for name in sorted(by_dataset):
         runs, probes = by_dataset[name]

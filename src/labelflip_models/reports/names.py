@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .group import is_minimal
+from .group import is_minimal, subject
 
 
 def slug(text: str) -> str:
@@ -15,7 +15,7 @@ def slug(text: str) -> str:
 
 def heatmap_name(result: dict[str, Any]) -> str:
     eps = "min" if is_minimal(result) else f"{result['attack']['epsilon']:g}"
-    return f"heatmaps/{slug(result['dataset']['name'])}-{slug(result['attack']['name'])}-eps{eps}.png"
+    return f"heatmaps/{slug(subject(result))}-{slug(result['attack']['name'])}-eps{eps}.png"
 
 
 def trend_name(dataset: str, attack: str) -> str:

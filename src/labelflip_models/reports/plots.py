@@ -16,7 +16,7 @@ from matplotlib.colors import PowerNorm  # noqa: E402  (after the font cache's f
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 from .fmt import norm_label
-from .group import epsilon_label, is_minimal
+from .group import epsilon_label, is_minimal, subject
 
 DPI = 110
 TOP_CLASSES = 3
@@ -63,7 +63,7 @@ def heatmap_png(result: dict[str, Any]) -> bytes:
     ax.set_ylabel("true class", **FONT)
     eps = "minimal" if is_minimal(result) else f"ε = {epsilon_label(result)}"
     n = int(counts.sum())
-    ax.set_title(f"{result['dataset']['name']} · {result['attack']['name']} · {eps} · n = {n}\n"
+    ax.set_title(f"{subject(result)} · {result['attack']['name']} · {eps} · n = {n}\n"
                  f"{_scores_line(result)}", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.85, ticks=[0, 0.05, 0.1, 0.25, 0.5, 0.75, 1]).set_label(
         "fraction of the true class's images (row)", **FONT)
@@ -71,7 +71,7 @@ def heatmap_png(result: dict[str, Any]) -> bytes:
 
 
 def _check_trend(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = {(r["dataset"]["name"], r["attack"]["name"]) for r in results}
+    keys = {(subject(r), r["attack"]["name"]) for r in results}
     if len(keys) != 1:
         raise ConfigError(f"a trend needs runs of one dataset and attack, got {sorted(keys)}")
     if any(is_minimal(r) for r in results):
@@ -149,7 +149,7 @@ def trend_png(results: Sequence[dict[str, Any]]) -> bytes:
     bottom.set_xticks(eps, [f"{e:g}" for e in eps])
     bottom.minorticks_off()
     bottom.set_xlabel(f"ε ({norm_label(runs[0]['attack'].get('norm')) or 'perturbation'} bound)", **FONT)
-    top.set_title(f"{runs[0]['dataset']['name']} · {runs[0]['attack']['name']}: flip structure over ε", fontsize=10)
+    top.set_title(f"{subject(runs[0])} · {runs[0]['attack']['name']}: flip structure over ε", fontsize=10)
     return _png(fig)
 
 
@@ -172,6 +172,6 @@ def noise_png(noise: dict[str, Any]) -> bytes:
     ax.set_ylabel("share of noise images", **FONT)
     ax.legend(fontsize=8)
     lo, hi = noise.get("bounds", [0, 1])
-    ax.set_title(f"{noise['dataset']['name']}: predictions on {noise['n']} uniform-noise images in "
+    ax.set_title(f"{subject(noise)}: predictions on {noise['n']} uniform-noise images in "
                  f"[{lo:g}, {hi:g}]\n(error bars: confidence intervals; counts above)", fontsize=10)
     return _png(fig)
