@@ -19,7 +19,7 @@ def _existing(targets: Iterable[Path]) -> set[Path]:
 
 
 def safe_download(name: str, data_dir: Path, fetch: Callable[[], object], targets: Iterable[Path],
-             offline_advice: str) -> None:
+                  offline_advice: str) -> None:
     """Run `fetch` (a torchvision download into `data_dir`) that writes only at or below `targets`.
 
     If it fails, every path it added there is removed (and `data_dir`, had it created that), and the error becomes
