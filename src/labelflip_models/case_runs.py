@@ -19,8 +19,7 @@ from safetensors.torch import load_file, save
 
 from .atomic import atomic_write_files, atomic_write_text
 from .attacks import AttackResult
-from .errors import LabelflipError
-from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
+from .locks import lock_timeout_error, lock_timeout_s
 from .profiles import Case
 
 T = TypeVar("T")
@@ -87,6 +86,5 @@ def computed_once(directory: Path | None, compute: Callable[[], T], save_to: Cal
                 value = compute()
                 save_to(value, directory)
     except Timeout:
-        raise LabelflipError(f"waited {lock.timeout:g} s for {lock.lock_file}, held by another worker computing "
-                             f"the same gate case; raise ${LOCK_TIMEOUT_ENV} if it takes longer") from None
+        raise lock_timeout_error(lock, "another worker computing the same gate case") from None
     return value

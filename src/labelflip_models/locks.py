@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 
-from .errors import ConfigError
+from filelock import BaseFileLock
+
+from .errors import ConfigError, LabelflipError
 
 LOCK_TIMEOUT_ENV = "LABELFLIP_LOCK_TIMEOUT_S"
 LOCK_TIMEOUT_S = 3600.0
@@ -23,3 +25,9 @@ def lock_timeout_s() -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"${LOCK_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}")
     return value
+
+
+def lock_timeout_error(lock: BaseFileLock, holder: str) -> LabelflipError:
+    """The error for a wait on `lock` that ran out; `holder` says what the process holding it is doing."""
+    return LabelflipError(f"waited {lock.timeout:g} s for {lock.lock_file}, held by {holder}; "
+                          f"raise ${LOCK_TIMEOUT_ENV} if that takes longer")

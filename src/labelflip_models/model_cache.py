@@ -23,8 +23,8 @@ from safetensors.torch import save as save_safetensors
 from .atomic import atomic_write_files, remove_stale_temps
 from .cache_dir import CACHE_DIR_ENV, cache_root
 from .data import Dataset
-from .errors import LabelflipError, StorageError
-from .locks import LOCK_TIMEOUT_ENV, lock_timeout_s
+from .errors import StorageError
+from .locks import lock_timeout_error, lock_timeout_s
 from .models import Normalized, build_model
 from .provenance import machine, now_iso, versions
 from .train import Recipe, default_arch, recipe_for, train
@@ -162,8 +162,7 @@ def load_or_train(data: Dataset, arch: str | None = None, seed: int = 0, device:
     try:
         lock.acquire()
     except Timeout:
-        raise LabelflipError(f"waited {lock_timeout:g} s for {lock.lock_file}, held by another process training "
-                             f"the same model; raise ${LOCK_TIMEOUT_ENV} if its training takes longer") from None
+        raise lock_timeout_error(lock, "another process training the same model") from None
     except OSError as exc:
         # A read-only cache (e.g. a CI mount) cannot hold a lock, but its complete entries are safe to read.
         sidecar = _load_entry(weights, sidecar_path, key, model)
