@@ -6,8 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelflip_models.gate import (SYMMETRY_NORMS, check_catch_all, check_dominant_targets, check_noise,
-                                   check_symmetry)
+from labelflip_models.gate.cases import (
+    SYMMETRY_NORMS,
+    check_catch_all,
+    check_dominant_targets,
+    check_noise,
+    check_symmetry,
+)
 
 pytestmark = [pytest.mark.labelflip, pytest.mark.labelflip_cases("all")]
 

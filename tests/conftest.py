@@ -1,6 +1,6 @@
 import pytest
 
-from labelflip_models.cache_dir import CACHE_DIR_ENV, cache_root
+from labelflip_models.storage.cache_dir import CACHE_DIR_ENV, cache_root
 
 # Read before pytester points HOME at a temp folder, which would move the default model cache there (and retrain).
 USER_CACHE = cache_root()
@@ -23,7 +23,7 @@ def pytester_gate(pytester, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model, test images, test labels): a model trained for seconds on random digit-shaped data."""
-    from labelflip_models.model_cache import load_or_train
+    from labelflip_models.models.cache import load_or_train
 
     from .helpers import TINY_RECIPE, tiny_dataset
 

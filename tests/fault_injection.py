@@ -20,7 +20,7 @@ import textwrap
 import types
 from pathlib import Path
 
-import labelflip_models.atomic as atomic
+import labelflip_models.storage.atomic as atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def die() -> None:
 
 
 def _patched_os(**overrides):
-    """A stand-in for the `os` module inside labelflip_models.atomic only."""
+    """A stand-in for the `os` module inside labelflip_models.storage.atomic only."""
     fake = types.SimpleNamespace(**{name: getattr(os, name) for name in dir(os) if not name.startswith("__")})
     for name, value in overrides.items():
         setattr(fake, name, value)

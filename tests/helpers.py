@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from labelflip_models.data import Dataset
-from labelflip_models.train import Recipe
+from labelflip_models.models.train import Recipe
 
 TINY_RECIPE = Recipe("tiny", epochs=1, batch_size=32, lr=1e-3)
 

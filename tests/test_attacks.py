@@ -10,11 +10,19 @@ import torch
 from torch import nn
 
 from labelflip_models.attacks import (
-    ATTACKS, FGSM, L2PGD, AttackResult, Bounds, LinfPGD, check_epsilon, check_epsilon_for, describe, make_attack,
+    ATTACKS,
+    FGSM,
+    L2PGD,
+    AttackResult,
+    Bounds,
+    LinfPGD,
+    check_epsilon,
+    check_epsilon_for,
+    describe,
+    make_attack,
     run_attack,
 )
 from labelflip_models.errors import ConfigError
-
 
 # Foolbox's class behind each attack name, to check our defaults and plumbing against its own signature.
 FOOLBOX_CLASSES = {

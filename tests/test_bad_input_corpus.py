@@ -30,8 +30,8 @@ from torch import nn
 from labelflip_models import cli
 from labelflip_models.data.cifar10 import FILES as CIFAR_FILES
 from labelflip_models.errors import BaselineError, ConfigError, DataError, DataNotFound
-from labelflip_models.gate import check_same_model, load_baseline
-from labelflip_models.profiles import Case
+from labelflip_models.gate.cases import check_same_model, load_baseline
+from labelflip_models.gate.profiles import Case
 
 from .helpers import run_cli
 from .test_cifar10_data import NAMES, TRUNCATED, RunsCommand, good_batch, meta, write_cifar
@@ -509,7 +509,8 @@ BASELINE_CASES = [
                   r"fgsm-eps0.1.csv: flip matrix must have one row per class and 11 columns; regenerate both with: ",
                   "csv-unparsable"),
     baseline_case(copy_from(Case("quick", "mnist-5k", "linf-pgd", 0.1), FGSM),
-                  r"baseline is for case mnist-5k-linf-pgd-eps0.1, not mnist-5k-fgsm-eps0.1", "baseline-of-another-case"),
+                  r"baseline is for case mnist-5k-linf-pgd-eps0.1, not mnist-5k-fgsm-eps0.1",
+                  "baseline-of-another-case"),
     baseline_case(lambda root: None, r"baseline evaluated 1000 images, this run 500; regenerate it with: ",
                   "other-image-count", n=500),
     baseline_case(lambda root: FGSM.baseline_path(root, ".json").unlink(),

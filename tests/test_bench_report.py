@@ -4,8 +4,15 @@ import sys
 
 import pytest
 
-from labelflip_models.bench_report import (BASELINE_SCHEMA, compare, load_baseline, load_report, make_baseline,
-                                           markdown_table, write_baseline)
+from labelflip_models.bench.report import (
+    BASELINE_SCHEMA,
+    compare,
+    load_baseline,
+    load_report,
+    make_baseline,
+    markdown_table,
+    write_baseline,
+)
 from labelflip_models.errors import ConfigError
 
 from .helpers import run_cli
@@ -40,7 +47,7 @@ def write_report(tmp_path, benchmarks, name="bench.json"):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, labelflip_models.bench_report; assert 'torch' not in sys.modules"
+    code = "import sys, labelflip_models.bench.report; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from labelflip_models.data import CLASS_NAMES, DATA_DIR_ENV, DATASETS, load_dataset
-from labelflip_models.data import cifar10
+from labelflip_models.data import CLASS_NAMES, DATA_DIR_ENV, DATASETS, cifar10, load_dataset
 from labelflip_models.errors import DataError, DataNotFound
 
 pytestmark = pytest.mark.filterwarnings("ignore:A test tried to use socket:UserWarning")

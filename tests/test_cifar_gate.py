@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labelflip_models.profiles import REFERENCE_ARCHS, cases, get_profile
+from labelflip_models.gate.profiles import REFERENCE_ARCHS, cases, get_profile
 
 REPO = Path(__file__).resolve().parents[1]
 GATE_FILES = {name: (REPO / "robustness_tests" / f"{name}.py").read_text()

@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from labelflip_models.bench.throughput import measure, step_flops
 from labelflip_models.data import Dataset
 from labelflip_models.errors import ConfigError
-from labelflip_models.model_cache import load_or_train
-from labelflip_models.models import PAPER_MEAN, PAPER_STD, build_model
-from labelflip_models.throughput import measure, step_flops
-from labelflip_models.train import CIFAR_MEAN, CIFAR_STD, Recipe, augment, default_arch, recipe_for
+from labelflip_models.models.architectures import PAPER_MEAN, PAPER_STD, build_model
+from labelflip_models.models.cache import load_or_train
+from labelflip_models.models.train import CIFAR_MEAN, CIFAR_STD, Recipe, augment, default_arch, recipe_for
 
 from .helpers import TINY_RECIPE, run_cli, tiny_dataset
 

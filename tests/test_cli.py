@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from labelflip_models.flips import read_csv
+from labelflip_models.analysis.flip_matrix import read_csv
 
 from .helpers import run_cli
 
@@ -100,7 +100,7 @@ class Pixels255(torch.nn.Module):
 @pytest.fixture(scope="module")
 def reference():
     from labelflip_models.data import load_dataset
-    from labelflip_models.model_cache import load_or_train
+    from labelflip_models.models.cache import load_or_train
 
     return load_or_train(load_dataset("mnist-5k")).model
 
@@ -166,7 +166,8 @@ def test_pickled_model_needs_trust(capsys, tmp_path, reference):
 
 @pytest.mark.slow
 def test_noise_then_report(capsys, tmp_path):
-    rc, stdout, err = run_cli(capsys, ["noise", "--dataset", "mnist-5k", "--n", "500", "--out", str(tmp_path / "noise")])
+    out = str(tmp_path / "noise")
+    rc, stdout, err = run_cli(capsys, ["noise", "--dataset", "mnist-5k", "--n", "500", "--out", out])
     assert rc == 0, err
     noise = json.loads((tmp_path / "noise" / "noise.json").read_text())
     assert noise["n"] == 500 == sum(noise["counts"]) and "most land in" in stdout

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from labelflip_models.errors import ConfigError, LabelflipError
-from labelflip_models.locks import LOCK_TIMEOUT_ENV, lock_timeout_s
-from labelflip_models.model_cache import load_or_train
-from labelflip_models.train import Recipe
+from labelflip_models.models.cache import load_or_train
+from labelflip_models.models.train import Recipe
+from labelflip_models.storage.locks import LOCK_TIMEOUT_ENV, lock_timeout_s
 
 from .fault_injection import REPO
 from .helpers import tiny_dataset
@@ -27,7 +27,7 @@ SLOW_DATA = dict(n_train=1024, n_test=40)
 CHILD = """
 import sys, time
 from pathlib import Path
-from labelflip_models.model_cache import load_or_train
+from labelflip_models.models.cache import load_or_train
 from tests.helpers import tiny_dataset
 from tests.test_concurrency import SLOW_DATA, SLOW_RECIPE
 root, barrier, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
@@ -45,7 +45,7 @@ HANGING_HOLDER = """
 import sys, time
 from pathlib import Path
 from torch.optim.optimizer import register_optimizer_step_post_hook
-from labelflip_models.model_cache import load_or_train
+from labelflip_models.models.cache import load_or_train
 from tests.helpers import tiny_dataset
 from tests.test_concurrency import SLOW_DATA, SLOW_RECIPE
 marker = Path(sys.argv[2])
@@ -135,7 +135,7 @@ def test_bad_lock_timeout_setting(monkeypatch, value):
 COUNTING_CONFTEST = """
 import os
 
-import labelflip_models.model_cache as model_cache
+import labelflip_models.models.cache as model_cache
 
 _train = model_cache.train
 

@@ -17,7 +17,7 @@ ATTACKS = {
 TRAIN_TINY = """
 import sys
 from pathlib import Path
-from labelflip_models.model_cache import load_or_train
+from labelflip_models.models.cache import load_or_train
 from tests.helpers import TINY_RECIPE, tiny_dataset
 print(load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=Path(sys.argv[1])).sha256)
 """

@@ -8,7 +8,6 @@ from labelflip_models.attacks.engine import Engine, choose_engine, fast_copy
 from labelflip_models.devices import bf16_is_fast, process_device, worker_device
 from labelflip_models.errors import ConfigError
 
-
 CPU = torch.device("cpu")
 
 

@@ -11,10 +11,10 @@ signs, which moves adversarials near a boundary.
 import numpy as np
 import pytest
 
-from labelflip_models.agreement import paired_agreement
+from labelflip_models.analysis.agreement import paired_agreement
 from labelflip_models.attacks import make_attack, run_attack
 from labelflip_models.data import balanced_subset, load_dataset
-from labelflip_models.model_cache import load_or_train
+from labelflip_models.models.cache import load_or_train
 
 MAX_DISAGREEMENT = 0.15
 MIN_P = 0.01
@@ -60,7 +60,7 @@ def test_stuart_maxwell_reduces_to_mcnemar_for_two_classes():
     # With two categories the statistic is McNemar's (b - c)^2 / (b + c): here b = 10, c = 0.
     from scipy.stats import chi2
 
-    from labelflip_models.agreement import stuart_maxwell_p
+    from labelflip_models.analysis.agreement import stuart_maxwell_p
 
     a = np.array([0] * 50 + [1] * 50)
     b = a.copy()

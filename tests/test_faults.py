@@ -20,18 +20,18 @@ import pytest
 import torch
 
 from labelflip_models.errors import BaselineError, StorageError
-from labelflip_models.gate import load_baseline, write_baseline
-from labelflip_models.model_cache import CacheWarning, load_or_train
-from labelflip_models.profiles import Case
+from labelflip_models.gate.cases import load_baseline, write_baseline
+from labelflip_models.gate.profiles import Case
+from labelflip_models.models.cache import CacheWarning, load_or_train
 from labelflip_models.reports import load_runs, write_report
-from labelflip_models.results import write_run
+from labelflip_models.runs.results import write_run
 
 from .fault_injection import REPO, fill_disk, run_killed, temp_files
 from .helpers import TINY_RECIPE, run_cli, tiny_dataset
 
 TRAIN = """
 from pathlib import Path
-from labelflip_models.model_cache import load_or_train
+from labelflip_models.models.cache import load_or_train
 from tests.helpers import TINY_RECIPE, tiny_dataset
 load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=Path({root!r}))
 print("not killed")
@@ -104,7 +104,7 @@ def test_corrupt_entry_warns_in_one_line_and_is_retrained(tmp_path, damage, clea
 
 
 def test_full_disk_keeps_the_trained_model_and_caches_nothing(tmp_path, clean_sha, monkeypatch):
-    import labelflip_models.atomic as atomic
+    import labelflip_models.storage.atomic as atomic
 
     monkeypatch.setattr(atomic, "os", atomic.os)  # restored after the test; fill_disk replaces it
     monkeypatch.setattr(atomic, "tempfile", atomic.tempfile)
@@ -172,7 +172,7 @@ def _write_baseline_into(root: Path, shift: int) -> dict[str, bytes]:
 BASELINE_WRITE = """
 import json
 from pathlib import Path
-from labelflip_models.gate import write_baseline
+from labelflip_models.gate.cases import write_baseline
 from tests.test_faults import CASE, _baseline_result
 write_baseline(CASE, Path({root!r}), _baseline_result(1))
 print("not killed")
@@ -240,7 +240,7 @@ def test_report_killed_leaves_old_or_new_files(tmp_path, point):
 
 
 def test_full_disk_while_writing_a_report_replaces_nothing(tmp_path, monkeypatch):
-    import labelflip_models.atomic as atomic
+    import labelflip_models.storage.atomic as atomic
 
     runs = _runs_dir(tmp_path, ["fgsm", "l2-deepfool"])
     out = tmp_path / "out"
@@ -253,7 +253,7 @@ def test_full_disk_while_writing_a_report_replaces_nothing(tmp_path, monkeypatch
 
 
 def test_full_disk_while_writing_a_run_keeps_the_old_run(tmp_path, monkeypatch):
-    import labelflip_models.atomic as atomic
+    import labelflip_models.storage.atomic as atomic
 
     old, new = _baseline_result(0), _baseline_result(1)
     write_run(tmp_path, old)

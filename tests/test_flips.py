@@ -7,10 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from labelflip_models.errors import DataError
-from labelflip_models.flips import (
-    CORNER, class_flips, flip_matrix, one_sided_wilson, read_csv, to_csv, wilson_interval, write_csv,
+from labelflip_models.analysis.flip_matrix import (
+    CORNER,
+    class_flips,
+    flip_matrix,
+    one_sided_wilson,
+    read_csv,
+    to_csv,
+    wilson_interval,
+    write_csv,
 )
+from labelflip_models.errors import DataError
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -151,7 +158,7 @@ def test_wilson_interval_monotone_in_confidence():
         bounds = [wilson_interval(k, n, c) for c in levels]
         los = [float(b[0]) for b in bounds]
         his = [float(b[1]) for b in bounds]
-        widths = [h - l for l, h in zip(los, his)]
+        widths = [hi - lo for lo, hi in zip(los, his)]
         # EPS: at k = 0 / k = n the bounds sit within an ulp of 0 / 1 (see test_wilson_endpoints_exact)
         assert all(a >= b - EPS for a, b in zip(los, los[1:])), (k, n, los)
         assert all(a <= b + EPS for a, b in zip(his, his[1:])), (k, n, his)

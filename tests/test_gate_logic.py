@@ -5,11 +5,23 @@ import numpy as np
 import pytest
 
 from labelflip_models.errors import BaselineError, ConfigError
-from labelflip_models.gate import (BASELINE_SCHEMA, check_attack_success, check_catch_all, check_dominant_targets,
-                                   check_flip_rate, check_min_norm, check_noise, check_symmetry, load_baseline,
-                                   load_noise_baseline, make_baseline, write_baseline, write_noise_baseline)
-from labelflip_models.profiles import PROFILES, Case, cases, get_profile
-from labelflip_models.results import analyse
+from labelflip_models.gate.cases import (
+    BASELINE_SCHEMA,
+    check_attack_success,
+    check_catch_all,
+    check_dominant_targets,
+    check_flip_rate,
+    check_min_norm,
+    check_noise,
+    check_symmetry,
+    load_baseline,
+    load_noise_baseline,
+    make_baseline,
+    write_baseline,
+    write_noise_baseline,
+)
+from labelflip_models.gate.profiles import PROFILES, Case, cases, get_profile
+from labelflip_models.runs.results import analyse
 
 NAMES = [str(c) for c in range(10)]
 CASE = Case("quick", "mnist-5k", "linf-pgd", 0.1)

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from labelflip_models.analysis.min_norms import median_ci, minimal_norm_summary
 from labelflip_models.errors import ConfigError
-from labelflip_models.min_norms import median_ci, minimal_norm_summary
 
 INF = math.inf
 

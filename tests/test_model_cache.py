@@ -4,8 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from labelflip_models.model_cache import CacheWarning, cache_key, load_or_train, model_sha256
-from labelflip_models.train import CIFAR_MEAN, CIFAR_STD, recipe_for
+from labelflip_models.models.cache import CacheWarning, cache_key, load_or_train, model_sha256
+from labelflip_models.models.train import CIFAR_MEAN, CIFAR_STD, recipe_for
 
 from .helpers import TINY_RECIPE, tiny_dataset
 

@@ -7,10 +7,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from labelflip_models.errors import ConfigError
-from labelflip_models.model_io import (
-    ModelWarning, check_model, load_model, model_format, parse_bounds, parse_channel_values, parse_class_names,
+from labelflip_models.models.architectures import Normalized, build_model, cw_mnist, predict
+from labelflip_models.models.io import (
+    ModelWarning,
+    check_model,
+    load_model,
+    model_format,
+    parse_bounds,
+    parse_channel_values,
+    parse_class_names,
 )
-from labelflip_models.models import Normalized, build_model, cw_mnist, predict
 
 # TorchScript is deprecated upstream but still the portable format users have; its warnings are noise here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

@@ -14,8 +14,8 @@ import pytest
 from pytest_socket import SocketBlockedError
 
 from labelflip_models.data import load_dataset
-from labelflip_models.cache_dir import cache_root
 from labelflip_models.errors import DataError
+from labelflip_models.storage.cache_dir import cache_root
 
 from .conftest import USER_CACHE
 from .fault_injection import REPO

@@ -10,10 +10,10 @@ import torch
 from scipy.stats import binomtest, chi2
 from torch import nn
 
+from labelflip_models.analysis.noise import compare_histograms, noise_probe, noise_summary, uniform_noise
+from labelflip_models.analysis.stats import wilson_interval
 from labelflip_models.errors import ConfigError, DataError
-from labelflip_models.flips import wilson_interval
-from labelflip_models.models import predict
-from labelflip_models.noise import compare_histograms, noise_probe, noise_summary, uniform_noise
+from labelflip_models.models.architectures import predict
 
 SHAPE = (1, 8, 8)
 

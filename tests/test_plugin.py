@@ -74,7 +74,7 @@ def test_bad_own_model_options_are_usage_errors(pytester_gate, option, message):
 @pytest.fixture(scope="module")
 def mnist5k_reference():
     from labelflip_models.data import load_dataset
-    from labelflip_models.model_cache import load_or_train
+    from labelflip_models.models.cache import load_or_train
 
     return load_or_train(load_dataset("mnist-5k")).model
 

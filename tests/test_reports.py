@@ -26,7 +26,7 @@ SHA = "0123456789abcdef" * 4
 
 
 def _score(m: np.ndarray, norm: str) -> float | None:
-    """The schema's symmetry score, written out independently of labelflip_models.symmetry."""
+    """The schema's symmetry score, written out independently of labelflip_models.analysis.symmetry."""
     off = m * (1 - np.eye(len(m)))
     if off.sum() == 0:
         return None

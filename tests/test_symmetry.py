@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
+from labelflip_models.analysis.symmetry import symmetry_analysis, symmetry_score
 from labelflip_models.errors import ConfigError, DataError
-from labelflip_models.symmetry import symmetry_analysis, symmetry_score
 
 HAND = np.array([[5, 3, 1],
                  [1, 5, 0],

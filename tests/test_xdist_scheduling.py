@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from labelflip_models.xdist_scheduling import CaseScheduling
+from labelflip_models.gate.xdist_scheduling import CaseScheduling
 
 
 def _scheduler(scopes):

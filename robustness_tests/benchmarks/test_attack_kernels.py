@@ -19,15 +19,14 @@ from typing import Any
 import pytest
 import torch
 
+import reference_loops as ref  # robustness_tests/benchmarks is on sys.path (pytest rootdir-relative import)
 from labelflip_models.attacks import NORMS, make_attack, run_attack
 from labelflip_models.attacks.engine import choose_engine, fast_copy
 from labelflip_models.attacks.run import fixed_adversarials
-from labelflip_models.models import predict
+from labelflip_models.bench.throughput import step_flops
 from labelflip_models.devices import device_class
-from labelflip_models.throughput import step_flops
-from labelflip_models.train import recipe_for, train_step
-
-import reference_loops as ref  # robustness_tests/benchmarks is on sys.path (pytest rootdir-relative import)
+from labelflip_models.models.architectures import predict
+from labelflip_models.models.train import recipe_for, train_step
 
 ROUNDS = 3  # timed rounds per entry, each preceded by one round of the reference; plus one warm-up round
 

@@ -5,28 +5,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack, run_attack
+from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack
 from .attacks.engine import ENGINES, check_engine
-from .bench_report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
+from .bench.report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
+from .bench.throughput import ARCHS as THROUGHPUT_ARCHS
+from .bench.throughput import measure as measure_throughput
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError, LabelflipError
-from .gate import load_user_model, pixel_images, run_noise_probe
-from .model_cache import load_or_train, model_sha256
-from .model_io import parse_bounds, parse_channel_values, parse_class_names
-from .results import build_result, check_out_dir, write_noise, write_run
+from .models.cache import load_or_train
+from .models.io import parse_bounds, parse_channel_values, parse_class_names
 from .reports import load_runs, write_report
-from .throughput import ARCHS as THROUGHPUT_ARCHS
-from .throughput import measure as measure_throughput
+from .runs.evaluate import attack_images, load_user_model, probe_noise
+from .runs.results import model_block, write_noise, write_run
+from .storage.out_dir import check_out_dir
+
+# The library's parameters, as this command line names them (LabelflipError.phrased).
+OPTION_NAMES = {name: "--" + name.replace("_", "-") for name in (
+    "arch", "mean", "std", "bounds", "class_names", "trust_pickle", "data_dir", "download", "device", "engine")}
+# Exit statuses besides 0: 1 a verdict (bench-compare found a regression), 2 bad input, 70 a bug (sysexits'
+# EX_SOFTWARE), 130 interrupted.
+EXIT_BUG = 70
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,8 +41,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
-    p.add_argument("--arch", help="architecture: of the reference model (default: the paper's for the dataset, cw-mnist "
-                                  "or, for cifar-10, cw-cifar; also preact-resnet18), or of a state-dict --model")
+    p.add_argument("--arch", help="architecture: of the reference model (default: the paper's for the dataset, "
+                                  "cw-mnist or, for cifar-10, cw-cifar; also preact-resnet18), or of a state-dict "
+                                  "--model")
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
@@ -99,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--batch-size", type=int, help="images per step (default: the recipe's batch size)")
     speed.add_argument("--seconds", type=float, default=3.0, help="time each measurement for about this long "
                                                                   "(default 3)")
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of an unexpected internal error (a bug)")
     return parser
 
 
@@ -135,26 +145,25 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, nn.Module, dict[str, Any], Bounds]:
     """The dataset (class names overridden if asked) and the model under attack: the user's file or our reference."""
     bounds = Bounds(*parse_bounds(args.bounds))
-    mean = parse_channel_values(args.mean, "--mean") if args.mean else None
-    std = parse_channel_values(args.std, "--std") if args.std else None
+    mean = parse_channel_values(args.mean, "mean") if args.mean else None
+    std = parse_channel_values(args.std, "std") if args.std else None
     if args.model is None:
         if mean or std or args.trust_pickle or args.bounds != "0,1":
             raise ConfigError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
         data, trained = _train(args, progress)
-        model, info = trained.model, {"arch": trained.sidecar["arch"], "sha256": trained.sha256,
-                                      "test_accuracy": trained.test_accuracy, "path": str(trained.weights_path)}
+        model = trained.model
+        info = model_block(model, arch=trained.sidecar["arch"], path=trained.weights_path, reference=trained.sidecar)
     else:
         data = load_dataset(args.dataset, args.data_dir, args.download)
         model = load_user_model(Path(args.model), data, bounds, arch=args.arch, mean=mean, std=std,
                                 trust_pickle=args.trust_pickle).to(resolve_device(args.device))
-        info = {"path": str(Path(args.model).absolute()), "arch": args.arch, "sha256": model_sha256(model)}
+        info = model_block(model, arch=args.arch, path=args.model)
     if args.class_names:
         data = replace(data, class_names=parse_class_names(args.class_names, data.num_classes))
     return data, model, info, bounds
 
 
 def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
-    start = time.perf_counter()
     out = check_out_dir(args.out)
     attack = make_attack(args.attack, **_parse_params(args.param))
     if args.limit is not None and args.limit <= 0:
@@ -166,11 +175,9 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     check_engine(args.engine, not attack.minimal)
     data, model, info, bounds = _model_and_data(args, progress)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
-    images, labels = pixel_images(data, indices, bounds)
-    result = run_attack(model, images, labels, attack, args.epsilon, bounds=bounds,
-                        batch_size=args.batch_size, seed=args.seed, progress=progress, engine=args.engine)
-    summary = build_result(data, info, f"first {len(indices)} test images", result,
-                           str(next(model.parameters()).device), time.perf_counter() - start)
+    summary, _ = attack_images(data, model, info, indices, f"first {len(indices)} test images", attack, args.epsilon,
+                               bounds=bounds, seed=args.seed, engine=args.engine, batch_size=args.batch_size,
+                               progress=progress)
     csv_path, json_path = write_run(out, summary)
     frac = summary["flip_fraction"]
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
@@ -196,8 +203,7 @@ def cmd_noise(args: argparse.Namespace, progress: bool) -> None:
     if args.n <= 0:
         raise ConfigError(f"--n must be a positive number of images, got {args.n}")
     data, model, info, bounds = _model_and_data(args, progress)
-    noise = run_noise_probe(data, model, args.n, args.seed, (bounds.lower, bounds.upper))
-    noise["model"] = info
+    noise = probe_noise(data, model, info, args.n, args.seed, bounds)
     path = write_noise(out, noise)
     shares = noise["histogram"]["histogram"]
     top = ", ".join(f"{name} {shares[name]['share']:.1%}" for name in noise["histogram"]["top"][:3])
@@ -250,14 +256,22 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return run(argv)
     except LabelflipError as exc:
-        print(f"labelflip: error: {exc}", file=sys.stderr)
+        print(f"labelflip: error: {exc.phrased(OPTION_NAMES)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("labelflip: interrupted; no partial results were written", file=sys.stderr)
         return 130
+    except Exception as exc:  # anything else is labelflip's fault, not the input's
+        if "--debug" in argv:
+            raise
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"labelflip: internal error (a bug in labelflip, please report it): {type(exc).__name__}"
+              f"{': ' + what if what else ''}; rerun with --debug for the traceback", file=sys.stderr)
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

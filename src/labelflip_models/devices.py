@@ -11,7 +11,7 @@ def resolve_device(name: str = "auto") -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use `device` cpu or auto")
     try:
         torch.device(name)
     except RuntimeError:

@@ -38,7 +38,7 @@ def check_engine(requested: str, has_kernel: bool) -> None:
     if requested not in ENGINES:
         raise ConfigError(f"unknown engine {requested!r}; choose one of: {', '.join(ENGINES)}")
     if requested.startswith("native") and not has_kernel:
-        raise ConfigError(f"engine {requested!r} has no kernel for this attack; use --engine foolbox or auto")
+        raise ConfigError(f"engine {requested!r} has no kernel for this attack; use `engine` foolbox or auto")
 
 
 def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: torch.device) -> Engine:

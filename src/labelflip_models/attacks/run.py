@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..models import predict
+from ..models.architectures import predict
 from .bounds import Bounds, check_epsilon_for
 from .engine import Engine, choose_engine, fast_copy
 from .fixed import FixedAttack
@@ -20,7 +20,6 @@ from .kernels import pgd
 from .minimal import MinimalAttack
 from .registry import Attack, describe
 from .result import AttackResult
-
 
 # Per-batch images: on a CPU, batches that fit the caches run fastest (measured: 256 beat 512 and 1024 by
 # 1.2-1.5x for the C&W MNIST net); a GPU needs large batches to fill its cores.

@@ -6,8 +6,9 @@ import os
 
 from ..errors import ConfigError
 from . import cifar10
+from .data_dir import DATA_DIR_ENV
 from .dataset import Dataset, balanced_subset, first_n
-from .idx_datasets import DATA_DIR_ENV, FASHION_MNIST, MNIST, load_idx_dataset
+from .idx_datasets import FASHION_MNIST, MNIST, load_idx_dataset
 from .mnist5k import load_mnist5k
 
 DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar-10")

@@ -14,9 +14,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..errors import DataError, DataNotFound
+from .data_dir import DATA_DIR_ENV, named_data_dir
 from .dataset import Dataset
 from .download import safe_download
-from .idx_datasets import DATA_DIR_ENV, default_data_dir
 
 NAME = "cifar-10"
 # Krizhevsky's label order (label_names in batches.meta; torchvision's CIFAR10.classes).
@@ -31,7 +31,7 @@ PIXELS = 3 * SIDE * SIDE
 FULL_SIZES = (50_000, 10_000)
 OFFLINE_ADVICE = ("download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html "
                   "and extract it into DATA_DIR")
-HOW_TO_GET = OFFLINE_ADVICE + ", or pass --download"
+HOW_TO_GET = OFFLINE_ADVICE + ", or pass `download`"
 
 
 # Named numpy.core.multiarray._reconstruct in the real (numpy 1, Python 2) files and numpy._core... by numpy 2;
@@ -160,7 +160,7 @@ def _locate(data_dir: Path | None) -> Path:
                                f"to get it: {HOW_TO_GET}")
         return directory
     looked = ", ".join(str(d) for d in candidates) or "nowhere (no data dir given)"
-    raise DataNotFound(f"{NAME} not found (looked in: {looked}; data dir from --data-dir or ${DATA_DIR_ENV}); "
+    raise DataNotFound(f"{NAME} not found (looked in: {looked}; data dir from `data_dir` or ${DATA_DIR_ENV}); "
                        f"to get it: {HOW_TO_GET}")
 
 
@@ -173,10 +173,10 @@ def _download(data_dir: Path) -> None:
 
 
 def load_cifar10(data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
-    directory = default_data_dir(data_dir)
+    directory = named_data_dir(data_dir, download)
     if download:
         if directory is None:
-            raise DataError(f"--download needs a data dir to download {NAME} into (--data-dir or ${DATA_DIR_ENV})")
+            raise DataError(f"`download` needs a data dir to download {NAME} into (`data_dir` or ${DATA_DIR_ENV})")
         try:
             _locate(directory)
         except DataNotFound:

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, DataNotFound
+from .data_dir import DATA_DIR_ENV, named_data_dir
 from .dataset import Dataset
 from .download import safe_download
 from .idx import read_idx
-
-DATA_DIR_ENV = "LABELFLIP_DATA_DIR"
 
 _FILES = {
     "train_images": ("train-images-idx3-ubyte", 3),
@@ -39,7 +38,7 @@ FASHION_MNIST = IdxSource(
     torchvision_class="FashionMNIST",
     system_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
     how_to_get="install Debian's package (apt-get install dataset-fashion-mnist), "
-               "or put the four IDX files in DATA_DIR/fashion-mnist/, or pass --download",
+               "or put the four IDX files in DATA_DIR/fashion-mnist/, or pass `download`",
 )
 
 MNIST = IdxSource(
@@ -47,23 +46,16 @@ MNIST = IdxSource(
     class_names=tuple(str(d) for d in range(10)),
     torchvision_class="MNIST",
     system_dirs=(),
-    how_to_get="put the four IDX files in DATA_DIR/mnist/, or pass --download; "
+    how_to_get="put the four IDX files in DATA_DIR/mnist/, or pass `download`; "
                "without them use the 5,000-digit sample 'mnist-5k'",
 )
 
 
-def default_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
-    if data_dir is not None:
-        return Path(data_dir)
-    env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else None
-
-
 def _candidate_dirs(source: IdxSource, data_dir: Path | None) -> list[Path]:
-    dirs = []
+    # System copies are a fall-back for callers who name no data dir, never a substitute for the one they name.
     if data_dir is not None:
-        dirs += [data_dir / source.name, data_dir / source.torchvision_class / "raw"]
-    return dirs + list(source.system_dirs)
+        return [data_dir / source.name, data_dir / source.torchvision_class / "raw"]
+    return list(source.system_dirs)
 
 
 def _find_file(directory: Path, stem: str) -> Path | None:
@@ -85,8 +77,8 @@ def _locate(source: IdxSource, data_dir: Path | None) -> dict[str, Path]:
                             f"to get it: {source.how_to_get}")
         return found  # type: ignore[return-value]
     looked = ", ".join(str(d) for d in candidates) or "nowhere (no data dir given)"
-    raise DataNotFound(f"{source.name} not found (looked in: {looked}; data dir from --data-dir or "
-                    f"${DATA_DIR_ENV}); to get it: {source.how_to_get}")
+    raise DataNotFound(f"{source.name} not found (looked in: {looked}; data dir from `data_dir` or "
+                       f"${DATA_DIR_ENV}); to get it: {source.how_to_get}")
 
 
 def _download(source: IdxSource, data_dir: Path) -> None:
@@ -94,16 +86,16 @@ def _download(source: IdxSource, data_dir: Path) -> None:
 
     tv_class = getattr(torchvision.datasets, source.torchvision_class)
     safe_download(source.name, data_dir, lambda: tv_class(root=str(data_dir), train=True, download=True),
-                  [data_dir / source.torchvision_class], source.how_to_get.replace(", or pass --download", ""))
+                  [data_dir / source.torchvision_class], source.how_to_get.replace(", or pass `download`", ""))
 
 
 def load_idx_dataset(source: IdxSource, data_dir: str | os.PathLike | None = None,
                      download: bool = False) -> Dataset:
-    directory = default_data_dir(data_dir)
+    directory = named_data_dir(data_dir, download)
     if download:
         if directory is None:
-            raise DataError(f"--download needs a data dir to download {source.name} into "
-                            f"(--data-dir or ${DATA_DIR_ENV})")
+            raise DataError(f"`download` needs a data dir to download {source.name} into "
+                            f"(`data_dir` or ${DATA_DIR_ENV})")
         try:
             _locate(source, directory)
         except DataError:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from ..profiles import REFERENCE_ARCHS
+from ..models.reference import REFERENCE_ARCHS
 
 
 def is_minimal(result: dict[str, Any]) -> bool:

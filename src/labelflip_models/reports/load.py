@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..results import NOISE_SCHEMA, RESULT_SCHEMA
+from ..runs.results import NOISE_SCHEMA, RESULT_SCHEMA
+
 RUN_FILES = ("result.json", "noise.json")
 # A run directory, a directory of runs (per dataset), or a directory of those (per model or CI job).
 SEARCH_DEPTH = 2

@@ -8,15 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from ..cache_dir import keep_matplotlib_in_cache
 from ..errors import ConfigError
-
-keep_matplotlib_in_cache()
-from matplotlib.colors import PowerNorm  # noqa: E402  (after the font cache's folder is set)
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from ..storage.cache_dir import keep_matplotlib_in_cache
 from .fmt import norm_label
 from .group import epsilon_label, is_minimal, subject
+
+keep_matplotlib_in_cache()
+from matplotlib.colors import PowerNorm  # noqa: E402, I001  (after the font cache's folder is set)
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 DPI = 110
 TOP_CLASSES = 3

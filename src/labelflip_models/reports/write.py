@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_files
 from ..errors import ConfigError
-from ..results import check_out_dir
+from ..storage.atomic import atomic_write_files
+from ..storage.out_dir import check_out_dir
 from .group import DatasetRuns, epsilon_label, group_runs, model_sha
 from .html import report_html
 from .markdown import summary_markdown

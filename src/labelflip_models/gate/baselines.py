@@ -1,0 +1,188 @@
+"""Baseline files: a case's committed run with the thresholds derived from it (JSON, plus the flip matrix as CSV),
+made and written under --labelflip-regen, and loaded and validated against the run they gate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..analysis.flip_matrix import read_csv, to_csv
+from ..analysis.min_norms import median_ci
+from ..analysis.stats import one_sided_wilson
+from ..errors import BaselineError, DataError
+from ..storage.atomic import atomic_write_files, atomic_write_text
+from .decisions import GATE_CONFIDENCE, SYMMETRY_NORMS
+from .profiles import REGEN_HINT, Case
+
+BASELINE_SCHEMA = "labelflip.baseline/2"
+NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"
+# The baseline's thresholds are one-sided 97.5% bounds, wider than the gate's 99% bounds on a new run.
+BASELINE_CONFIDENCE = 0.975
+
+
+def _norm_floors(norms: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Per class, the one-sided lower bound of the median minimal norm (None: too few images for a bound)."""
+    floors = {}
+    for name, values in norms.items():
+        ci = median_ci(values, 2 * BASELINE_CONFIDENCE - 1)
+        floors[name] = None if ci is None or not math.isfinite(ci[1]) else float(ci[1])
+    return floors
+
+
+def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.ndarray] | None = None,
+                  ) -> dict[str, Any]:
+    """The committed baseline: the run itself plus the thresholds derived from it.
+
+    `class_norms` (minimal attacks only): per class, the minimal norms of the attacked images (inf = attack failed).
+    """
+    names = result["class_names"]
+    per_class = result["per_class_flip_rate"]
+    max_rate = {n: float(one_sided_wilson(per_class[n]["count"], per_class[n]["n"], BASELINE_CONFIDENCE, "upper"))
+                for n in names}
+    success = result["attack_success"]
+    analysis = result["analysis"]
+    catch = analysis["catch_all"]
+    upper = {n: float(one_sided_wilson(v["count"], catch["flips"], BASELINE_CONFIDENCE, "upper"))
+             for n, v in catch["shares"].items()}
+    lower = {n: float(one_sided_wilson(v["count"], catch["flips"], BASELINE_CONFIDENCE, "lower"))
+             for n, v in catch["shares"].items()}
+    gate = {
+        "method": "wilson",
+        "baseline_confidence": BASELINE_CONFIDENCE,
+        "gate_confidence": GATE_CONFIDENCE,
+        "max_flip_rate": max_rate,
+        "min_attack_success": float(one_sided_wilson(success["count"], success["n"], BASELINE_CONFIDENCE, "lower")),
+        "symmetry": {norm: {k: analysis["symmetry"][norm][k] for k in ("score", "se")} for norm in SYMMETRY_NORMS},
+        # Hysteresis: only classes clearly above or clearly below the threshold are held to their side of it.
+        "catch_all": {"threshold": catch["threshold"],
+                      "classes": [n for n in names if lower[n] > catch["threshold"]],
+                      "ruled_out": [n for n in names if upper[n] < catch["threshold"]]},
+        "dominant_targets": {n: d["target"] for n, d in analysis["dominant_targets"].items() if d["strong"]},
+    }
+    if class_norms is not None:
+        gate["min_norm_floor"] = _norm_floors(class_norms)
+    return {
+        "schema": BASELINE_SCHEMA,
+        "case": {"profile": case.profile, "dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon,
+                 **({"arch": case.arch} if case.arch else {})},
+        "regenerate_with": REGEN_HINT.format(profile=case.profile),
+        "gate": gate,
+        "result": result,
+    }
+
+
+def write_baseline(case: Case, root: Path, result: dict[str, Any],
+                   class_norms: dict[str, np.ndarray] | None = None) -> Path:
+    """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete."""
+    json_path = case.baseline_path(root, ".json")
+    atomic_write_files({case.baseline_path(root, ".csv"):
+                        to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
+                        json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
+    return json_path
+
+
+def _check_rate(value: Any, what: str, path: Path) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 1:
+        raise BaselineError(f"{path}: {what} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _gate_keys(minimal: bool) -> list[tuple[str, ...]]:
+    """Where the checks of a case read their thresholds in a baseline's "gate" section."""
+    keys = [("dominant_targets",), *(("symmetry", n, k) for n in SYMMETRY_NORMS for k in ("score", "se")),
+            *(("catch_all", k) for k in ("threshold", "classes", "ruled_out"))]
+    return keys + [("min_norm_floor",)] if minimal else keys
+
+
+def _has(section: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(section, dict) or key not in section:
+            return False
+        section = section[key]
+    return True
+
+
+def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dict[str, Any]:
+    """The baseline for `case`, validated against the run it gates."""
+    path = case.baseline_path(root, ".json")
+    hint = REGEN_HINT.format(profile=case.profile) + f" -k '{case.id}'"
+    if not path.exists():
+        raise BaselineError(f"no baseline for {case.id} at {path}; create it with: {hint}")
+    try:
+        baseline = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BaselineError(f"{path}: unreadable baseline ({exc}); regenerate it with: {hint}") from None
+    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA:
+        found = baseline.get("schema") if isinstance(baseline, dict) else type(baseline).__name__
+        raise BaselineError(f"{path}: schema {found!r}, expected {BASELINE_SCHEMA!r}; regenerate it with: {hint}")
+    try:
+        gate, result = baseline["gate"], baseline["result"]
+        recorded = {k: baseline["case"].get(k, "") if k == "arch" else baseline["case"][k]
+                    for k in ("dataset", "attack", "epsilon", "arch")}
+        max_rate = gate["max_flip_rate"]
+        min_success = _check_rate(gate["min_attack_success"], "min_attack_success", path)
+        baseline_n, baseline_names = result["dataset"]["n"], result["class_names"]
+    except (KeyError, TypeError) as exc:
+        raise BaselineError(f"{path}: malformed baseline (missing {exc}); regenerate it with: {hint}") from None
+    missing = [".".join(keys) for keys in _gate_keys(case.minimal) if not _has(gate, keys)]
+    if missing:
+        raise BaselineError(f"{path}: malformed baseline (missing gate.{', gate.'.join(missing)}); "
+                            f"regenerate it with: {hint}")
+    if recorded != {"dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon, "arch": case.arch}:
+        raise BaselineError(f"{path}: baseline is for case {Case(case.profile, **recorded).id}, not {case.id}")
+    if baseline_names != class_names or set(max_rate) != set(class_names):
+        raise BaselineError(f"{path}: baseline classes {sorted(max_rate)} differ from the model's {class_names}")
+    if baseline_n != n:
+        raise BaselineError(f"{path}: baseline evaluated {baseline_n} images, this run {n}; regenerate it with: {hint}")
+    thresholds = {name: _check_rate(max_rate[name], f"max_flip_rate[{name!r}]", path) for name in class_names}
+    csv_path = case.baseline_path(root, ".csv")
+    if csv_path.exists():
+        try:
+            matrix, names = read_csv(csv_path)
+        except DataError as exc:  # a damaged baseline, not damaged data: the fix is to regenerate it
+            raise BaselineError(f"{exc}; regenerate both with: {hint}") from None
+        if names != class_names or matrix.tolist() != result["flip_matrix"]:
+            raise BaselineError(f"{csv_path} does not match {path.name}; regenerate both with: {hint}")
+    return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success}
+
+
+def check_same_model(path: str | Path, recorded: str, current: str, mismatch: str) -> str | None:
+    """A note when the baseline in `path` was made with another model than the one gated (by weights sha256);
+    under mismatch="error" a BaselineError instead. Another sha is expected after retraining on other hardware,
+    where the statistical checks decide; a CI that pins its model can make it an error."""
+    if recorded == current:
+        return None
+    note = f"{path}: baseline was recorded with model {recorded[:12]}, this run's model is {current[:12]}"
+    if mismatch == "error":
+        raise BaselineError(f"{note} (--labelflip-model-mismatch error); regenerate the baseline for this model "
+                            "with --labelflip-regen, or gate it with --labelflip-model-mismatch warn")
+    return note
+
+
+def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Path:
+    atomic_write_text(path, json.dumps({"schema": NOISE_BASELINE_SCHEMA, "regenerate_with": REGEN_HINT.format(
+        profile=profile), "result": noise}, indent=1) + "\n")
+    return path
+
+
+def load_noise_baseline(path: Path, class_names: list[str], n: int, profile: str) -> dict[str, Any]:
+    hint = REGEN_HINT.format(profile=profile) + " -k white_noise"
+    if not path.exists():
+        raise BaselineError(f"no white-noise baseline at {path}; create it with: {hint}")
+    try:
+        baseline = json.loads(path.read_text())
+        if baseline["schema"] != NOISE_BASELINE_SCHEMA:
+            raise BaselineError(f"{path}: schema {baseline['schema']!r}, expected {NOISE_BASELINE_SCHEMA!r}; "
+                                f"regenerate it with: {hint}")
+        counts, names, base_n = baseline["result"]["counts"], baseline["result"]["class_names"], baseline["result"]["n"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BaselineError(f"{path}: unreadable white-noise baseline ({exc!r}); regenerate it with: {hint}") from None
+    if names != class_names or len(counts) != len(names) or sum(counts) != base_n:
+        raise BaselineError(f"{path}: histogram does not fit the classes {class_names}; regenerate it with: {hint}")
+    if base_n != n:
+        raise BaselineError(f"{path}: baseline classified {base_n} noise images, this run {n}; regenerate: {hint}")
+    return baseline

@@ -1,0 +1,38 @@
+"""Running a gate case: the profile's images of its dataset, attacked at the case's budget."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..attacks import AttackResult, Bounds, make_attack
+from ..data import Dataset, balanced_subset
+from ..runs.evaluate import attack_images
+from .profiles import Case, Profile, get_profile
+
+
+def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False) -> tuple[np.ndarray, str]:
+    """The test images a profile attacks with `attack`, and how to say which they are."""
+    per_class = profile.images_per_class(attack, uncapped)
+    if per_class is None:
+        return np.arange(len(data.test_labels)), "whole test set"
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes)
+    return indices, f"first {per_class} test images of each class"
+
+
+def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
+             bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto",
+             ) -> tuple[dict[str, Any], AttackResult]:
+    """Attack the case's images; return result.json's content and the adversarials.
+
+    Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
+    """
+    profile = get_profile(case.profile)
+    indices, selection = select(profile, data, case.attack, uncapped)
+    attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
+    epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
+    # The gate's engine option picks how fixed-ε attacks run; minimal attacks have one engine (Foolbox).
+    return attack_images(data, model, model_info, indices, selection, attack, epsilon, bounds=bounds, seed=seed,
+                         engine="auto" if attack.minimal else engine)

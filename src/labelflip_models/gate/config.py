@@ -1,0 +1,151 @@
+"""The gate's settings, parsed and validated once from pytest options and ini keys. Cheap to import (no torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError
+from .profiles import PROFILES, get_profile
+
+DEFAULT_BASELINES = "fixtures/baselines"
+# Under --labelflip-report DIR, each computed run also lands in DIR/gate-runs/<case id>/ for the session's report;
+# the controller empties that folder (and only it) when a session starts.
+RUNS_DIR = "gate-runs"
+
+OPTIONS = [
+    # (name, ini key, default, help)
+    ("profile", "labelflip_profile", "smoke", f"gate profile: {', '.join(PROFILES)}"),
+    ("device", "labelflip_device", "auto", "torch device for models and attacks: auto, cpu, cuda, cuda:N"),
+    ("engine", "labelflip_engine", "auto", "engine of the fixed-ε attacks: auto (native kernels, bf16 where the "
+                                           "hardware has it), foolbox, native, native-fp32; minimal attacks always "
+                                           "run through Foolbox"),
+    ("baselines", "labelflip_baselines", DEFAULT_BASELINES, "baseline directory (relative to rootdir)"),
+    ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
+    ("seed", "labelflip_seed", "0", "training and attack seed"),
+    ("dataset", "labelflip_dataset", "", "run only this dataset's cases (required with --labelflip-model)"),
+    ("report", "labelflip_report", "", "write heatmaps, trend plots, summary.md, report.html, report.json here"),
+    ("model", "labelflip_model", "", "gate YOUR model: a TorchScript file, or a state_dict/safetensors file with "
+                                     "--labelflip-arch; needs --labelflip-dataset and --labelflip-baselines"),
+    ("arch", "labelflip_arch", "", "architecture (registry name) of a state-dict --labelflip-model"),
+    ("mean", "labelflip_mean", "", "normalisation mean the model expects: one value or one per channel"),
+    ("std", "labelflip_std", "", "normalisation std the model expects: one value or one per channel"),
+    ("bounds", "labelflip_bounds", "0,1", "LO,HI pixel range of the model's input; ε is a fraction of HI-LO"),
+    ("class-names", "labelflip_class_names", "", "comma-separated class names, or @FILE with one per line"),
+    ("model-mismatch", "labelflip_model_mismatch", "warn", "warn or error when a baseline was recorded with another "
+                                                           "model (weights sha256) than the one gated"),
+]
+FLAGS = [
+    ("regen", "regenerate the baselines of the selected gate cases instead of checking them"),
+    ("require-data", "fail, instead of skip, gate cases whose dataset is not on this machine"),
+    ("uncapped", "attack every selected image, lifting the per-class caps some attacks have (e.g. Brendel-Bethge)"),
+    ("trust-pickle", "load a pickled whole-module --labelflip-model (this executes code from the file)"),
+]
+
+# How the gate names the library's parameters in messages (LabelflipError.phrased): by its own options, and the
+# CLI's where the gate has none.
+OPTION_NAMES = {
+    **{name.replace("-", "_"): f"--labelflip-{name}" for name, *_ in OPTIONS},
+    **{name.replace("-", "_"): f"--labelflip-{name}" for name, _ in FLAGS},
+    "download": "the CLI's --download (labelflip train --dataset NAME --download)",
+}
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    profile: str
+    device: str
+    engine: str
+    baselines: Path
+    data_dir: str | None
+    seed: int
+    regen: bool
+    require_data: bool
+    datasets: tuple[str, ...]
+    report: Path | None
+    uncapped: bool
+    # Bring your own model: None gates labelflip's reference models.
+    model: Path | None
+    arch: str | None
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    bounds: tuple[float, float]
+    class_names: tuple[str, ...] | None
+    trust_pickle: bool
+    # "warn" or "error" when a baseline was recorded with another model (by weights sha256) than the one gated.
+    model_mismatch: str = "warn"
+
+
+MODEL_MISMATCH = ("warn", "error")
+
+
+def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool], rootpath: Path) -> GateConfig:
+    """`setting(ini_key)` gives an option's value (command line over ini file), `flag(dest)` a switch's.
+
+    Errors of the library's parsers name parameters: show them with `exc.phrased(OPTION_NAMES)`."""
+    from ..data import CLASS_NAMES, DATASETS
+    from ..data.data_dir import named_data_dir
+
+    profile = get_profile(setting("labelflip_profile"))
+    seed = setting("labelflip_seed")
+    if not str(seed).lstrip("-").isdigit():
+        raise ConfigError(f"--labelflip-seed must be an integer, got {seed!r}")
+    device = setting("labelflip_device")
+    if device not in ("auto", "cpu"):  # only these need no torch import to validate
+        from ..devices import resolve_device
+
+        resolve_device(device)
+    engine = setting("labelflip_engine")
+    if engine != "auto":
+        from ..attacks.engine import ENGINES
+
+        if engine not in ENGINES:
+            raise ConfigError(f"--labelflip-engine: unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    baselines_text = setting("labelflip_baselines")
+    baselines = Path(baselines_text)
+    dataset = setting("labelflip_dataset") or None
+    if dataset is not None and dataset not in DATASETS:
+        raise ConfigError(f"--labelflip-dataset: unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    datasets = (dataset,) if dataset else profile.datasets
+    model = Path(setting("labelflip_model")) if setting("labelflip_model") else None
+    arch, mean_text, std_text = (setting(k) or None for k in ("labelflip_arch", "labelflip_mean", "labelflip_std"))
+    bounds_text, names_text = setting("labelflip_bounds"), setting("labelflip_class_names")
+    mean = std = class_names = None
+    bounds = (0.0, 1.0)
+    if model is not None or mean_text or std_text or names_text or bounds_text != "0,1":
+        from ..models.io import parse_bounds, parse_channel_values, parse_class_names
+
+        if names_text and len(datasets) != 1:
+            raise ConfigError("--labelflip-class-names needs --labelflip-dataset (names belong to one dataset)")
+        mean = parse_channel_values(mean_text, "mean") if mean_text else None
+        std = parse_channel_values(std_text, "std") if std_text else None
+        bounds = parse_bounds(bounds_text)
+        class_names = parse_class_names(names_text, len(CLASS_NAMES[datasets[0]])) if names_text else None
+    if model is not None:
+        if not model.is_file():
+            raise ConfigError(f"--labelflip-model: no model file at {model}")
+        if dataset is None:
+            raise ConfigError("--labelflip-model needs --labelflip-dataset: the dataset your model classifies")
+        if baselines_text == DEFAULT_BASELINES:
+            raise ConfigError("--labelflip-model needs --labelflip-baselines DIR: your model is gated against its own "
+                              "baselines (create them once with --labelflip-regen), not labelflip's reference models'")
+    elif arch or mean or std:
+        raise ConfigError("--labelflip-arch/--labelflip-mean/--labelflip-std describe a --labelflip-model; none given")
+    data_dir = setting("labelflip_data_dir") or None
+    if data_dir is not None:
+        named_data_dir(data_dir)  # a data dir named by an option must exist; checked before any collection
+    report = setting("labelflip_report")
+    model_mismatch = setting("labelflip_model_mismatch")
+    if model_mismatch not in MODEL_MISMATCH:
+        raise ConfigError(f"--labelflip-model-mismatch: expected one of {', '.join(MODEL_MISMATCH)}, "
+                          f"got {model_mismatch!r}")
+    return GateConfig(
+        profile=profile.name, device=device, engine=engine,
+        baselines=baselines if baselines.is_absolute() else Path(rootpath) / baselines,
+        data_dir=data_dir, seed=int(seed),
+        regen=flag("labelflip_regen"), require_data=flag("labelflip_require_data"),
+        datasets=datasets, report=Path(report).absolute() if report else None, uncapped=flag("labelflip_uncapped"),
+        model=model.absolute() if model else None, arch=arch, mean=mean, std=std, bounds=bounds,
+        class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"), model_mismatch=model_mismatch,
+    )

@@ -1,0 +1,271 @@
+"""The gate's fixtures: datasets, models, and each case's run and baseline, computed once per session.
+
+Every factory turns a library error into one failed test whose message names the gate's own options.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..errors import DataNotFound, LabelflipError
+from .config import OPTION_NAMES, RUNS_DIR, GateConfig
+from .profiles import Case, get_profile, noise_baseline_path, noise_scope
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..data import Dataset
+    from .models_under_test import ModelsUnderTest
+    from .shared_runs import CaseRun
+
+GATE_CONFIG = pytest.StashKey[GateConfig]()
+
+
+@contextmanager
+def failing_the_test(prefix: str = "") -> Iterator[None]:
+    """A library error inside the block fails the current test with its message alone (no traceback)."""
+    try:
+        yield
+    except LabelflipError as exc:
+        raise pytest.fail.Exception(prefix + exc.phrased(OPTION_NAMES), pytrace=False) from None
+
+
+@pytest.fixture(scope="session")
+def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
+    return request.config.stash[GATE_CONFIG]
+
+
+@pytest.fixture(scope="session")
+def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
+    """Factory: dataset name -> Dataset, loaded once per process; skips when the data is absent."""
+    from ..data import load_dataset
+
+    cfg = labelflip_config
+    loaded: dict[str, Dataset] = {}
+
+    def get(name: str) -> Dataset:
+        if name not in loaded:
+            try:
+                data = load_dataset(name, cfg.data_dir)
+            except DataNotFound as exc:
+                message = exc.phrased(OPTION_NAMES)
+                if not cfg.require_data:
+                    pytest.skip(f"{message} (--labelflip-require-data turns this skip into a failure)")
+                raise pytest.fail.Exception(f"--labelflip-require-data: {message}", pytrace=False) from None
+            except LabelflipError as exc:
+                raise pytest.fail.Exception(exc.phrased(OPTION_NAMES), pytrace=False) from None
+            loaded[name] = replace(data, class_names=cfg.class_names) if cfg.class_names else data
+        return loaded[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def labelflip_device(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> str:
+    """The torch device of this process's models: under xdist on a multi-GPU machine, one GPU per worker."""
+    from ..devices import process_device
+
+    return process_device(labelflip_config.device, getattr(request.config, "workerinput", {}).get("workerid"))
+
+
+@pytest.fixture(scope="session")
+def labelflip_models_under_test() -> ModelsUnderTest:
+    """What the session's result files say about each model it loaded."""
+    from .models_under_test import ModelsUnderTest
+
+    return ModelsUnderTest()
+
+
+@pytest.fixture(scope="session")
+def labelflip_reference_model(labelflip_config: GateConfig, labelflip_device: str,
+                              labelflip_models_under_test: ModelsUnderTest) -> Callable[..., nn.Module]:
+    """Factory: (dataset, arch=None) -> labelflip's reference model of that architecture (default: the dataset's
+    first reference model), trained once and cached on disk."""
+    from ..models.cache import load_or_train
+    from ..models.reference import REFERENCE_ARCHS
+
+    models: dict[tuple[str, str], nn.Module] = {}
+
+    def get(data: Dataset, arch: str | None = None) -> nn.Module:
+        arch = arch or REFERENCE_ARCHS[data.name][0]
+        if (data.name, arch) not in models:
+            with failing_the_test(f"reference {arch} model for {data.name}: "):
+                trained = load_or_train(data, arch=arch, seed=labelflip_config.seed, device=labelflip_device)
+            models[data.name, arch] = labelflip_models_under_test.add(
+                trained.model, arch=arch, path=trained.weights_path, reference=trained.sidecar)
+        return models[data.name, arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def labelflip_user_model(labelflip_config: GateConfig, labelflip_device: str,
+                         labelflip_models_under_test: ModelsUnderTest) -> Callable[[Dataset], nn.Module]:
+    """Factory: dataset -> the --labelflip-model file, loaded once, checked on the dataset's images."""
+    from ..attacks import Bounds
+    from ..runs.evaluate import load_user_model
+
+    cfg = labelflip_config
+    loaded: dict[str, nn.Module] = {}
+
+    def get(data: Dataset) -> nn.Module:
+        if data.name not in loaded:
+            with failing_the_test(f"--labelflip-model {cfg.model}: "):
+                model = load_user_model(cfg.model, data, Bounds(*cfg.bounds), arch=cfg.arch, mean=cfg.mean,
+                                        std=cfg.std, trust_pickle=cfg.trust_pickle)
+            loaded[data.name] = labelflip_models_under_test.add(model.to(labelflip_device), arch=cfg.arch,
+                                                                path=cfg.model)
+        return loaded[data.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def labelflip_model(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> Callable[..., nn.Module]:
+    """Factory: dataset -> the model under test, in eval mode. --labelflip-model picks a file; overriding this
+    fixture in a conftest.py plugs in any other model. The reference models also take an architecture."""
+    if labelflip_config.model is not None:
+        return request.getfixturevalue("labelflip_user_model")
+    return request.getfixturevalue("labelflip_reference_model")
+
+
+@pytest.fixture(scope="session")
+def labelflip_case_model(labelflip_dataset: Callable[[str], Dataset],
+                         labelflip_model: Callable[..., nn.Module]) -> Callable[[Case], nn.Module]:
+    """Factory: case -> the model its attack runs on. A case of a dataset's default model asks labelflip_model for
+    the dataset alone, so an override of labelflip_model that takes only a dataset keeps working."""
+    def get(case: Case) -> nn.Module:
+        data = labelflip_dataset(case.dataset)
+        return labelflip_model(data, case.arch) if case.arch else labelflip_model(data)
+
+    return get
+
+
+def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
+    if not hasattr(request.config, "workerinput"):
+        return None
+    return tmp_path_factory.getbasetemp().parent / "labelflip-runs"
+
+
+@pytest.fixture(scope="session")
+def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
+                  labelflip_case_model: Callable[[Case], nn.Module], labelflip_models_under_test: ModelsUnderTest,
+                  tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Callable[[Case], CaseRun]:
+    """Factory: case -> its attack run, computed once per session even across xdist workers."""
+    from ..attacks import Bounds
+    from ..runs.results import write_run
+    from .baselines import write_baseline
+    from .cases import run_case
+    from .shared_runs import CaseRun, computed_once, load_run, save_run
+
+    cfg = labelflip_config
+    runs: dict[Case, CaseRun] = {}
+    shared = _shared_dir(request, tmp_path_factory)
+
+    def compute(case: Case, data: Dataset) -> CaseRun:
+        model = labelflip_case_model(case)
+        result, attacked = run_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
+                                    Bounds(*cfg.bounds), cfg.uncapped, cfg.engine)
+        run = CaseRun.from_attack(case, result, attacked)
+        if cfg.regen:
+            write_baseline(case, cfg.baselines, result, run.class_norms() if case.minimal else None)
+        if cfg.report is not None:
+            write_run(cfg.report / RUNS_DIR / case.id, result)
+        return run
+
+    def get(case: Case) -> CaseRun:
+        if case not in runs:
+            data = labelflip_dataset(case.dataset)
+            with failing_the_test():
+                runs[case] = computed_once(shared and shared / case.id, lambda: compute(case, data), save_run,
+                                           lambda directory: load_run(case, directory))
+        return runs[case]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
+                    labelflip_model: Callable[[Dataset], nn.Module], labelflip_models_under_test: ModelsUnderTest,
+                    tmp_path_factory: pytest.TempPathFactory,
+                    request: pytest.FixtureRequest) -> Callable[[str], dict[str, Any]]:
+    """Factory: dataset name -> its white-noise probe (noise.json's content), computed once per session."""
+    from ..attacks import Bounds
+    from ..runs.evaluate import probe_noise
+    from ..runs.results import write_noise
+    from .baselines import write_noise_baseline
+    from .shared_runs import computed_once, load_json, save_json
+
+    cfg = labelflip_config
+    probes: dict[str, dict[str, Any]] = {}
+    shared = _shared_dir(request, tmp_path_factory)
+
+    def compute(data: Dataset) -> dict[str, Any]:
+        model = labelflip_model(data)
+        result = probe_noise(data, model, labelflip_models_under_test.info(model),
+                             get_profile(cfg.profile).noise_samples, cfg.seed, Bounds(*cfg.bounds))
+        if cfg.regen:
+            write_noise_baseline(noise_baseline_path(cfg.baselines, cfg.profile, data.name), result, cfg.profile)
+        if cfg.report is not None:
+            write_noise(cfg.report / RUNS_DIR / noise_scope(data.name), result)
+        return result
+
+    def get(name: str) -> dict[str, Any]:
+        if name not in probes:
+            data = labelflip_dataset(name)
+            with failing_the_test():
+                probes[name] = computed_once(shared and shared / noise_scope(name), lambda: compute(data),
+                                             save_json, load_json)
+        return probes[name]
+
+    return get
+
+
+@pytest.fixture
+def labelflip_baseline(labelflip_case: Case, labelflip_config: GateConfig,
+                       labelflip_run: Callable[[Case], CaseRun]) -> dict[str, Any]:
+    """The committed baseline of the current case, validated against its run (skips under --labelflip-regen)."""
+    from .baselines import load_baseline
+
+    cfg = labelflip_config
+    run = labelflip_run(labelflip_case)
+    if cfg.regen:
+        pytest.skip(f"baseline regenerated: {labelflip_case.baseline_path(cfg.baselines, '.json')}")
+    with failing_the_test():
+        baseline = load_baseline(labelflip_case, cfg.baselines, run.result["class_names"], run.result["dataset"]["n"])
+        _check_model(baseline, run.result["model"]["sha256"], cfg)
+    return baseline
+
+
+@pytest.fixture
+def labelflip_noise_baseline(labelflip_noise_dataset: str, labelflip_config: GateConfig,
+                             labelflip_noise: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    """The committed white-noise baseline of the current dataset (skips under --labelflip-regen)."""
+    from .baselines import load_noise_baseline
+
+    cfg = labelflip_config
+    probe = labelflip_noise(labelflip_noise_dataset)
+    path = noise_baseline_path(cfg.baselines, cfg.profile, labelflip_noise_dataset)
+    if cfg.regen:
+        pytest.skip(f"baseline regenerated: {path}")
+    with failing_the_test():
+        baseline = load_noise_baseline(path, probe["class_names"], probe["n"], cfg.profile)
+        _check_model({**baseline, "path": str(path)}, probe["model"]["sha256"], cfg)
+    return baseline
+
+
+def _check_model(baseline: dict[str, Any], current: str, cfg: GateConfig) -> None:
+    from .baselines import check_same_model
+
+    note = check_same_model(baseline["path"], baseline["result"]["model"]["sha256"], current, cfg.model_mismatch)
+    if note is not None:
+        warnings.warn(f"labelflip: {note}", stacklevel=3)

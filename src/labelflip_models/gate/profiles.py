@@ -1,0 +1,156 @@
+"""Gate profiles: which (dataset, attack, ε) cases run, with which attack settings, on which test images.
+
+Cheap to import (no torch): the pytest plugin parameterises tests from these at collection time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models.reference import REFERENCE_ARCHS
+
+REGEN_HINT = "pytest robustness_tests --labelflip-regen --labelflip-profile {profile}"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a profile. `epsilons=None` marks a minimal-perturbation attack (run with ε=None)."""
+
+    attack: str
+    epsilons: tuple[float, ...] | None
+    # Overrides of Foolbox's defaults, as (name, value) pairs so the spec stays hashable.
+    params: tuple[tuple[str, Any], ...] = ()
+    # Images per class for this attack when it must be capped below the profile's (None: the profile's).
+    per_class: int | None = None
+
+    @property
+    def minimal(self) -> bool:
+        return self.epsilons is None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    datasets: tuple[str, ...]
+    attacks: tuple[AttackSpec, ...]
+    per_class: int | None  # images per class from the test set; None means the whole test set
+    noise_samples: int  # uniform-noise images for the white-noise probe
+
+    def spec(self, attack: str) -> AttackSpec:
+        for spec in self.attacks:
+            if spec.attack == attack:
+                return spec
+        raise ConfigError(f"profile {self.name!r} has no attack {attack!r}")
+
+    def images_per_class(self, attack: str, uncapped: bool = False) -> int | None:
+        cap = self.spec(attack).per_class
+        if cap is None or uncapped:
+            return self.per_class
+        return cap if self.per_class is None else min(cap, self.per_class)
+
+
+SMOKE_EPSILONS = (0.02, 0.05, 0.1, 0.2)
+PAPER_EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+# Carlini-Wagner's defaults (9 binary-search steps x 10,000 steps) take minutes per image on a CPU; 5 x 100 with
+# early abort finds adversarials for every image we tried, at larger norms than the full search.
+CW_SMOKE = (("binary_search_steps", 5), ("steps", 100))
+# Brendel-Bethge's per-sample trust-region solver runs on the CPU (numba) whatever the device.
+BB_SMOKE = (("steps", 100),)
+# Attacks whose solver compiles in every process that runs them (Brendel-Bethge's numba code: ~25-40 s). Under
+# xdist their cases share one worker, which compiles once.
+COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
+# The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
+PAPER_BB_PER_CLASS = 100
+
+PROFILES = {
+    # A minute-long pre-commit check; also what the test that proves the gate can fail runs.
+    "quick": Profile("quick", ("mnist-5k",), (
+        AttackSpec("fgsm", (0.1,)), AttackSpec("linf-pgd", (0.1,)), AttackSpec("l2-deepfool", None, per_class=30),
+    ), per_class=100, noise_samples=1000),
+    # Sized for the 5-minute budget of a warm `pytest robustness_tests -n auto` on a 2-core CPU. L0 Brendel-Bethge
+    # is left to the paper profile: its numba solver alone compiles for ~40 s in every process that runs it.
+    "smoke": Profile("smoke", ("fashion-mnist", "mnist-5k"), (
+        AttackSpec("fgsm", SMOKE_EPSILONS),
+        AttackSpec("linf-pgd", SMOKE_EPSILONS, per_class=50),
+        AttackSpec("l2-pgd", (1.0,), per_class=20),
+        AttackSpec("l2-deepfool", None, per_class=10),
+        AttackSpec("linf-deepfool", None, per_class=10),
+        AttackSpec("l2-cw", None, CW_SMOKE, per_class=5),
+        AttackSpec("l1-bb", None, BB_SMOKE, per_class=5),
+    ), per_class=100, noise_samples=2000),
+    # CIFAR-10 on both reference models, for a GPU machine with the real data (training them on a CPU takes hours);
+    # without the data every case skips and says how to provide it.
+    "cifar": Profile("cifar", ("cifar-10",), (
+        AttackSpec("fgsm", SMOKE_EPSILONS),
+        AttackSpec("linf-pgd", SMOKE_EPSILONS),
+        AttackSpec("l2-deepfool", None, per_class=20),
+    ), per_class=100, noise_samples=2000),
+    # The paper's grid on full test sets, meant for a GPU machine; Foolbox's default attack settings.
+    "paper": Profile("paper", ("fashion-mnist", "mnist", "cifar-10"), (
+        AttackSpec("fgsm", PAPER_EPSILONS),
+        AttackSpec("linf-pgd", PAPER_EPSILONS),
+        AttackSpec("l2-deepfool", None),
+        AttackSpec("linf-deepfool", None),
+        AttackSpec("l2-cw", None),
+        AttackSpec("l0-bb", None, per_class=PAPER_BB_PER_CLASS),
+        AttackSpec("l1-bb", None, per_class=PAPER_BB_PER_CLASS),
+    ), per_class=None, noise_samples=10000),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class Case:
+    profile: str
+    dataset: str
+    attack: str
+    epsilon: float | None  # None for minimal-perturbation attacks
+    # "": the dataset's default reference model (or the user's model); else another reference architecture.
+    arch: str = ""
+
+    @property
+    def minimal(self) -> bool:
+        return self.epsilon is None
+
+    @property
+    def stem(self) -> str:
+        return f"{self.attack}-min" if self.epsilon is None else f"{self.attack}-eps{self.epsilon:g}"
+
+    @property
+    def model_key(self) -> str:
+        """The dataset, plus the architecture when it is not the dataset's default: names ids and folders."""
+        return f"{self.dataset}-{self.arch}" if self.arch else self.dataset
+
+    @property
+    def id(self) -> str:
+        return f"{self.model_key}-{self.stem}"
+
+    def baseline_path(self, root: Path, suffix: str) -> Path:
+        # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
+        return Path(root) / self.profile / self.model_key / f"{self.stem}{suffix}"
+
+
+def noise_scope(dataset: str) -> str:
+    """The id of a dataset's white-noise probe, beside the case ids."""
+    return f"{dataset}-white-noise"
+
+
+def noise_baseline_path(root: Path, profile: str, dataset: str) -> Path:
+    return Path(root) / profile / dataset / "white-noise.json"
+
+
+def cases(profile: Profile, datasets: tuple[str, ...] | None = None, own_model: bool = False) -> list[Case]:
+    """The profile's cases, optionally restricted to `datasets` (a user's model is trained on one), for every
+    reference model of each dataset, or for the user's model alone (`own_model`)."""
+    chosen = profile.datasets if datasets is None else datasets
+    return [Case(profile.name, d, s.attack, e, arch) for d in chosen
+            for arch in ("", *(() if own_model else REFERENCE_ARCHS.get(d, ())[1:]))
+            for s in profile.attacks for e in (s.epsilons if s.epsilons is not None else (None,))]

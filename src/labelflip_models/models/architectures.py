@@ -1,0 +1,126 @@
+"""Architectures by name, and the wrapper that makes every model take pixels in [0, 1].
+
+Normalisation lives inside the model so that ε is always measured in pixel space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+
+# The paper's normalisation: mean 0.5, std 1, so the network sees inputs in [-0.5, 0.5].
+PAPER_MEAN = (0.5,)
+PAPER_STD = (1.0,)
+
+
+class Normalized(nn.Module):
+    """(x - mean) / std in front of `net`; mean and std are buffers so they travel with the weights."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if any(s <= 0 for s in std):
+            raise ConfigError(f"std must be positive, got {tuple(std)}")
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _cw_net(in_channels: int, num_classes: int, side: int, conv: tuple[int, int], fc: int) -> nn.Sequential:
+    """Carlini & Wagner's net: conv-conv-pool-conv-conv-pool-fc-fc-out; 3x3 convs without padding, dropout 0.5."""
+    flat = ((side - 4) // 2 - 4) // 2  # two unpadded convs (-4) then a 2x2 pool, twice
+    return nn.Sequential(
+        nn.Conv2d(in_channels, conv[0], 3), nn.ReLU(),
+        nn.Conv2d(conv[0], conv[0], 3), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(conv[0], conv[1], 3), nn.ReLU(),
+        nn.Conv2d(conv[1], conv[1], 3), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(conv[1] * flat * flat, fc), nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(fc, fc), nn.ReLU(),
+        nn.Linear(fc, num_classes),
+    )
+
+
+def cw_mnist(in_channels: int = 1, num_classes: int = 10) -> nn.Sequential:
+    """C&W's MNIST network (conv32-conv32-pool-conv64-conv64-pool-fc200-fc200), 28x28 inputs."""
+    return _cw_net(in_channels, num_classes, side=28, conv=(32, 64), fc=200)
+
+
+def cw_cifar(in_channels: int = 3, num_classes: int = 10) -> nn.Sequential:
+    """C&W's CIFAR network (conv64-conv64-pool-conv128-conv128-pool-fc256-fc256), 32x32 inputs."""
+    return _cw_net(in_channels, num_classes, side=32, conv=(64, 128), fc=256)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU before each 3x3 conv, identity shortcut (a 1x1 conv where the shape changes), He et al. 2016."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+                         if stride != 1 or in_planes != planes else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        # The projection sees the pre-activated input, the identity the raw one (kuangliu/pytorch-cifar).
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreAct ResNet-18 for 32x32 inputs: 3x3 stem, stages of 2 blocks at 64/128/256/512 channels, and the final
+    BN-ReLU of He et al. (kuangliu's version omits it), global average pool, fc."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        stages, planes = [], 64
+        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(PreActBlock(planes, width, stride), PreActBlock(width, width, 1)))
+            planes = width
+        self.layers = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn(self.layers(self.conv1(x))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
+    "cw-mnist": cw_mnist,
+    "cw-cifar": cw_cifar,
+    "preact-resnet18": PreActResNet18,
+}
+
+
+def build_model(arch: str, in_channels: int = 1, num_classes: int = 10,
+                mean: Sequence[float] = PAPER_MEAN, std: Sequence[float] = PAPER_STD) -> Normalized:
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if len(mean) not in (1, in_channels) or len(std) not in (1, in_channels):
+        raise ConfigError(f"mean/std need 1 or {in_channels} values, got {len(mean)} and {len(std)}")
+    return Normalized(ARCHITECTURES[arch](in_channels, num_classes), mean, std)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted class of each image (on the model's device), returned on the CPU."""
+    device = next(model.parameters()).device
+    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)

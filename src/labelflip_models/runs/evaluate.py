@@ -1,0 +1,61 @@
+"""Running a model on a dataset: an attack on chosen test images, or the white-noise probe, each giving the content
+of its result file. The CLI and the gate both run through here, so their runs are the same runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analysis.noise import noise_probe
+from ..attacks import Attack, AttackResult, Bounds, run_attack
+from ..data import Dataset
+from ..models.io import check_model, load_model
+from .results import build_noise_result, build_result
+
+
+def pixel_images(data: Dataset, indices: np.ndarray, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test images mapped from [0, 1] onto the model's pixel range, and their labels."""
+    images, labels = data.tensors("test", indices)
+    return bounds.lower + images * (bounds.upper - bounds.lower), labels
+
+
+def load_user_model(path: Path, data: Dataset, bounds: Bounds, *, arch: str | None,
+                    mean: tuple[float, ...] | None, std: tuple[float, ...] | None, trust_pickle: bool) -> nn.Module:
+    """A user's model file, loaded safely and checked on a few of the dataset's images (CPU, eval mode)."""
+    sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), bounds)
+    model = load_model(path, arch=arch, mean=mean, std=std, trust_pickle=trust_pickle, in_channels=sample.shape[1],
+                       num_classes=data.num_classes)
+    check_model(model, sample, data.num_classes)
+    return model
+
+
+def _device(model: nn.Module) -> str:
+    return str(next(model.parameters()).device)
+
+
+def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], indices: np.ndarray,
+                  selection: str, attack: Attack, epsilon: float | None, *, bounds: Bounds, seed: int,
+                  engine: str = "auto", batch_size: int | None = None,
+                  progress: bool = False) -> tuple[dict[str, Any], AttackResult]:
+    """Attack the test images `indices` (described by `selection`); result.json's content and the adversarials."""
+    start = time.perf_counter()
+    images, labels = pixel_images(data, indices, bounds)
+    attacked = run_attack(model, images, labels, attack, epsilon, bounds=bounds, batch_size=batch_size, seed=seed,
+                          progress=progress, engine=engine)
+    result = build_result(data, model_info, selection, attacked, _device(model), time.perf_counter() - start)
+    return result, attacked
+
+
+def probe_noise(data: Dataset, model: nn.Module, model_info: dict[str, Any], n: int, seed: int,
+                bounds: Bounds) -> dict[str, Any]:
+    """Classify `n` uniform-noise images of the dataset's shape; noise.json's content."""
+    start = time.perf_counter()
+    shape = tuple(data.tensors("test", np.arange(1))[0].shape[1:])
+    range_ = (bounds.lower, bounds.upper)
+    counts = noise_probe(model, n, shape, range_, seed)
+    return build_noise_result(data, model_info, counts, seed, range_, _device(model), time.perf_counter() - start)
