@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labelflip_models.gate.cases import (
+from labelflip_models.gate.decisions import (
     SYMMETRY_NORMS,
     check_catch_all,
     check_dominant_targets,

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from labelflip_models.gate.cases import check_attack_success, check_flip_rate, check_min_norm
+from labelflip_models.gate.decisions import check_attack_success, check_flip_rate, check_min_norm
 from labelflip_models.models.architectures import predict
 
 pytestmark = pytest.mark.labelflip

@@ -30,7 +30,7 @@ from torch import nn
 from labelflip_models import cli
 from labelflip_models.data.cifar10 import FILES as CIFAR_FILES
 from labelflip_models.errors import BaselineError, ConfigError, DataError, DataNotFound
-from labelflip_models.gate.cases import check_same_model, load_baseline
+from labelflip_models.gate.baselines import check_same_model, load_baseline
 from labelflip_models.gate.profiles import Case
 
 from .helpers import run_cli
@@ -251,6 +251,11 @@ CLI_CASES = [
     case(idx_case(skip="train_labels"), DataError,
          r"fashion-mnist: data/fashion-mnist is incomplete, missing train-labels-idx1-ubyte\[.gz\]; to get it: ",
          "idx-file-missing"),
+    # A data dir the user names must exist: no silent fall-back to Debian's copy of the data.
+    case(argv_only(attack_argv("--data-dir", "no/such/dir", dataset="fashion-mnist")), ConfigError,
+         r"^--data-dir no/such/dir does not exist$", "data-dir-missing"),
+    case(with_file("data", "", attack_argv("--data-dir", "data", dataset="mnist-5k")), ConfigError,
+         r"^--data-dir data is not a directory$", "data-dir-is-a-file"),
     case(with_dir("data", attack_argv("--data-dir", "data", dataset="mnist")), DataNotFound,
          r"mnist not found \(looked in: data/mnist, data/MNIST/raw; .*use the 5,000-digit sample 'mnist-5k'",
          "dataset-not-found"),
@@ -285,7 +290,7 @@ CLI_CASES = [
          r"^cifar-10: data/cifar-10-batches-py is incomplete, missing data_batch_4; to get it: download "
          r"cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it into DATA_DIR, "
          r"or pass --download$", "cifar-batch-missing"),
-    case(cifar_case(skip=CIFAR_FILES), DataNotFound,
+    case(lambda tmp: (tmp / "data").mkdir() or cifar_case(skip=CIFAR_FILES)(tmp), DataNotFound,
          r"^cifar-10 not found \(looked in: data/cifar-10-batches-py, data/cifar-10/cifar-10-batches-py; .*"
          r"to get it: download cifar-10-python.tar.gz from ", "cifar-not-found"),
     # Model files
@@ -347,7 +352,7 @@ CLI_CASES = [
     case(with_file("runs/a/result.json", '{"schema": "labelflip.result/1", ', ["report", "runs", "--out", "out"]),
          ConfigError, r"runs/a/result.json is not valid JSON", "report-broken-json"),
     case(with_file("runs/a/result.json", '{"schema": "other/1"}', ["report", "runs", "--out", "out"]),
-         ConfigError, r"runs/a/result.json: schema 'other/1' is neither 'labelflip.result/1' nor",
+         ConfigError, r"runs/a/result.json: schema 'other/1' is neither 'labelflip.result/2' nor",
          "report-foreign-json"),
 ]
 
@@ -386,7 +391,7 @@ def test_bad_input_is_refused_cleanly(setup: Setup, error: type[BaseException], 
         assert raised.value.code == 2
         text = capsys.readouterr().err  # argparse prints its usage error itself
     else:
-        text = str(raised.value)
+        text = raised.value.phrased(cli.OPTION_NAMES)  # what the command line says of it
         assert "\n" not in text, "one line"
     assert re.search(message, text), text
 

@@ -30,7 +30,7 @@ NAMES = [n.encode() for n in cifar10.CLASS_NAMES]
 PER_BATCH = 20
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 GET_IT = (r"to get it: download cifar-10-python.tar.gz from https://www\.cs\.toronto\.edu/~kriz/cifar\.html "
-          r"and extract it into DATA_DIR, or pass --download")
+          r"and extract it into DATA_DIR, or pass `download`")
 
 
 def to_rows(images: np.ndarray) -> np.ndarray:
@@ -241,7 +241,7 @@ def test_files_resaved_with_str_keys_and_a_newer_protocol(tmp_path):
 
 def test_missing_data_raises_data_not_found(tmp_path, no_env):
     looked = re.escape(f"{tmp_path}/cifar-10-batches-py, {tmp_path}/cifar-10/cifar-10-batches-py")
-    with pytest.raises(DataNotFound, match=rf"^cifar-10 not found \(looked in: {looked}; data dir from --data-dir "
+    with pytest.raises(DataNotFound, match=rf"^cifar-10 not found \(looked in: {looked}; data dir from `data_dir` "
                                            rf"or \$LABELFLIP_DATA_DIR\); {GET_IT}$"):
         load_dataset("cifar-10", tmp_path)
 
@@ -268,8 +268,8 @@ def test_a_batch_that_is_a_directory_counts_as_missing(tmp_path):
 
 
 def test_download_without_data_dir_is_refused(no_env):
-    with pytest.raises(DataError, match=r"--download needs a data dir to download cifar-10 into "
-                                        r"\(--data-dir or \$LABELFLIP_DATA_DIR\)"):
+    with pytest.raises(DataError, match=r"`download` needs a data dir to download cifar-10 into "
+                                        r"\(`data_dir` or \$LABELFLIP_DATA_DIR\)"):
         load_dataset("cifar-10", download=True)
 
 

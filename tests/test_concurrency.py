@@ -154,12 +154,14 @@ import json, os
 
 import pytest
 
+from labelflip_models.models.cache import model_sha256
+
 
 @pytest.mark.parametrize("i", range(16))
 def test_uses_the_reference_model(i, labelflip_dataset, labelflip_model):
     model = labelflip_model(labelflip_dataset("mnist-5k"))
     with open(os.environ["MODELS_LOG"], "a") as log:
-        log.write(json.dumps([os.getpid(), model.labelflip_sidecar["sha256"]]) + "\\n")
+        log.write(json.dumps([os.getpid(), model_sha256(model)]) + "\\n")
 """
 
 

@@ -279,15 +279,16 @@ def test_mnist_is_not_read_from_the_fashion_mnist_folder(tmp_path):
 
 
 def test_missing_mnist_raises_data_not_found(tmp_path, no_env):
-    missing = tmp_path / "does-not-exist"
+    missing = tmp_path / "empty"
+    missing.mkdir()
     with pytest.raises(DataNotFound) as exc:
         load_dataset("mnist", data_dir=missing)
     msg = str(exc.value)
     assert msg.startswith("mnist not found")
     assert str(missing / "mnist") in msg  # places looked
     assert str(missing / "MNIST" / "raw") in msg
-    assert DATA_DIR_ENV in msg and "--data-dir" in msg
-    assert "to get it:" in msg and "--download" in msg
+    assert DATA_DIR_ENV in msg and "`data_dir`" in msg
+    assert "to get it:" in msg and "`download`" in msg
     assert "mnist-5k" in msg  # the offline alternative
 
 
@@ -305,8 +306,8 @@ def test_missing_fashion_mnist_raises_data_not_found(tmp_path, no_env, fashion_n
     msg = str(exc.value)
     assert msg.startswith("fashion-mnist not found")
     looked = re.search(r"looked in: (.*?);", msg).group(1).split(", ")
-    assert looked == [str(tmp_path / "empty" / "fashion-mnist"), str(tmp_path / "empty" / "FashionMNIST" / "raw"),
-                      str(fashion_no_system)]
+    # A named data dir is the only place searched: the system copy is for callers who name none.
+    assert looked == [str(tmp_path / "empty" / "fashion-mnist"), str(tmp_path / "empty" / "FashionMNIST" / "raw")]
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "DATA_DIR/fashion-mnist/" in msg
 
@@ -331,7 +332,7 @@ def test_unknown_dataset_name():
 
 
 def test_download_without_data_dir_is_refused(no_env):
-    with pytest.raises(DataError, match="--download needs a data dir to download mnist into"):
+    with pytest.raises(DataError, match="`download` needs a data dir to download mnist into"):
         load_dataset("mnist", download=True)
 
 
@@ -685,3 +686,30 @@ def test_read_idx_huge_dims_in_corrupt_header(tmp_path):
     raw = bytes.fromhex("00000803") + np.array([2 ** 22] * 3, dtype=">u4").tobytes()  # 2**66 bytes claimed
     with pytest.raises(DataError, match="payload truncated"):
         read_idx(write_file(tmp_path / "images", raw), 3)
+
+
+# A data dir the user names must exist; fall-backs apply only when none is named.
+
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist", "mnist-5k", "cifar-10"])
+def test_named_data_dir_that_does_not_exist_is_an_error(tmp_path, no_env, dataset):
+    with pytest.raises(ConfigError, match=rf"^`data_dir` {re.escape(str(tmp_path / 'nowhere'))} does not exist$"):
+        load_dataset(dataset, data_dir=tmp_path / "nowhere")
+
+
+def test_data_dir_from_the_environment_must_exist_too(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=rf"^\${DATA_DIR_ENV} {re.escape(str(tmp_path / 'nowhere'))} does not exist"):
+        load_dataset("fashion-mnist")
+
+
+def test_data_dir_that_is_a_file_is_an_error(tmp_path, no_env):
+    (tmp_path / "data").write_text("")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_dataset("fashion-mnist", data_dir=tmp_path / "data")
+
+
+def test_a_download_may_name_a_new_data_dir(tmp_path, no_env):
+    """--download creates the directory it downloads into; here the blocked network ends it, leaving nothing."""
+    with pytest.raises(DataError, match="downloading mnist into"):
+        load_dataset("mnist", data_dir=tmp_path / "new", download=True)
+    assert not (tmp_path / "new" / "MNIST").exists()

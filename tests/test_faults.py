@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from labelflip_models.errors import BaselineError, StorageError
-from labelflip_models.gate.cases import load_baseline, write_baseline
+from labelflip_models.gate.baselines import load_baseline, write_baseline
 from labelflip_models.gate.profiles import Case
 from labelflip_models.models.cache import CacheWarning, load_or_train
 from labelflip_models.reports import load_runs, write_report
-from labelflip_models.runs.results import write_run
+from labelflip_models.runs.results import RESULT_SCHEMA, write_run
 
 from .fault_injection import REPO, fill_disk, run_killed, temp_files
 from .helpers import TINY_RECIPE, run_cli, tiny_dataset
@@ -172,7 +172,7 @@ def _write_baseline_into(root: Path, shift: int) -> dict[str, bytes]:
 BASELINE_WRITE = """
 import json
 from pathlib import Path
-from labelflip_models.gate.cases import write_baseline
+from labelflip_models.gate.baselines import write_baseline
 from tests.test_faults import CASE, _baseline_result
 write_baseline(CASE, Path({root!r}), _baseline_result(1))
 print("not killed")
@@ -204,7 +204,9 @@ def _runs_dir(tmp_path: Path, attacks: list[str]) -> Path:
     for attack in attacks:
         path = next((BASELINES / "quick" / "mnist-5k").glob(f"{attack}*.json"))
         (runs / attack).mkdir(parents=True)
-        (runs / attack / "result.json").write_text(json.dumps(json.loads(path.read_text())["result"]))
+        # A committed baseline's run, as the current schema writes it (baselines keep the schema they were made in).
+        result = json.loads(path.read_text())["result"] | {"schema": RESULT_SCHEMA}
+        (runs / attack / "result.json").write_text(json.dumps(result))
     return runs
 
 

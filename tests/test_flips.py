@@ -7,16 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from labelflip_models.analysis.flip_matrix import (
-    CORNER,
-    class_flips,
-    flip_matrix,
-    one_sided_wilson,
-    read_csv,
-    to_csv,
-    wilson_interval,
-    write_csv,
-)
+from labelflip_models.analysis.flip_matrix import CORNER, class_flips, flip_matrix, read_csv, to_csv, write_csv
+from labelflip_models.analysis.stats import one_sided_wilson, wilson_interval
 from labelflip_models.errors import DataError
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

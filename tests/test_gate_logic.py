@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 
 from labelflip_models.errors import BaselineError, ConfigError
-from labelflip_models.gate.cases import (
+from labelflip_models.gate.baselines import (
     BASELINE_SCHEMA,
+    load_baseline,
+    load_noise_baseline,
+    make_baseline,
+    write_baseline,
+    write_noise_baseline,
+)
+from labelflip_models.gate.decisions import (
     check_attack_success,
     check_catch_all,
     check_dominant_targets,
@@ -14,11 +21,6 @@ from labelflip_models.gate.cases import (
     check_min_norm,
     check_noise,
     check_symmetry,
-    load_baseline,
-    load_noise_baseline,
-    make_baseline,
-    write_baseline,
-    write_noise_baseline,
 )
 from labelflip_models.gate.profiles import PROFILES, Case, cases, get_profile
 from labelflip_models.runs.results import analyse

@@ -103,7 +103,7 @@ def test_torchscript_in_training_mode_is_switched_to_eval_with_a_warning(tmp_pat
 
 def test_arch_is_ignored_with_a_warning_for_whole_models(tmp_path):
     torch.jit.save(torch.jit.script(_tiny()), str(tmp_path / "m.pt"))
-    with pytest.warns(ModelWarning, match="--arch cw-mnist is ignored"):
+    with pytest.warns(ModelWarning, match="architecture 'cw-mnist' is ignored"):
         load_model(tmp_path / "m.pt", arch="cw-mnist")
 
 
@@ -173,7 +173,7 @@ def test_three_channel_state_dict_with_per_channel_normalisation(tmp_path):
 def test_pickled_whole_module_is_refused_without_trust(tmp_path):
     torch.save(_tiny(), tmp_path / "whole.pt")
     assert model_format(tmp_path / "whole.pt") == "pickle"
-    with pytest.raises(ConfigError, match=r"(?s)executes arbitrary code.*--trust-pickle.*torch\.jit\.save") as err:
+    with pytest.raises(ConfigError, match=r"(?s)executes arbitrary code.*`trust_pickle`.*torch\.jit\.save") as err:
         load_model(tmp_path / "whole.pt")
     assert "TinyNet" in str(err.value)  # says which class the file wants to run
 
@@ -212,7 +212,7 @@ def _bare_state_dict_file(tmp_path, **kw):
 
 
 def test_state_dict_needs_arch(tmp_path):
-    with pytest.raises(ConfigError, match=r"state dict.*--arch.*cw-mnist"):
+    with pytest.raises(ConfigError, match=r"state dict.*`arch`.*cw-mnist"):
         load_model(_bare_state_dict_file(tmp_path))
 
 
@@ -295,10 +295,10 @@ def test_torch_files_that_hold_no_state_dict(tmp_path, payload, match):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"mean": (0.1, 0.2)}, r"--mean needs 1 value \(the dataset's images have 1 channel\), got 2"),
-    ({"std": (0.1, 0.2, 0.3, 0.4), "in_channels": 3}, r"--std needs 1 value or 3 \(one per channel.*got 4"),
-    ({"std": (0.0,)}, "--std values must be positive"),
-    ({"std": (1.0, -1.0, 1.0), "in_channels": 3}, "--std values must be positive"),
+    ({"mean": (0.1, 0.2)}, r"`mean` needs 1 value \(the dataset's images have 1 channel\), got 2"),
+    ({"std": (0.1, 0.2, 0.3, 0.4), "in_channels": 3}, r"`std` needs 1 value or 3 \(one per channel.*got 4"),
+    ({"std": (0.0,)}, "`std` values must be positive"),
+    ({"std": (1.0, -1.0, 1.0), "in_channels": 3}, "`std` values must be positive"),
 ])
 def test_bad_normalisation(tmp_path, kw, match):
     path = _bare_state_dict_file(tmp_path, in_channels=kw.get("in_channels", 1))
@@ -376,23 +376,23 @@ def test_check_model_runs_without_grad(images):
 # --- parsing -----------------------------------------------------------------------------------
 
 def test_parse_channel_values():
-    assert parse_channel_values("0.5", "--mean") == (0.5,)
-    assert parse_channel_values(" 0.485, 0.456 ,0.406 ", "--mean") == (0.485, 0.456, 0.406)
-    assert parse_channel_values("-1e-3", "--mean") == (-0.001,)
+    assert parse_channel_values("0.5", "mean") == (0.5,)
+    assert parse_channel_values(" 0.485, 0.456 ,0.406 ", "mean") == (0.485, 0.456, 0.406)
+    assert parse_channel_values("-1e-3", "mean") == (-0.001,)
 
 
 @pytest.mark.parametrize("text, match", [
-    ("", "--std: expected one number"),
-    ("  ", "--std: expected one number"),
-    ("abc", r"--std: 'abc' is not a number"),
-    ("0.2,,0.3", r"--std: '' is not a number"),
-    ("0.2,", r"--std: '' is not a number"),
-    ("nan", "--std: values must be finite"),
-    ("1,inf", "--std: values must be finite"),
+    ("", "`std`: expected one number"),
+    ("  ", "`std`: expected one number"),
+    ("abc", r"`std`: 'abc' is not a number"),
+    ("0.2,,0.3", r"`std`: '' is not a number"),
+    ("0.2,", r"`std`: '' is not a number"),
+    ("nan", "`std`: values must be finite"),
+    ("1,inf", "`std`: values must be finite"),
 ])
 def test_parse_channel_values_rejects(text, match):
     with pytest.raises(ConfigError, match=match):
-        parse_channel_values(text, "--std")
+        parse_channel_values(text, "std")
 
 
 def test_parse_bounds():
@@ -403,7 +403,7 @@ def test_parse_bounds():
 
 @pytest.mark.parametrize("text, match", [
     ("0", "expected two numbers"), ("0,1,2", "expected two numbers"), ("1,1", "lower must be below upper"),
-    ("1,0", "lower must be below upper"), ("0,x", "'x' is not a number"), ("-inf,1", "finite"), ("", "--bounds"),
+    ("1,0", "lower must be below upper"), ("0,x", "'x' is not a number"), ("-inf,1", "finite"), ("", "`bounds`"),
 ])
 def test_parse_bounds_rejects(text, match):
     with pytest.raises(ConfigError, match=match):

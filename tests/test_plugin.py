@@ -91,7 +91,7 @@ def test_own_model_gets_its_own_baselines_and_passes(pytester_gate, tmp_path, mn
     baselines = tmp_path / "mine"
     gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=11)
     recorded = json.loads((baselines / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
-    assert recorded["result"]["model"]["source"] == str(model)
+    assert recorded["result"]["model"]["path"] == str(model)
     gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=12)
 
 

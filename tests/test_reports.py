@@ -68,7 +68,7 @@ def make_result(matrix: np.ndarray, names: list[str], dataset: str = "fashion-mn
     total = int(off.sum())
     minimal = epsilon is None
     result = {
-        "schema": "labelflip.result/1",
+        "schema": "labelflip.result/2",
         "dataset": {"name": dataset, "fingerprint": "f" * 16, "source": "idx", "note": "", "selection": "first 1000",
                     "n": n},
         "model": {"sha256": sha, "architecture": "cnn"},
@@ -129,7 +129,7 @@ def make_noise(names: list[str], dataset: str = "fashion-mnist", sha: str = SHA)
     counts = [10, 0, 5, 3, 900, 2, 40, 0, 30, 10]
     n = sum(counts)
     hist = {nm: {"count": c, **_share(c, n)} for nm, c in zip(names, counts)}
-    return {"schema": "labelflip.noise/1", "dataset": {"name": dataset, "n_classes": len(names)},
+    return {"schema": "labelflip.noise/2", "dataset": {"name": dataset, "n_classes": len(names)},
             "model": {"sha256": sha}, "n": n, "seed": 3, "bounds": [0.0, 1.0], "class_names": names, "counts": counts,
             "histogram": {"n": n, "histogram": hist, "top": sorted(names, key=lambda c: -hist[c]["count"])},
             "provenance": {"device": "cpu (Test CPU)", "timestamp": "2024-05-02T09:00:00+00:00"}}

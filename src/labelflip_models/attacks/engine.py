@@ -51,19 +51,25 @@ def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: to
         return Engine("foolbox", bf16=False)
     if requested == "native-fp32":
         return Engine("native", bf16=False)
-    scripted = isinstance(model, torch.jit.ScriptModule)
+    scripted = has_scripted_part(model)
     if requested == "native" and scripted:
         raise ConfigError("engine 'native' runs the model in bf16, which a TorchScript model cannot do reliably; "
                           "use native-fp32, foolbox or auto")
     return Engine("native", bf16=bf16_is_fast(device) and not scripted)
 
 
+def has_scripted_part(model: nn.Module) -> bool:
+    """Whether `model` is, or wraps (e.g. in a normalising module), a TorchScript module."""
+    return any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
+
+
 def fast_copy(model: nn.Module) -> nn.Module:
     """A channels_last copy of `model` with frozen weights, for attacking (gradients w.r.t. inputs only).
 
-    A TorchScript model is used as given: a layout change leaves its parameters as non-leaf tensors.
+    A model with a TorchScript part is used as given: a layout change leaves scripted parameters as non-leaf
+    tensors, which can then be neither frozen nor differentiated through as leaves.
     """
-    if isinstance(model, torch.jit.ScriptModule):
+    if has_scripted_part(model):
         return model
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     for p in fast.parameters():

@@ -6,7 +6,7 @@ import os
 
 from ..errors import ConfigError
 from . import cifar10
-from .data_dir import DATA_DIR_ENV
+from .data_dir import DATA_DIR_ENV, named_data_dir
 from .dataset import Dataset, balanced_subset, first_n
 from .idx_datasets import FASHION_MNIST, MNIST, load_idx_dataset
 from .mnist5k import load_mnist5k
@@ -22,6 +22,11 @@ __all__ = ["CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subse
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
+    """The dataset `name`, from `data_dir` (else $LABELFLIP_DATA_DIR, else the system's copy where one exists).
+
+    A named data dir must exist even for a dataset that does not read it (mnist-5k ships in a package): a wrong
+    path is a mistake worth hearing about, not something to ignore."""
+    named_data_dir(data_dir, download)
     if name == "fashion-mnist":
         return load_idx_dataset(FASHION_MNIST, data_dir, download)
     if name == "mnist":

@@ -29,7 +29,7 @@ def subject(run: dict[str, Any]) -> str:
     """The run's dataset, plus its reference architecture when that is not the dataset's default (as in case ids)."""
     name = run["dataset"]["name"]
     model = run.get("model") if isinstance(run.get("model"), dict) else {}
-    arch = model.get("arch") or (model.get("reference") or {}).get("arch")
+    arch = model.get("arch")
     default = REFERENCE_ARCHS.get(name, (None,))[0]
     return f"{name}-{arch}" if arch and default and arch != default else name
 
