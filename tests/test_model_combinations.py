@@ -1,5 +1,5 @@
 """A user's model in every format × with/without mean/std × pixel range 0..1 / 0..255 × every engine, each running a
-real attack through the CLI and through the gate's code path, and a few through a whole gate session.
+real attack through the CLI; through the gate's code path and whole gate sessions with mean/std and 0..255.
 
 Options tested one at a time let a TorchScript model given with --mean/--std crash every attack: the normalising
 wrapper around the scripted module was copied to channels_last, which breaks scripted parameters.
@@ -26,7 +26,7 @@ from labelflip_models.runs.results import model_block
 
 from .helpers import run_cli
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace)` is deprecated:FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated:FutureWarning")
 
 FORMATS = ("scripted", "traced", "state-dict", "safetensors", "pickle")
 NORMALISATIONS = {"raw": (), "mean-std": ("0.5", "0.25")}
@@ -62,7 +62,9 @@ def _refused(fmt: str, engine: str) -> bool:
     return fmt in ("scripted", "traced") and engine == "native"
 
 
-COMBINATIONS = [(f, n, r, e) for f in FORMATS for n in NORMALISATIONS for r in RANGES for e in ENGINES]
+# The gate's code path attacks a whole profile case (1,000 images): there, every format × engine with the combination
+# that used to crash (mean/std, 0..255); the CLI test covers all of them on a few images.
+GATE_COMBINATIONS = [(f, "mean-std", "0..255", e) for f in FORMATS for e in ENGINES]
 
 
 def _option_kwargs(fmt: str, norm: str) -> dict:
@@ -114,7 +116,7 @@ def mnist5k():
     return load_dataset("mnist-5k")
 
 
-@pytest.mark.parametrize("fmt, norm, bounds, engine", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+@pytest.mark.parametrize("fmt, norm, bounds, engine", GATE_COMBINATIONS, ids=["-".join(c) for c in GATE_COMBINATIONS])
 def test_every_combination_through_the_gate_code(model_files, mnist5k, fmt, norm, bounds, engine):
     """The gate's path: the plugin's loader for --labelflip-model, then a gate case's attack, at the profile's ε."""
     path, _ = model_files[fmt]

@@ -183,13 +183,17 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
     sym = summary["analysis"]["symmetry"]
     print(f"{data.name} {args.attack} {budget}: {frac['count']}/{frac['n']} images flipped "
-          f"({frac['rate']:.3f}), clean accuracy {summary['clean_accuracy']['rate']:.3f}, "
-          f"attack success {summary['attack_success']['rate']:.3f}")
+          f"({_rate(frac)}), clean accuracy {_rate(summary['clean_accuracy'])}, "
+          f"attack success {_rate(summary['attack_success'])}")
     print(f"symmetry: entrywise {_score(sym['entrywise'])}, induced {_score(sym['induced'])}; catch-all classes: "
           f"{', '.join(summary['analysis']['catch_all']['classes']) or 'none'}")
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return "undefined (no images)" if r["rate"] is None else f"{r['rate']:.3f}"
 
 
 def _score(s: dict[str, Any]) -> str:
