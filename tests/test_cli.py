@@ -178,3 +178,19 @@ def test_noise_then_report(capsys, tmp_path):
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "White noise" in summary and "| fgsm |" in summary
     assert (tmp_path / "report" / "heatmaps" / "mnist-5k-fgsm-eps0.1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_internal_error_is_one_line_saying_it_is_a_bug(capsys, monkeypatch):
+    """Not the user's input but labelflip's own fault: exit 70, one line, the traceback only behind --debug."""
+    from labelflip_models import cli
+
+    def broken(args, progress):
+        raise RuntimeError("no such thing\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "bench-table", broken)
+    rc, out, err = run_cli(capsys, ["bench-table", "report.json"])
+    assert rc == cli.EXIT_BUG == 70 and out == ""
+    assert err == ("labelflip: internal error (a bug in labelflip, please report it): RuntimeError: no such thing; "
+                   "rerun with --debug for the traceback\n")
+    with pytest.raises(RuntimeError, match="no such thing"):
+        cli.main(["bench-table", "report.json", "--debug"])
