@@ -21,8 +21,8 @@ from .minimal import MinimalAttack
 from .registry import Attack, describe
 from .result import AttackResult
 
-# Per-batch images: on a CPU, batches that fit the caches run fastest (measured: 256 beat 512 and 1024 by
-# 1.2-1.5x for the C&W MNIST net); a GPU needs large batches to fill its cores.
+# Per-batch images: on a CPU, batches that fit the caches run fastest; a GPU needs large batches to fill its cores
+# (docs/speed.md).
 DEFAULT_BATCH = {"cpu": 256, "cuda": 4096}
 
 

@@ -59,8 +59,8 @@ PAPER_EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 CW_SMOKE = (("binary_search_steps", 5), ("steps", 100))
 # Brendel-Bethge's per-sample trust-region solver runs on the CPU (numba) whatever the device.
 BB_SMOKE = (("steps", 100),)
-# Attacks whose solver compiles in every process that runs them (Brendel-Bethge's numba code: ~25-40 s). Under
-# xdist their cases share one worker, which compiles once.
+# Attacks whose solver compiles in every process that runs them (Brendel-Bethge's numba code, tens of seconds).
+# Under xdist their cases share one worker, which compiles once.
 COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
 # The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
 PAPER_BB_PER_CLASS = 100
@@ -70,8 +70,8 @@ PROFILES = {
     "quick": Profile("quick", ("mnist-5k",), (
         AttackSpec("fgsm", (0.1,)), AttackSpec("linf-pgd", (0.1,)), AttackSpec("l2-deepfool", None, per_class=30),
     ), per_class=100, noise_samples=1000),
-    # Sized for the 5-minute budget of a warm `pytest robustness_tests -n auto` on a 2-core CPU. L0 Brendel-Bethge
-    # is left to the paper profile: its numba solver alone compiles for ~40 s in every process that runs it.
+    # Sized for a warm `pytest robustness_tests -n auto` of a few minutes on a 2-core CPU. L0 Brendel-Bethge is
+    # left to the paper profile: its numba solver alone compiles for tens of seconds in every process that runs it.
     "smoke": Profile("smoke", ("fashion-mnist", "mnist-5k"), (
         AttackSpec("fgsm", SMOKE_EPSILONS),
         AttackSpec("linf-pgd", SMOKE_EPSILONS, per_class=50),

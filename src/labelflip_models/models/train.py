@@ -56,15 +56,14 @@ class Recipe:
         return self.bf16 and bf16_is_fast(device)
 
 
-# One recipe per (dataset, architecture, device type); "*" is any device. Fashion-MNIST: 10 epochs reach 0.926
-# test accuracy in 165 s on the 2-core CPU (8 epochs: 0.926 at 131 s, but with no margin above the 0.92 target
-# in shorter schedules). mnist-5k has 4,000 training images and needs more epochs.
+# One recipe per (dataset, architecture, device type); "*" is any device. Fashion-MNIST gets 10 epochs: shorter
+# schedules leave no margin above its 0.92 accuracy target. mnist-5k has 4,000 training images and needs more.
+# Times and accuracies of every recipe: docs/measured.md and docs/cifar10.md.
 # CIFAR-10 on CUDA follows Page's DAWNBench ResNet ("How to train your ResNet", airbench's ancestor): batch 512,
 # flip + crop, label smoothing 0.2, one-cycle peaking a quarter into the run. The ResNet takes Page's SGD-nesterov
 # at lr 0.4 and weight decay 5e-4: the optimizer behind the published ~94%-in-minutes CIFAR-10 runs, where Adam
 # typically generalises worse on BN ResNets. The C&W net has no BN and keeps Adam, which trains it untuned as it
-# does cw-mnist. (Not yet timed on a GPU: none was available when these were written.) The CPU recipes are
-# shorter: real CIFAR-10 on the 2-core CPU takes about 1 min (cw-cifar) and 7 min (ResNet) per epoch.
+# does cw-mnist. The CPU recipes are shorter, for a CPU's throughput.
 RECIPES: dict[tuple[str, str, str], Recipe] = {
     ("fashion-mnist", "cw-mnist", "*"): Recipe("fast", epochs=10, batch_size=256, lr=3e-3, label_smoothing=0.1),
     ("mnist", "cw-mnist", "*"): Recipe("fast", epochs=10, batch_size=256, lr=3e-3, label_smoothing=0.1),
