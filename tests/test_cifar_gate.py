@@ -57,7 +57,7 @@ def test_require_data_turns_the_skips_into_failures(pytester_gate, monkeypatch):
 
 # A small profile for generated data: the real profiles need 100 test images per class.
 GENERATED_PROFILE = """
-from labelflip_models import profiles
+from labelflip_models.gate import profiles
 
 profiles.PROFILES["cifar-generated"] = profiles.Profile(
     "cifar-generated", ("cifar-10",), (profiles.AttackSpec("fgsm", (0.05,)), profiles.AttackSpec("l2-deepfool", None)),
