@@ -65,6 +65,8 @@ def test_attack_writes_the_papers_artefacts(capsys, tmp_path):
     rc, stdout, err = run_cli(capsys, ATTACK + ["--epsilon", "0.1", "--limit", "120", "--out", str(out)])
     assert rc == 0, err
     assert "mnist-5k is a 5,000-image sample" in stdout
+    # mnist-5k's test split is ordered by class: 120 images are digits 0 and 1 only, and the run says so.
+    assert "note: the first 120 test images cover 2 of 10 classes" in stdout
     matrix, names = read_csv(out / "flip_matrix.csv")
     result = json.loads((out / "result.json").read_text())
     assert names == [str(d) for d in range(10)] and matrix.tolist() == result["flip_matrix"]

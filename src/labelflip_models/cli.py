@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack
@@ -190,6 +191,11 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
+    covered = len(np.unique(data.test_labels[indices]))
+    if covered < data.num_classes:
+        # Some test sets are ordered by class (mnist-5k's split is): a small --limit then sees only a few classes.
+        print(f"note: the first {len(indices)} test images cover {covered} of {data.num_classes} classes; the flip "
+              "statistics describe those classes only (a larger --limit covers more)")
 
 
 def _rate(r: dict[str, Any]) -> str:
