@@ -17,8 +17,10 @@ CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "fashion-mnist": FASHION_MNIST.class_names, "mnist": MNIST.class_names, "mnist-5k": MNIST.class_names,
     "cifar-10": cifar10.CLASS_NAMES,
 }
+CHANNELS: dict[str, int] = {"fashion-mnist": 1, "mnist": 1, "mnist-5k": 1, "cifar-10": 3}
 
-__all__ = ["CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subset", "first_n", "load_dataset"]
+__all__ = ["CHANNELS", "CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subset", "first_n",
+           "load_dataset"]
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:

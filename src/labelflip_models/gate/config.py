@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LabelflipError
 from .profiles import PROFILES, get_profile
 
 DEFAULT_BASELINES = "fixtures/baselines"
@@ -80,6 +80,25 @@ class GateConfig:
 MODEL_MISMATCH = ("warn", "error")
 
 
+def _check_model_file(model: Path, dataset: str, arch: str | None, mean: tuple[float, ...] | None,
+                      std: tuple[float, ...] | None, class_names: tuple[str, ...] | None, trust_pickle: bool) -> None:
+    """Load the model once before collection, so that a file the options cannot load (a state dict without an
+    architecture, an untrusted pickle, a damaged file) is one usage error rather than a failure in every test. Its
+    checks on the dataset's images follow when the gate loads it for the tests."""
+    import warnings
+
+    from ..data import CHANNELS, CLASS_NAMES
+    from ..models.io import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the gate's own load reports them, once
+        try:
+            load_model(model, arch=arch, mean=mean, std=std, trust_pickle=trust_pickle,
+                       in_channels=CHANNELS[dataset], num_classes=len(class_names or CLASS_NAMES[dataset]))
+        except LabelflipError as exc:
+            raise ConfigError(f"--labelflip-model {model}: {exc.phrased(OPTION_NAMES)}") from None
+
+
 def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool], rootpath: Path) -> GateConfig:
     """`setting(ini_key)` gives an option's value (command line over ini file), `flag(dest)` a switch's.
 
@@ -130,6 +149,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         if baselines_text == DEFAULT_BASELINES:
             raise ConfigError("--labelflip-model needs --labelflip-baselines DIR: your model is gated against its own "
                               "baselines (create them once with --labelflip-regen), not labelflip's reference models'")
+        _check_model_file(model, dataset, arch, mean, std, class_names, flag("labelflip_trust_pickle"))
     elif arch or mean or std:
         raise ConfigError("--labelflip-arch/--labelflip-mean/--labelflip-std describe a --labelflip-model; none given")
     data_dir = setting("labelflip_data_dir") or None
