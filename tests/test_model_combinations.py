@@ -154,3 +154,19 @@ def test_whole_gate_session_with_mean_std_and_0_255(pytester_gate, model_files, 
     assert recorded["case"]["epsilon"] == 0.1 and recorded["result"]["attack"]["epsilon"] == pytest.approx(25.5)
     assert np.isclose(recorded["result"]["perturbation_linf"]["max"], 25.5, rtol=1e-4)
     pytester_gate.runpytest_subprocess(*own).assert_outcomes(passed=12)
+
+
+def test_own_model_with_mean_std_bounds_and_class_names(capsys, tmp_path, model_files):
+    """The options people combine: a scripted model, its normalisation, a 0..255 range and its own class names."""
+    names = [f"digit-{d}" for d in range(10)]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(capsys, [
+        "attack", "--dataset", "mnist-5k", "--model", str(model_files["scripted"][0]), "--mean", "127.5", "--std", "64",
+        "--bounds", "0,255", "--class-names", f"@{tmp_path / 'names.txt'}", "--attack", "linf-pgd", "--epsilon", "25.5",
+        "--limit", "20", "--out", str(out)])
+    assert rc == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert result["class_names"] == names and list(result["per_class_flip_rate"]) == names
+    assert (out / "flip_matrix.csv").read_text().splitlines()[0].split(",")[1:] == names
+    assert result["perturbation_linf"]["max"] <= 25.5 * (1 + 1e-5)
