@@ -46,8 +46,7 @@ FLAGS = [
 # How the gate names the library's parameters in messages (LabelflipError.phrased): by its own options, and the
 # CLI's where the gate has none.
 OPTION_NAMES = {
-    **{name.replace("-", "_"): f"--labelflip-{name}" for name, *_ in OPTIONS},
-    **{name.replace("-", "_"): f"--labelflip-{name}" for name, _ in FLAGS},
+    **{name.replace("-", "_"): f"--labelflip-{name}" for name, *_ in OPTIONS + FLAGS},
     "download": "the CLI's --download (labelflip train --dataset NAME --download)",
 }
 
