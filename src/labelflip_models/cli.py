@@ -21,6 +21,8 @@ from .bench.throughput import measure as measure_throughput
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError, LabelflipError
+from .gate.profiles import PROFILES
+from .gate.scaffold import config_section, write_test_file
 from .models.cache import load_or_train
 from .models.io import parse_bounds, parse_channel_values, parse_class_names
 from .reports import load_runs, write_report
@@ -30,7 +32,8 @@ from .storage.out_dir import check_out_dir
 
 # The library's parameters, as this command line names them (LabelflipError.phrased).
 OPTION_NAMES = {name: "--" + name.replace("_", "-") for name in (
-    "arch", "mean", "std", "bounds", "class_names", "trust_pickle", "data_dir", "download", "device", "engine")}
+    "arch", "mean", "std", "bounds", "class_names", "trust_pickle", "data_dir", "download", "device", "engine",
+    "force")}
 # Exit statuses besides 0: 1 a verdict (bench-compare found a regression), 2 bad input, 70 a bug (sysexits'
 # EX_SOFTWARE), 130 interrupted.
 EXIT_BUG = 70
@@ -100,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_compare.add_argument("--baseline", required=True, help="file written by labelflip bench-baseline")
     bench_compare.add_argument("--margin", type=float, default=0.25,
                                help="a ratio more than this fraction above the baseline's regressed (default 0.25)")
+    init = sub.add_parser("init", help="set up the gate in your repository: write DIR/test_labelflip.py and print the "
+                                       "pytest config section for your model")
+    init.add_argument("--dir", default="robustness_tests", help="folder of the generated test file "
+                                                               "(default robustness_tests)")
+    init.add_argument("--force", action="store_true", help="overwrite a test_labelflip.py with other content")
+    init.add_argument("--model", help="your model file (TorchScript, or a state dict with --arch); default: "
+                                      "labelflip's reference models")
+    init.add_argument("--dataset", choices=DATASETS, help="the dataset your model classifies (needed with --model)")
+    init.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
+    init.add_argument("--baselines", help="baseline folder, relative to the repository root (default with --model: "
+                                          "DIR/baselines)")
+    init.add_argument("--profile", default="smoke", choices=list(PROFILES), help="gate profile (default smoke)")
     speed = sub.add_parser("throughput", help="training and L∞-PGD images/s and GFLOP/s of an architecture, on "
                                               "synthetic CIFAR-10-shaped data")
     speed.add_argument("--arch", required=True, choices=THROUGHPUT_ARCHS)
@@ -249,13 +264,39 @@ def cmd_bench_compare(args: argparse.Namespace, progress: bool) -> int:
     return 1 if comparison.failed else 0
 
 
+def cmd_init(args: argparse.Namespace, progress: bool) -> None:
+    settings = {"labelflip_profile": args.profile}
+    if args.model is not None:
+        if not Path(args.model).is_file():
+            raise ConfigError(f"--model: no model file at {args.model}")
+        if args.dataset is None:
+            raise ConfigError("--model needs --dataset: the dataset your model classifies")
+        settings |= {"labelflip_model": args.model, "labelflip_dataset": args.dataset,
+                     "labelflip_baselines": args.baselines or str(Path(args.dir) / "baselines")}
+        if args.arch:
+            settings["labelflip_arch"] = args.arch
+    elif args.arch:
+        raise ConfigError("--arch describes a --model; none given")
+    else:
+        settings |= {"labelflip_dataset": args.dataset} if args.dataset else {}
+        settings |= {"labelflip_baselines": args.baselines} if args.baselines else {}
+    path, changed = write_test_file(Path(args.dir), args.force)
+    print(f"{'wrote' if changed else 'up to date:'} {path}")
+    print("\nAdd to pyproject.toml (in pytest.ini: the same keys under [pytest], without quotes):\n")
+    print(config_section(settings))
+    print("Then:")
+    if args.model is not None:
+        print(f"  pytest {args.dir} --labelflip-regen   # once: record your model's baselines (review, commit them)")
+    print(f"  pytest {args.dir} -n auto   # the gate")
+
+
 def cmd_throughput(args: argparse.Namespace, progress: bool) -> None:
     print(measure_throughput(args.arch, resolve_device(args.device), args.batch_size, args.seconds).table(), end="")
 
 
 COMMANDS = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
             "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline, "bench-compare": cmd_bench_compare,
-            "throughput": cmd_throughput}
+            "throughput": cmd_throughput, "init": cmd_init}
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import ConfigError
+
+
+def share_cpu_threads(processes: int) -> None:
+    """Give this process its share of the cores when `processes` run side by side (e.g. xdist workers): each using
+    all of them oversubscribes the CPU, which is slower than sharing."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -7,14 +7,18 @@ ConfigError naming the attack and the parameter, not a Foolbox traceback in the 
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-import foolbox as fb
-
 from ..errors import ConfigError
+
+with warnings.catch_warnings():
+    # foolbox 3.3.4 imports scipy.ndimage.filters, a namespace scipy deprecated: not the user's to act on.
+    warnings.filterwarnings("ignore", "Please import `gaussian_filter`", DeprecationWarning)
+    import foolbox as fb
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from . import cifar10
 from .data_dir import DATA_DIR_ENV, named_data_dir
-from .dataset import Dataset, balanced_subset, first_n
-from .idx_datasets import FASHION_MNIST, MNIST, load_idx_dataset
-from .mnist5k import load_mnist5k
+from .names import CHANNELS, CLASS_NAMES, DATASETS
 
-DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar-10")
-# Known without loading any data, so that tests can be parameterised per class at collection time.
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "fashion-mnist": FASHION_MNIST.class_names, "mnist": MNIST.class_names, "mnist-5k": MNIST.class_names,
-    "cifar-10": cifar10.CLASS_NAMES,
-}
-CHANNELS: dict[str, int] = {"fashion-mnist": 1, "mnist": 1, "mnist-5k": 1, "cifar-10": 3}
+if TYPE_CHECKING:
+    from .dataset import Dataset, balanced_subset, first_n
 
 __all__ = ["CHANNELS", "CLASS_NAMES", "DATASETS", "DATA_DIR_ENV", "Dataset", "balanced_subset", "first_n",
            "load_dataset"]
+
+
+def __getattr__(name: str) -> Any:
+    # The loaders need torch; importing them lazily keeps the names above free for the pytest plugin to read.
+    if name in ("Dataset", "balanced_subset", "first_n"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download: bool = False) -> Dataset:
@@ -28,6 +30,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, download:
 
     A named data dir must exist even for a dataset that does not read it (mnist-5k ships in a package): a wrong
     path is a mistake worth hearing about, not something to ignore."""
+    from . import cifar10
+    from .idx_datasets import FASHION_MNIST, MNIST, load_idx_dataset
+    from .mnist5k import load_mnist5k
+
     named_data_dir(data_dir, download)
     if name == "fashion-mnist":
         return load_idx_dataset(FASHION_MNIST, data_dir, download)

@@ -17,10 +17,11 @@ from ..errors import DataError, DataNotFound
 from .data_dir import DATA_DIR_ENV, named_data_dir
 from .dataset import Dataset
 from .download import safe_download
+from .names import CIFAR10_CLASSES
 
 NAME = "cifar-10"
 # Krizhevsky's label order (label_names in batches.meta; torchvision's CIFAR10.classes).
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CLASS_NAMES = CIFAR10_CLASSES
 FOLDER = "cifar-10-batches-py"  # what cifar-10-python.tar.gz extracts to, and where torchvision puts it
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"

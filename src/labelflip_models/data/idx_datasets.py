@@ -13,6 +13,7 @@ from .data_dir import DATA_DIR_ENV, named_data_dir
 from .dataset import Dataset
 from .download import safe_download
 from .idx import read_idx
+from .names import DIGITS, FASHION_MNIST_CLASSES
 
 _FILES = {
     "train_images": ("train-images-idx3-ubyte", 3),
@@ -33,8 +34,7 @@ class IdxSource:
 
 FASHION_MNIST = IdxSource(
     name="fashion-mnist",
-    class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    class_names=FASHION_MNIST_CLASSES,
     torchvision_class="FashionMNIST",
     system_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
     how_to_get="install Debian's package (apt-get install dataset-fashion-mnist), "
@@ -43,7 +43,7 @@ FASHION_MNIST = IdxSource(
 
 MNIST = IdxSource(
     name="mnist",
-    class_names=tuple(str(d) for d in range(10)),
+    class_names=DIGITS,
     torchvision_class="MNIST",
     system_dirs=(),
     how_to_get="put the four IDX files in DATA_DIR/mnist/, or pass `download`; "

@@ -19,6 +19,8 @@ from .decisions import GATE_CONFIDENCE, SYMMETRY_NORMS
 from .profiles import REGEN_HINT, Case
 
 BASELINE_SCHEMA = "labelflip.baseline/2"
+# Marks the observed run of a failing case beside its baseline: <stem>.obtained.json (as pytest-regressions does).
+OBTAINED = ".obtained"
 NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"
 # The baseline's thresholds are one-sided 97.5% bounds, wider than the gate's 99% bounds on a new run.
 BASELINE_CONFIDENCE = 0.975
@@ -76,10 +78,14 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
 
 
 def write_baseline(case: Case, root: Path, result: dict[str, Any],
-                   class_norms: dict[str, np.ndarray] | None = None) -> Path:
-    """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete."""
-    json_path = case.baseline_path(root, ".json")
-    atomic_write_files({case.baseline_path(root, ".csv"):
+                   class_norms: dict[str, np.ndarray] | None = None, obtained: bool = False) -> Path:
+    """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete.
+
+    `obtained`: the run of a failing case, written beside its baseline as <stem>.obtained.json/.csv in the same
+    schema, for a reviewer to diff (and to promote with the regen flag if the change was intended)."""
+    infix = OBTAINED if obtained else ""
+    json_path = case.baseline_path(root, f"{infix}.json")
+    atomic_write_files({case.baseline_path(root, f"{infix}.csv"):
                         to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
                         json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
     return json_path
@@ -163,6 +169,10 @@ def check_same_model(path: str | Path, recorded: str, current: str, mismatch: st
     return note
 
 
+def noise_obtained_path(path: Path) -> Path:
+    return path.with_name(f"{path.name.removesuffix('.json')}{OBTAINED}.json")
+
+
 def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Path:
     atomic_write_text(path, json.dumps({"schema": NOISE_BASELINE_SCHEMA, "regenerate_with": REGEN_HINT.format(
         profile=profile), "result": noise}, indent=1) + "\n")
@@ -186,3 +196,24 @@ def load_noise_baseline(path: Path, class_names: list[str], n: int, profile: str
     if base_n != n:
         raise BaselineError(f"{path}: baseline classified {base_n} noise images, this run {n}; regenerate: {hint}")
     return baseline
+
+
+def _dataset_of(folder: str, datasets: tuple[str, ...]) -> str | None:
+    """The dataset a baseline folder (<dataset> or <dataset>-<arch>) belongs to: the longest name it starts with."""
+    matches = [d for d in datasets if folder == d or folder.startswith(d + "-")]
+    return max(matches, key=len) if matches else None
+
+
+def orphan_baselines(root: Path, profile: str, datasets: tuple[str, ...], all_datasets: tuple[str, ...],
+                     used: set[Path]) -> list[Path]:
+    """Baseline files of `profile` under `root` that no case uses (`used`: the selected cases' files), in the
+    folders of the selected `datasets`, or in folders that belong to none of `all_datasets`."""
+    orphans = []
+    for path in sorted((Path(root) / profile).rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or OBTAINED + "." in path.name:
+            continue
+        relative = path.relative_to(Path(root) / profile)
+        owner = _dataset_of(relative.parts[0], all_datasets) if len(relative.parts) > 1 else None
+        if path not in used and (owner is None or owner in datasets):
+            orphans.append(path)
+    return orphans

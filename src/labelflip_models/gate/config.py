@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 from ..errors import ConfigError, LabelflipError
 from .profiles import PROFILES, get_profile
 
-DEFAULT_BASELINES = "fixtures/baselines"
+# The reference models' baselines ship inside the package (package data).
+REFERENCE_BASELINES = Path(__file__).with_name("reference_baselines")
 # Under --labelflip-report DIR, each computed run also lands in DIR/gate-runs/<case id>/ for the session's report;
 # the controller empties that folder (and only it) when a session starts.
 RUNS_DIR = "gate-runs"
@@ -21,7 +23,8 @@ OPTIONS = [
     ("engine", "labelflip_engine", "auto", "engine of the fixed-ε attacks: auto (native kernels, bf16 where the "
                                            "hardware has it), foolbox, native, native-fp32; minimal attacks always "
                                            "run through Foolbox"),
-    ("baselines", "labelflip_baselines", DEFAULT_BASELINES, "baseline directory (relative to rootdir)"),
+    ("baselines", "labelflip_baselines", "", "baseline directory, relative to rootdir (default: the reference "
+                                             "models' baselines installed with labelflip)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
     ("seed", "labelflip_seed", "0", "training and attack seed"),
     ("dataset", "labelflip_dataset", "", "run only this dataset's cases (required with --labelflip-model)"),
@@ -41,7 +44,9 @@ FLAGS = [
     ("require-data", "fail, instead of skip, gate cases whose dataset is not on this machine"),
     ("uncapped", "attack every selected image, lifting the per-class caps some attacks have (e.g. Brendel-Bethge)"),
     ("trust-pickle", "load a pickled whole-module --labelflip-model (this executes code from the file)"),
+    ("strict", "fail the session when the baseline directory holds baselines no case of the profile uses"),
 ]
+DEFAULTS = {ini: default for _, ini, default, _ in OPTIONS}
 
 # How the gate names the library's parameters in messages (LabelflipError.phrased): by its own options, and the
 # CLI's where the gate has none.
@@ -74,6 +79,8 @@ class GateConfig:
     trust_pickle: bool
     # "warn" or "error" when a baseline was recorded with another model (by weights sha256) than the one gated.
     model_mismatch: str = "warn"
+    # Fail the session on baselines that no case of the profile uses.
+    strict: bool = False
 
 
 MODEL_MISMATCH = ("warn", "error")
@@ -99,7 +106,8 @@ def _check_model_file(model: Path, dataset: str, arch: str | None, mean: tuple[f
 
 
 def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool], rootpath: Path) -> GateConfig:
-    """`setting(ini_key)` gives an option's value (command line over ini file), `flag(dest)` a switch's.
+    """`setting(ini_key)` gives an option's value (command line over ini file over `DEFAULTS`), `flag(ini_key)` a
+    switch's.
 
     Errors of the library's parsers name parameters: show them with `exc.phrased(OPTION_NAMES)`."""
     from ..data import CLASS_NAMES, DATASETS
@@ -121,7 +129,13 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         if engine not in ENGINES:
             raise ConfigError(f"--labelflip-engine: unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     baselines_text = setting("labelflip_baselines")
-    baselines = Path(baselines_text)
+    if baselines_text:
+        baselines = Path(baselines_text) if Path(baselines_text).is_absolute() else Path(rootpath) / baselines_text
+    else:
+        baselines = REFERENCE_BASELINES
+        if flag("labelflip_regen") and not os.access(baselines, os.W_OK):
+            raise ConfigError(f"--labelflip-regen: the installed reference baselines at {baselines} are read-only; "
+                              "name the directory to write with --labelflip-baselines DIR")
     dataset = setting("labelflip_dataset") or None
     if dataset is not None and dataset not in DATASETS:
         raise ConfigError(f"--labelflip-dataset: unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
@@ -145,7 +159,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
             raise ConfigError(f"--labelflip-model: no model file at {model}")
         if dataset is None:
             raise ConfigError("--labelflip-model needs --labelflip-dataset: the dataset your model classifies")
-        if baselines_text == DEFAULT_BASELINES:
+        if not baselines_text:
             raise ConfigError("--labelflip-model needs --labelflip-baselines DIR: your model is gated against its own "
                               "baselines (create them once with --labelflip-regen), not labelflip's reference models'")
         _check_model_file(model, dataset, arch, mean, std, class_names, flag("labelflip_trust_pickle"))
@@ -161,10 +175,10 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
                           f"got {model_mismatch!r}")
     return GateConfig(
         profile=profile.name, device=device, engine=engine,
-        baselines=baselines if baselines.is_absolute() else Path(rootpath) / baselines,
-        data_dir=data_dir, seed=int(seed),
+        baselines=baselines, data_dir=data_dir, seed=int(seed),
         regen=flag("labelflip_regen"), require_data=flag("labelflip_require_data"),
         datasets=datasets, report=Path(report).absolute() if report else None, uncapped=flag("labelflip_uncapped"),
         model=model.absolute() if model else None, arch=arch, mean=mean, std=std, bounds=bounds,
         class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"), model_mismatch=model_mismatch,
+        strict=flag("labelflip_strict"),
     )

@@ -10,7 +10,7 @@ Decisions compare confidence bounds, never point estimates:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,20 +30,24 @@ GATE_CONFIDENCE = 0.99
 class Decision:
     passed: bool
     message: str
+    # The numbers the decision compared, by name: what a test records as properties (JUnit XML carries them).
+    figures: dict[str, float | int | str | None] = field(default_factory=dict)
 
 
 def check_flip_rate(name: str, flips: int, n: int, max_rate: float) -> Decision:
     lower = float(one_sided_wilson(flips, n, GATE_CONFIDENCE, "lower"))
     text = (f"class {name!r}: {flips}/{n} flipped (rate {flips / n:.3f}, {GATE_CONFIDENCE:.0%} lower bound "
             f"{lower:.3f}) vs baseline threshold {max_rate:.3f}")
-    return Decision(lower <= max_rate, text)
+    return Decision(lower <= max_rate, text, {"flips": flips, "n": n, "rate": flips / n, "lower_bound": lower,
+                                              "threshold": max_rate})
 
 
 def check_attack_success(succeeded: int, attacked: int, min_success: float) -> Decision:
     upper = float(one_sided_wilson(succeeded, attacked, GATE_CONFIDENCE, "upper"))
     text = (f"attack succeeded on {succeeded}/{attacked} correctly classified images ({GATE_CONFIDENCE:.0%} upper "
             f"bound {upper:.3f}) vs baseline floor {min_success:.3f}")
-    return Decision(upper >= min_success, text)
+    return Decision(upper >= min_success, text, {"succeeded": succeeded, "attacked": attacked,
+                                                  "upper_bound": upper, "floor": min_success})
 
 
 def check_symmetry(norm: str, now: dict[str, float | None], base: dict[str, float | None]) -> Decision:
@@ -73,7 +77,7 @@ def check_catch_all(shares: dict[str, dict[str, Any]], flips: int, base: dict[st
             problems.append(f"{name!r} became a catch-all ({share['count']}/{flips}, lower bound {lower:.3f})")
     text = (f"catch-all threshold {threshold:.3f} of all flips; baseline catch-alls {base['classes']}; "
             + ("; ".join(problems) if problems else "no class crossed it clearly"))
-    return Decision(not problems, text)
+    return Decision(not problems, text, {"flips": flips, "threshold": threshold})
 
 
 def check_dominant_targets(matrix: np.ndarray, class_names: list[str], base: dict[str, str]) -> Decision:
@@ -99,7 +103,8 @@ def check_min_norm(name: str, norms: np.ndarray, floor: float) -> Decision:
         return Decision(False, f"class {name!r}: no attacked images")
     median, _, upper = ci
     return Decision(upper >= floor, f"class {name!r}: median minimal norm {median:.4g} ({GATE_CONFIDENCE:.0%} upper "
-                                    f"bound {upper:.4g}) vs baseline floor {floor:.4g}")
+                                    f"bound {upper:.4g}) vs baseline floor {floor:.4g}",
+                    {"median": median, "upper_bound": upper, "floor": floor})
 
 
 def _top(counts: list[int], class_names: list[str]) -> str:
@@ -111,4 +116,4 @@ def check_noise(counts: list[int], base_counts: list[int], class_names: list[str
     return Decision(test["p_value"] >= 1 - GATE_CONFIDENCE,
                     f"white-noise histogram (top: {_top(counts, class_names)}) vs baseline (top: "
                     f"{_top(base_counts, class_names)}): "
-                    f"{test['test']} p={test['p_value']:.3g}")
+                    f"{test['test']} p={test['p_value']:.3g}", {"p_value": test["p_value"]})

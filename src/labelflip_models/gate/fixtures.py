@@ -16,16 +16,17 @@ import pytest
 
 from ..errors import DataNotFound, LabelflipError
 from .config import OPTION_NAMES, RUNS_DIR, GateConfig
+from .failures import record_decision
 from .profiles import Case, get_profile, noise_baseline_path, noise_scope
+from .session import gate_config
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ..data import Dataset
+    from .decisions import Decision
     from .models_under_test import ModelsUnderTest
     from .shared_runs import CaseRun
-
-GATE_CONFIG = pytest.StashKey[GateConfig]()
 
 
 @contextmanager
@@ -39,7 +40,17 @@ def failing_the_test(prefix: str = "") -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
-    return request.config.stash[GATE_CONFIG]
+    return gate_config(request.config)
+
+
+@pytest.fixture
+def labelflip_record(record_property: Callable[[str, object], None]) -> Callable[..., None]:
+    """`labelflip_record(check, decision, **figures)`: the decision's figures as the test's properties (JUnit XML
+    carries them, xdist forwards them; the session's summary of regressions reads them)."""
+    def record(check: str, decision: Decision, **figures: object) -> None:
+        record_decision(record_property, check, decision, **figures)
+
+    return record
 
 
 @pytest.fixture(scope="session")
@@ -69,9 +80,13 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
 @pytest.fixture(scope="session")
 def labelflip_device(labelflip_config: GateConfig, request: pytest.FixtureRequest) -> str:
     """The torch device of this process's models: under xdist on a multi-GPU machine, one GPU per worker."""
-    from ..devices import process_device
+    from ..devices import process_device, share_cpu_threads
 
-    return process_device(labelflip_config.device, getattr(request.config, "workerinput", {}).get("workerid"))
+    # From workerinput, not the environment: a pytest started inside a worker inherits the worker's env.
+    worker = getattr(request.config, "workerinput", {})
+    if worker.get("workercount"):
+        share_cpu_threads(int(worker["workercount"]))
+    return process_device(labelflip_config.device, worker.get("workerid"))
 
 
 @pytest.fixture(scope="session")

@@ -1,22 +1,22 @@
 """The labelflip pytest plugin: options, ini keys, markers and hooks of the robustness gate.
 
-The fixtures live in `fixtures.py` (registered below), the state and logic they use in the rest of `gate/`. Heavy
-imports (torch, foolbox) happen inside fixtures and hooks that need them, so loading the plugin costs nothing for
-test sessions that do not use it.
+Silent until asked: in a session that names no labelflip option (command line or ini file) and collects no gate
+test, the hooks change nothing (no torch import, thread settings, warning filters, scheduler or files). The
+fixtures live in `fixtures.py` (registered below); the state and logic the hooks use in the rest of `gate/`.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
 from ..errors import LabelflipError
-from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR, GateConfig, parse_gate_config
-from .fixtures import GATE_CONFIG
+from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR, GateConfig
 from .profiles import COMPILED_PER_PROCESS, cases, get_profile, noise_scope
+from .session import GATE_CONFIG, asked, gate_config, outcomes, start_outcomes
 
 pytest_plugins = ["labelflip_models.gate.fixtures"]
 
@@ -26,48 +26,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, ini, default, help_ in OPTIONS:
         group.addoption(f"--labelflip-{name}", dest=ini, default=None,
                         help=f"{help_} (ini: {ini}; default {default!r})")
-        parser.addini(ini, help_, default=default)
+        # No default here: an unset key tells the plugin that the ini file does not ask for labelflip.
+        parser.addini(ini, help_, default=None)
     for name, help_ in FLAGS:
-        group.addoption(f"--labelflip-{name}", action="store_true", dest=f"labelflip_{name.replace('-', '_')}",
-                        help=help_)
-
-
-def _setting(config: pytest.Config, ini: str) -> str:
-    value = config.getoption(ini)
-    return value if value is not None else config.getini(ini)
+        ini = f"labelflip_{name.replace('-', '_')}"
+        group.addoption(f"--labelflip-{name}", action="store_true", dest=ini, help=f"{help_} (ini: {ini})")
+        parser.addini(ini, help_, type="bool", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    try:
-        # Parsed and validated once, so bad options fail before any collection.
-        config.stash[GATE_CONFIG] = cfg = parse_gate_config(
-            lambda ini: _setting(config, ini), config.getoption, config.rootpath)
-    except LabelflipError as exc:
-        raise pytest.UsageError(f"labelflip: {exc.phrased(OPTION_NAMES)}") from None
     config.addinivalue_line("markers", "labelflip: an adversarial-robustness gate test (labelflip)")
     config.addinivalue_line("markers", "labelflip_cases(kind): parameterise over the profile's gate cases; kind is "
                                        "'all', 'fixed' (fixed-ε attacks) or 'minimal' (minimal-perturbation attacks)")
+    start_outcomes(config)  # records gate test reports; nothing else
+    if not asked(config):
+        return  # parsed when the first gate test is collected, if any
+    cfg = gate_config(config)  # bad options fail here, before any collection
     if cfg.report is not None and not hasattr(config, "workerinput"):
         # The controller starts the report afresh; workers add the runs they compute.
         shutil.rmtree(cfg.report / RUNS_DIR, ignore_errors=True)
-    # foolbox 3.3.4 imports a deprecated scipy namespace; the warning is not the user's to act on.
-    config.addinivalue_line("filterwarnings", "ignore:Please import `gaussian_filter`:DeprecationWarning")
-    # Foolbox's Brendel-Bethge hands eagerpy read-only arrays; it never writes to them.
-    config.addinivalue_line("filterwarnings", "ignore:The given NumPy array is not writable:UserWarning")
-    # From workerinput, not the environment: a pytest started inside a worker inherits the worker's env.
-    workers = getattr(config, "workerinput", {}).get("workercount")
-    if workers:
-        # Each xdist worker gets its share of the cores instead of all of them (oversubscription is slow).
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """Under `-n` with xdist's default `--dist load`, keep each gate case's tests on one worker."""
-    if config.getvalue("dist") != "load":
-        return None  # the user chose a distribution mode; respect it
+    """Under `-n` with xdist's default `--dist load`, keep each gate case's tests on one worker. Only in sessions
+    that name labelflip options: the controller collects nothing, so it cannot see gate tests otherwise."""
+    if config.getvalue("dist") != "load" or GATE_CONFIG not in config.stash:
+        return None  # the user chose a distribution mode, or labelflip was not asked for
     from .xdist_scheduling import CaseScheduling
 
     cfg: GateConfig = config.stash[GATE_CONFIG]
@@ -78,12 +63,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    fixtures = set(metafunc.fixturenames)
+    if not {"labelflip_noise_dataset", "labelflip_case", "labelflip_class"} & fixtures:
+        return
     from ..data import CLASS_NAMES
 
-    cfg: GateConfig = metafunc.config.stash[GATE_CONFIG]
-    if "labelflip_noise_dataset" in metafunc.fixturenames:
+    cfg = gate_config(metafunc.config)
+    if "labelflip_noise_dataset" in fixtures:
         metafunc.parametrize("labelflip_noise_dataset", cfg.datasets, ids=[noise_scope(d) for d in cfg.datasets])
-    if not {"labelflip_case", "labelflip_class"} & set(metafunc.fixturenames):
+    if not {"labelflip_case", "labelflip_class"} & fixtures:
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")
     kind = marker.args[0] if marker and marker.args else "all"
@@ -91,7 +79,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be 'all', 'fixed' or 'minimal'")
     selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
                 if kind == "all" or c.minimal == (kind == "minimal")]
-    if "labelflip_class" in metafunc.fixturenames:
+    if "labelflip_class" in fixtures:
         names = {d: cfg.class_names or CLASS_NAMES[d] for d in cfg.datasets}
         pairs = [(c, i) for c in selected for i in range(len(names[c.dataset]))]
         metafunc.parametrize(("labelflip_case", "labelflip_class"), pairs,
@@ -100,20 +88,57 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("labelflip_case", selected, ids=[c.id for c in selected])
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A failing gate test writes its case's observed run beside the baseline and names the files it wrote."""
+    report = yield
+    if report.failed and call.when == "call" and item.get_closest_marker("labelflip") is not None:
+        from .failures import write_obtained
+
+        try:
+            written = write_obtained(gate_config(item.config), getattr(item, "funcargs", {}), item.fixturenames)
+        except (LabelflipError, OSError) as exc:
+            report.user_properties.append(("labelflip_obtained_error", str(exc)))
+        else:
+            report.user_properties += [("labelflip_obtained", str(path)) for path in written]
+    return report
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    cfg = session.config.stash.get(GATE_CONFIG, None)
-    if cfg is None or cfg.report is None or hasattr(session.config, "workerinput"):
+    config = session.config
+    record = outcomes(config)
+    if hasattr(config, "workerinput") or not record.ran:
         return
-    if not (cfg.report / RUNS_DIR).is_dir():
-        return  # no gate case ran
+    cfg = gate_config(config)
+    from .failures import orphans
+
+    record.orphans = orphans(cfg)
+    if cfg.strict and record.orphans and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if cfg.report is None or not (cfg.report / RUNS_DIR).is_dir():
+        return  # no report asked for, or no gate case ran
     from ..reports import load_runs, write_report
 
     try:
         results, noise = load_runs([cfg.report / RUNS_DIR])
         written = write_report(cfg.report, results, noise)
     except LabelflipError as exc:
-        session.config.get_terminal_writer().line(f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}",
-                                                  red=True)
+        config.get_terminal_writer().line(f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}", red=True)
         return
     summary = written.get("summary.md", cfg.report)
-    session.config.get_terminal_writer().line(f"labelflip: report written to {cfg.report} (summary: {summary})")
+    config.get_terminal_writer().line(f"labelflip: report written to {cfg.report} (summary: {summary})")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    record = outcomes(config)
+    if not record.ran:
+        return
+    from .failures import github_annotations, summary_lines
+
+    lines = summary_lines(record.failures, record.orphans, record.obtained)
+    if lines:
+        terminalreporter.write_sep("=", "labelflip gate")
+        for line in lines:
+            terminalreporter.write_line(line)
+    for line in github_annotations(record.failures):
+        terminalreporter.write_line(line)

@@ -9,10 +9,12 @@ import math
 import pytest
 import torch
 
-from labelflip_models.gate.decisions import check_attack_success, check_flip_rate, check_min_norm
+from labelflip_models.gate.decisions import Decision, check_attack_success, check_flip_rate, check_min_norm
+from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict
 
-pytestmark = pytest.mark.labelflip
+__all__ = ["test_attack_success", "test_class_flip_rate", "test_class_min_norm", "test_epsilon_bound",
+           "test_minimal_adversarials"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -31,19 +33,22 @@ def assert_within_bounds(run):
         f"[{run.clipped.min().item()}, {run.clipped.max().item()}]")
 
 
-@pytest.mark.labelflip_cases("fixed")
-def test_epsilon_bound(labelflip_case, labelflip_run):
+@gate_test("fixed")
+def test_epsilon_bound(labelflip_case, labelflip_run, labelflip_record):
     run = labelflip_run(labelflip_case)
     epsilon, norm = run.result["attack"]["epsilon"], run.result["attack"]["norm"]
     norms = measured_norms(run)
     over = torch.nonzero(norms > epsilon * (1 + RELATIVE_TOLERANCE) + 1e-7).flatten()
-    assert len(over) == 0, (f"{len(over)} adversarials exceed {norm} ε={epsilon}: images {over[:10].tolist()} "
-                            f"with norms {norms[over[:10]].tolist()}")
+    decision = Decision(len(over) == 0, f"{len(over)} adversarials exceed {norm} ε={epsilon}: images "
+                                        f"{over[:10].tolist()} with norms {norms[over[:10]].tolist()}",
+                        {"epsilon": epsilon, "max_norm": norms.max().item(), "over": len(over)})
+    labelflip_record("epsilon_bound", decision, case=labelflip_case.id)
+    assert decision.passed, decision.message
     assert_within_bounds(run)
 
 
-@pytest.mark.labelflip_cases("minimal")
-def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_model):
+@gate_test("minimal")
+def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_model, labelflip_record):
     """Minimal attacks have no ε: the norms the run reports must be the adversarials' norms, and every success
     must really change the class (checked with a fresh forward pass)."""
     run = labelflip_run(labelflip_case)
@@ -57,33 +62,41 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
     assert run.attacked[succeeded].all(), "success reported for images the attack did not have to move"
     now = predict(model, run.clipped[succeeded])
     unchanged = succeeded[now == run.labels[succeeded]]
+    labelflip_record("minimal_adversarials", Decision(len(unchanged) == 0, f"{len(unchanged)} successes keep their "
+                                                      "true class", {"successes": len(succeeded),
+                                                                     "unchanged": len(unchanged)}),
+                     case=labelflip_case.id)
     assert len(unchanged) == 0, f"successes that keep their true class: images {unchanged[:10].tolist()}"
     assert torch.equal(now, run.adv_pred[succeeded]), "recorded adversarial predictions differ from the model's"
 
 
-@pytest.mark.labelflip_cases("fixed")
-def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline):
+@gate_test("fixed")
+def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
     result = labelflip_run(labelflip_case).result
     name = result["class_names"][labelflip_class]
     observed = result["per_class_flip_rate"][name]
     decision = check_flip_rate(name, observed["count"], observed["n"], labelflip_baseline["thresholds"][name])
+    labelflip_record("flip_rate", decision, case=labelflip_case.id, **{"class": name},
+                     baseline_rate=labelflip_baseline["result"]["per_class_flip_rate"][name]["rate"])
     assert decision.passed, f"{labelflip_case.id}: flip rate regressed: {decision.message}"
 
 
-@pytest.mark.labelflip_cases("minimal")
-def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline):
+@gate_test("minimal")
+def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
     run = labelflip_run(labelflip_case)
     name = run.result["class_names"][labelflip_class]
     floor = labelflip_baseline["gate"]["min_norm_floor"][name]
     if floor is None:
         pytest.skip(f"{labelflip_case.id}: too few baseline images of class {name!r} for a bound on the median")
     decision = check_min_norm(name, run.class_norms()[name], floor)
+    labelflip_record("min_norm", decision, case=labelflip_case.id, **{"class": name})
     assert decision.passed, f"{labelflip_case.id}: class got easier to flip: {decision.message}"
 
 
-@pytest.mark.labelflip_cases("all")
-def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline):
+@gate_test("all")
+def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline, labelflip_record):
     success = labelflip_run(labelflip_case).result["attack_success"]
     decision = check_attack_success(success["count"], success["n"], labelflip_baseline["min_success"])
+    labelflip_record("attack_success", decision, case=labelflip_case.id)
     assert decision.passed, (f"{labelflip_case.id}: the attack got weaker, which would hide regressions: "
                              f"{decision.message}")

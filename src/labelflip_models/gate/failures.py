@@ -1,0 +1,124 @@
+"""What a failing gate tells its reviewer: the observed run beside the baseline ("obtained" files), a terminal
+section of the regressions, worst first, and GitHub Actions annotations. Cheap to import (no torch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .config import GateConfig
+from .profiles import Case, cases, get_profile, noise_baseline_path
+
+PROPERTY_PREFIX = "labelflip_"
+# The recorded check names of the per-class flip-rate test, which the summary's table lists.
+FLIP_RATE = "flip_rate"
+
+
+def record_decision(record_property: Callable[[str, object], None], check: str, decision: Any,
+                    **figures: object) -> None:
+    """Record a gate decision as test properties: JUnit XML carries them, and xdist forwards them to the
+    controller, whose end-of-session summary reads them."""
+    values = {"check": check, **figures, "passed": decision.passed, **decision.figures, "message": decision.message}
+    for name, value in values.items():
+        # numpy scalars are not serialisable by xdist; their Python values are.
+        record_property(PROPERTY_PREFIX + name, value.item() if hasattr(value, "item") else value)
+
+
+def write_obtained(cfg: GateConfig, funcargs: dict[str, Any], fixturenames: Iterable[str]) -> list[Path]:
+    """Write the observed run of a failing gate test's case (or white-noise probe) beside its baseline, in the
+    baseline's schema. Nothing for tests that compare no baseline, or under --labelflip-regen."""
+    from .baselines import OBTAINED, noise_obtained_path, write_baseline, write_noise_baseline
+
+    if cfg.regen:
+        return []
+    names = set(fixturenames)
+    if "labelflip_baseline" in names and "labelflip_case" in funcargs:
+        case: Case = funcargs["labelflip_case"]
+        run = funcargs["labelflip_run"](case)
+        path = write_baseline(case, cfg.baselines, run.result, run.class_norms() if case.minimal else None,
+                              obtained=True)
+        return [path, case.baseline_path(cfg.baselines, f"{OBTAINED}.csv")]
+    if "labelflip_noise_baseline" in names and "labelflip_noise_dataset" in funcargs:
+        dataset = funcargs["labelflip_noise_dataset"]
+        path = noise_obtained_path(noise_baseline_path(cfg.baselines, cfg.profile, dataset))
+        return [write_noise_baseline(path, funcargs["labelflip_noise"](dataset), cfg.profile)]
+    return []
+
+
+def orphans(cfg: GateConfig) -> list[Path]:
+    """The baseline files in the profile's folder that no case of the session's selection uses."""
+    from ..data import DATASETS
+    from .baselines import orphan_baselines
+
+    selected = cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
+    used = {c.baseline_path(cfg.baselines, s) for c in selected for s in (".json", ".csv")}
+    used |= {noise_baseline_path(cfg.baselines, cfg.profile, d) for d in cfg.datasets}
+    return orphan_baselines(cfg.baselines, cfg.profile, cfg.datasets, DATASETS, used)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) else float("nan")
+
+
+def _figures(properties: dict[str, Any]) -> dict[str, Any]:
+    return {k.removeprefix(PROPERTY_PREFIX): v for k, v in properties.items() if k.startswith(PROPERTY_PREFIX)}
+
+
+def summary_lines(failures: list[tuple[str, Any, str, dict[str, Any]]], orphan_files: list[Path],
+                  obtained: list[str]) -> list[str]:
+    """The terminal section: regressed classes (flip rate above the baseline's bound) worst first, then the other
+    failing gate tests, the obtained files to review, and orphan baselines."""
+    lines = []
+    figures = [(nodeid, text, _figures(p)) for nodeid, _, text, p in failures]
+    rates = [f for _, _, f in figures if f.get("check") == FLIP_RATE]
+    if rates:
+        def excess(f: dict[str, Any]) -> float:
+            return _number(f.get("lower_bound")) - _number(f.get("threshold"))
+
+        lines.append(f"{len(rates)} regressed class(es), worst first (flip rate; 99% lower bound vs the bound from "
+                     "the baseline):")
+        for f in sorted(rates, key=excess, reverse=True):
+            lines.append(f"  {f['case']}  {f['class']!r}: {f['flips']}/{f['n']} = {_number(f['rate']):.3f} (lower "
+                         f"bound {_number(f['lower_bound']):.3f}) vs baseline {_number(f.get('baseline_rate')):.3f} "
+                         f"(bound {_number(f['threshold']):.3f}): excess {excess(f):+.3f}")
+    others = [(nodeid, text, f) for nodeid, text, f in figures if f.get("check") != FLIP_RATE]
+    if others:
+        lines.append(f"{len(others)} other failing gate test(s):")
+        lines += [f"  {nodeid}: {f.get('message') or _first_line(text)}" for nodeid, text, f in others]
+    if obtained:
+        lines.append("observed runs written beside their baselines (diff them; if the change was intended, promote "
+                     "them with --labelflip-regen):")
+        lines += [f"  {path}" for path in sorted(set(obtained))]
+    if orphan_files:
+        lines.append(f"{len(orphan_files)} baseline file(s) that no case of this profile uses "
+                     "(--labelflip-strict fails on them):")
+        lines += [f"  {path}" for path in orphan_files]
+    return lines
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    failed = [line for line in lines if line.startswith("E ")]
+    return (failed[0][1:].strip() if failed else lines[-1] if lines else "failed")
+
+
+def _escape(text: str, properties: bool = False) -> str:
+    # GitHub's workflow-command escaping: data escapes %, CR, LF; property values also : and ,.
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if properties else text
+
+
+def github_annotations(failures: list[tuple[str, Any, str, dict[str, Any]]]) -> list[str]:
+    """`::error` workflow commands, one per failing gate test, when running on GitHub Actions."""
+    if os.environ.get("GITHUB_ACTIONS") != "true":
+        return []
+    lines = []
+    for nodeid, _, text, p in failures:
+        # The test file in the user's repository (its node id is relative to the rootdir), not the shipped module.
+        path, _, name = nodeid.partition("::")
+        title = _escape(f"labelflip: {name}", True)
+        message = _escape(str(p.get(PROPERTY_PREFIX + "message") or _first_line(text)))
+        lines.append(f"::error file={_escape(path, True)},title={title}::{message}")
+    return lines
