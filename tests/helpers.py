@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 
 from labelflip_models.data import Dataset
+from labelflip_models.gate.config import REFERENCE_BASELINES
+from labelflip_models.gate.scaffold import TEST_FILE
 from labelflip_models.models.train import Recipe
 
 TINY_RECIPE = Recipe("tiny", epochs=1, batch_size=32, lr=1e-3)
@@ -33,3 +38,15 @@ def run_cli(capsys, argv):
         rc = exc.code
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+# The shipped gate tests as a repository collects them (labelflip init), and the test_gate.py part alone.
+GATE_FILE = TEST_FILE
+GATE_ONLY = "from labelflip_models.gate.tests.test_gate import *  # noqa: F401,F403\n"
+
+
+def copied_baselines(destination: Path, profile: str = "quick") -> Path:
+    """A copy of a profile's reference baselines: a failing gate writes "obtained" files beside the baselines it
+    reads, which must not land in the source tree."""
+    shutil.copytree(REFERENCE_BASELINES / profile, destination / profile)
+    return destination

@@ -31,6 +31,7 @@ from labelflip_models import cli
 from labelflip_models.data.cifar10 import FILES as CIFAR_FILES
 from labelflip_models.errors import BaselineError, ConfigError, DataError, DataNotFound
 from labelflip_models.gate.baselines import check_same_model, load_baseline
+from labelflip_models.gate.config import REFERENCE_BASELINES
 from labelflip_models.gate.profiles import Case
 
 from .helpers import run_cli
@@ -41,7 +42,6 @@ from .test_data import IDX_STEMS, fake_arrays, idx_bytes, write_file
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 Setup = Callable[[Path], list[str]]
-FIXTURE_BASELINES = Path(__file__).parents[1] / "fixtures" / "baselines"
 # Read-only to everyone, root included: the kernel refuses new files under /proc.
 UNWRITABLE = "/proc/labelflip/out"
 NOT_WRITABLE = rf"output directory {UNWRITABLE} is not writable: creating a file in /proc failed"
@@ -528,7 +528,7 @@ BASELINE_CASES = [
 def test_bad_baseline_is_refused_and_left_alone(damage: Damage, case: Case, n: int, class_names: list[str],
                                                  message: str, tmp_path: Path) -> None:
     root = tmp_path / "baselines"
-    shutil.copytree(FIXTURE_BASELINES / "quick", root / "quick")
+    shutil.copytree(REFERENCE_BASELINES / "quick", root / "quick")
     damage(root)
     before = snapshot(root)
 

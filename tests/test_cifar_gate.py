@@ -8,9 +8,10 @@ import pytest
 
 from labelflip_models.gate.profiles import REFERENCE_ARCHS, cases, get_profile
 
+from .helpers import GATE_FILE
+
 REPO = Path(__file__).resolve().parents[1]
-GATE_FILES = {name: (REPO / "robustness_tests" / f"{name}.py").read_text()
-              for name in ("test_gate", "test_flip_structure")}
+GATE_FILES = {"test_labelflip": GATE_FILE}
 
 
 def test_cifar_cases_cover_both_reference_models_and_keep_other_ids():

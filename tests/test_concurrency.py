@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from labelflip_models.errors import ConfigError, LabelflipError
+from labelflip_models.gate.config import REFERENCE_BASELINES
 from labelflip_models.models.cache import load_or_train
 from labelflip_models.models.train import Recipe
 from labelflip_models.storage.locks import LOCK_TIMEOUT_ENV, lock_timeout_s
 
 from .fault_injection import REPO
-from .helpers import tiny_dataset
+from .helpers import GATE_ONLY, tiny_dataset
 
 PROCESSES = 8
 # Long enough (~2 s) that all processes ask while the first is still training.
@@ -195,10 +196,10 @@ def test_pytest_n8_trains_the_reference_model_once(pytester_gate, fresh_cache):
 @pytest.mark.slow
 def test_two_gate_runs_share_one_cache_at_the_same_time(pytester_gate, fresh_cache):
     pytester_gate.makeconftest(COUNTING_CONFTEST)
-    pytester_gate.makepyfile(test_gate=(REPO / "robustness_tests" / "test_gate.py").read_text())
+    pytester_gate.makepyfile(test_gate=GATE_ONLY)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-q",
             "--labelflip-profile", "quick", "--labelflip-dataset", "mnist-5k", "-k", "fgsm",
-            "--labelflip-baselines", str(REPO / "fixtures" / "baselines")]
+            "--labelflip-baselines", str(REFERENCE_BASELINES)]
     env = {**os.environ, "PYTHONPATH": ""}
     start = time.perf_counter()
     runs = [subprocess.Popen(argv, cwd=pytester_gate.path, env=env, stdout=subprocess.PIPE,

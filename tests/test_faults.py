@@ -21,12 +21,13 @@ import torch
 
 from labelflip_models.errors import BaselineError, StorageError
 from labelflip_models.gate.baselines import load_baseline, write_baseline
+from labelflip_models.gate.config import REFERENCE_BASELINES
 from labelflip_models.gate.profiles import Case
 from labelflip_models.models.cache import CacheWarning, load_or_train
 from labelflip_models.reports import load_runs, write_report
 from labelflip_models.runs.results import RESULT_SCHEMA, write_run
 
-from .fault_injection import REPO, fill_disk, run_killed, temp_files
+from .fault_injection import fill_disk, run_killed, temp_files
 from .helpers import TINY_RECIPE, run_cli, tiny_dataset
 
 TRAIN = """
@@ -40,7 +41,7 @@ print("not killed")
 TRAINING_KILL_POINTS = ["step:1", "mid-write:*.safetensors", "before-rename:*.safetensors",
                         "after-rename:*.safetensors", "mid-write:*.json", "before-rename:*.json", "after-rename:*.json"]
 CASE = Case("quick", "mnist-5k", "fgsm", 0.1)
-BASELINES = REPO / "fixtures" / "baselines"
+BASELINES = REFERENCE_BASELINES
 
 
 def _train(root, **kw):

@@ -1,13 +1,18 @@
 """The gate run for real on the `quick` profile: an unchanged reference model passes its committed
-baselines; the same model with noise in its weights fails the per-class flip-rate tests."""
+baselines; the same model with noise in its weights fails the per-class flip-rate tests, and the failure explains
+itself (obtained files, terminal summary, JUnit properties, GitHub annotations)."""
 
-from pathlib import Path
+import json
+import re
+import xml.etree.ElementTree as ET
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-GATE_FILES = {name: (REPO / "robustness_tests" / f"{name}.py").read_text()
-              for name in ("test_gate", "test_flip_structure")}
+from labelflip_models.gate.baselines import BASELINE_SCHEMA
+
+from .helpers import GATE_FILE, copied_baselines
+
+GATE_FILES = {"test_labelflip": GATE_FILE}
 # Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.984 -> 0.977 (the
 # regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.118 -> 0.252.
 WEIGHT_NOISE = 0.5
@@ -38,11 +43,11 @@ def labelflip_model(labelflip_reference_model):
 """
 
 
-def run_gate(pytester_gate):
+def run_gate(pytester_gate, baselines, *args):
     pytester_gate.makepyfile(**GATE_FILES)
     return pytester_gate.runpytest_subprocess(
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick",
-        "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))
+        "--labelflip-baselines", str(baselines), *args)
 
 
 QUICK_GATE_TESTS = 49  # 3 cases (FGSM, LinfPGD, L2 DeepFool) of the quick profile, plus its white-noise probe
@@ -50,15 +55,20 @@ CORRECTNESS = ("test_epsilon_bound", "test_minimal_adversarials", "test_attack_s
 
 
 @pytest.mark.slow
-def test_unchanged_model_passes(pytester_gate):
-    result = run_gate(pytester_gate)
+def test_unchanged_model_passes(pytester_gate, tmp_path):
+    baselines = copied_baselines(tmp_path)
+    result = run_gate(pytester_gate, baselines)
     result.assert_outcomes(passed=QUICK_GATE_TESTS)
+    assert not list(baselines.rglob("*.obtained.*"))
+    assert "labelflip gate" not in result.stdout.str()  # nothing to explain
 
 
 @pytest.mark.slow
-def test_weakened_model_fails_per_class_flip_rates(pytester_gate):
+def test_weakened_model_fails_per_class_flip_rates(pytester_gate, tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     pytester_gate.makeconftest(WEAKENED_CONFTEST)
-    result = run_gate(pytester_gate)
+    baselines, junit = copied_baselines(tmp_path), tmp_path / "junit.xml"
+    result = run_gate(pytester_gate, baselines, f"--junitxml={junit}")
     outcomes = result.parseoutcomes()
     failed = [line for line in result.outlines if line.startswith("FAILED")]
     print("\n".join(failed))
@@ -69,3 +79,33 @@ def test_weakened_model_fails_per_class_flip_rates(pytester_gate):
     # Budgets still hold, reported norms are real, and the attacks did not get weaker.
     assert not [line for line in failed if any(name in line for name in CORRECTNESS)]
     assert outcomes["failed"] == len(failed) and outcomes["passed"] == QUICK_GATE_TESTS - len(failed)
+
+    # Each failing case's observed run lies beside its baseline, in the baseline's schema, with the counts the
+    # failures report.
+    failed_ids = {re.search(r"\[(.*)\]", line).group(1) for line in failed}
+    stdout = result.stdout.str()
+    for line in flip_failures:
+        case_id, name = re.search(r"\[(mnist-5k-.*)-(\d)\]", line).groups()
+        stem = case_id.removeprefix("mnist-5k-")
+        obtained = json.loads((baselines / "quick" / "mnist-5k" / f"{stem}.obtained.json").read_text())
+        assert obtained["schema"] == BASELINE_SCHEMA
+        assert (baselines / "quick" / "mnist-5k" / f"{stem}.obtained.csv").is_file()
+        count = obtained["result"]["per_class_flip_rate"][name]["count"]
+        assert re.search(rf"{case_id}  '{name}': {count}/100 ", stdout), (case_id, name, count)
+    # The terminal section lists the regressed classes worst first.
+    section = stdout[stdout.index("= labelflip gate ="):]
+    excesses = [float(x) for x in re.findall(r"excess ([+-][0-9.]+)", section)]
+    assert len(excesses) == len(flip_failures) and excesses == sorted(excesses, reverse=True)
+    assert "observed runs written beside their baselines" in section
+    # JUnit XML carries each gate test's figures.
+    cases = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
+             for c in ET.parse(junit).getroot().iter("testcase")}
+    assert len(cases) == QUICK_GATE_TESTS
+    for name, props in cases.items():
+        if "test_class_flip_rate" in name:
+            assert props["labelflip_check"] == "flip_rate"
+            assert props["labelflip_passed"] == str(not any(name in line for line in flip_failures))
+    # One GitHub annotation per failing test, pointing at the repository's test file.
+    annotations = [line for line in result.outlines if line.startswith("::error ")]
+    assert len(annotations) == len(failed) and all("file=test_labelflip.py" in a for a in annotations)
+    assert failed_ids

@@ -8,7 +8,6 @@ wrapper around the scripted module was copied to channels_last, which breaks scr
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from labelflip_models.models.architectures import build_model
 from labelflip_models.runs.evaluate import load_user_model
 from labelflip_models.runs.results import model_block
 
-from .helpers import run_cli
+from .helpers import GATE_ONLY, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated:FutureWarning")
 
@@ -135,7 +134,7 @@ def test_every_combination_through_the_gate_code(model_files, mnist5k, fmt, norm
     assert float(attacked.clipped.min()) >= range_.lower and float(attacked.clipped.max()) <= range_.upper
 
 
-GATE_TESTS = (Path(__file__).resolve().parents[1] / "robustness_tests" / "test_gate.py").read_text()
+GATE_TESTS = GATE_ONLY
 
 
 @pytest.mark.slow

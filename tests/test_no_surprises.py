@@ -15,10 +15,11 @@ from pytest_socket import SocketBlockedError
 
 from labelflip_models.data import load_dataset
 from labelflip_models.errors import DataError
+from labelflip_models.gate.config import REFERENCE_BASELINES
 from labelflip_models.storage.cache_dir import cache_root
 
 from .conftest import USER_CACHE
-from .fault_injection import REPO
+from .helpers import GATE_ONLY
 
 pytestmark = pytest.mark.filterwarnings("ignore:A test tried to use socket:UserWarning")
 
@@ -135,10 +136,10 @@ def test_gate_writes_only_to_the_cache_the_report_and_tmp(pytester_gate, tmp_pat
     monkeypatch.setenv("WATCH_ALLOWED", os.pathsep.join(map(str, (USER_CACHE, report, tmp))))
     monkeypatch.setenv("WATCH_LOG", str(log))
     pytester_gate.makeconftest(WATCHING_CONFTEST)
-    pytester_gate.makepyfile(test_gate=(REPO / "robustness_tests" / "test_gate.py").read_text())
+    pytester_gate.makepyfile(test_gate=GATE_ONLY)
     result = pytester_gate.runpytest_subprocess(
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "--labelflip-dataset", "mnist-5k",
-        "-k", "fgsm", "--labelflip-report", str(report), "--labelflip-baselines", str(REPO / "fixtures" / "baselines"))
+        "-k", "fgsm", "--labelflip-report", str(report), "--labelflip-baselines", str(REFERENCE_BASELINES))
     result.assert_outcomes(passed=12)
     # pytest-benchmark, when installed, makes its storage folder in the rootdir at startup: not labelflip's doing.
     benchmarks = str(pytester_gate.path / ".benchmarks")

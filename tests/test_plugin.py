@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import GATE_ONLY
+
 REPO = Path(__file__).resolve().parents[1]
-GATE_TESTS = (REPO / "robustness_tests" / "test_gate.py").read_text()
+GATE_TESTS = GATE_ONLY
 
 
 def gate(pytester_gate, baselines, *args):

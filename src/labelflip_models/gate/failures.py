@@ -110,14 +110,18 @@ def _escape(text: str, properties: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if properties else text
 
 
-def github_annotations(failures: list[tuple[str, Any, str, dict[str, Any]]]) -> list[str]:
+def github_annotations(failures: list[tuple[str, Any, str, dict[str, Any]]], rootpath: Path) -> list[str]:
     """`::error` workflow commands, one per failing gate test, when running on GitHub Actions."""
     if os.environ.get("GITHUB_ACTIONS") != "true":
         return []
+    workspace = Path(os.environ.get("GITHUB_WORKSPACE") or os.getcwd()).resolve()
     lines = []
     for nodeid, _, text, p in failures:
-        # The test file in the user's repository (its node id is relative to the rootdir), not the shipped module.
-        path, _, name = nodeid.partition("::")
+        # The test file in the user's repository (node ids are relative to the rootdir), not the shipped module;
+        # GitHub reads the path relative to the workspace.
+        file, _, name = nodeid.partition("::")
+        path = (rootpath / file).resolve()
+        path = path.relative_to(workspace).as_posix() if path.is_relative_to(workspace) else path.as_posix()
         title = _escape(f"labelflip: {name}", True)
         message = _escape(str(p.get(PROPERTY_PREFIX + "message") or _first_line(text)))
         lines.append(f"::error file={_escape(path, True)},title={title}::{message}")

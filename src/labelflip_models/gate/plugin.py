@@ -140,5 +140,5 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_sep("=", "labelflip gate")
         for line in lines:
             terminalreporter.write_line(line)
-    for line in github_annotations(record.failures):
+    for line in github_annotations(record.failures, config.rootpath):
         terminalreporter.write_line(line)
