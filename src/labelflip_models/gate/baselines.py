@@ -82,12 +82,16 @@ def write_baseline(case: Case, root: Path, result: dict[str, Any],
     """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete.
 
     `obtained`: the run of a failing case, written beside its baseline as <stem>.obtained.json/.csv in the same
-    schema, for a reviewer to diff (and to promote with the regen flag if the change was intended)."""
+    schema, for a reviewer to diff (and to promote with the regen flag if the change was intended). A regenerated
+    baseline replaces what was obtained before it."""
     infix = OBTAINED if obtained else ""
     json_path = case.baseline_path(root, f"{infix}.json")
     atomic_write_files({case.baseline_path(root, f"{infix}.csv"):
                         to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
                         json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
+    if not obtained:
+        for suffix in (".json", ".csv"):
+            case.baseline_path(root, OBTAINED + suffix).unlink(missing_ok=True)
     return json_path
 
 
@@ -174,8 +178,12 @@ def noise_obtained_path(path: Path) -> Path:
 
 
 def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Path:
+    """Writes the white-noise baseline `path` (or, at a noise_obtained_path, a failing probe's observed histogram);
+    a regenerated baseline replaces what was obtained before it."""
     atomic_write_text(path, json.dumps({"schema": NOISE_BASELINE_SCHEMA, "regenerate_with": REGEN_HINT.format(
         profile=profile), "result": noise}, indent=1) + "\n")
+    if OBTAINED + "." not in path.name:
+        noise_obtained_path(path).unlink(missing_ok=True)
     return path
 
 

@@ -17,7 +17,7 @@ GATE_OUTCOMES = pytest.StashKey["GateOutcomes"]()
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
-@dataclass
+@dataclass(eq=False)  # a plugin object: pluggy keeps plugins in sets
 class GateOutcomes:
     """The record of the session's gate tests, kept where the reports arrive (under xdist: the controller).
     Registered as a plugin object because pytest_runtest_logreport gets no config to find a stash with."""

@@ -1,0 +1,107 @@
+"""A failing gate explains itself: the terminal summary's order, GitHub annotations, orphan baselines and
+--labelflip-strict (the whole-gate behaviour on a weakened model is in test_gate_can_fail.py and
+test_wheel_install.py)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labelflip_models.errors import ConfigError
+from labelflip_models.gate import config
+from labelflip_models.gate.baselines import noise_obtained_path, orphan_baselines, write_baseline, write_noise_baseline
+from labelflip_models.gate.failures import github_annotations, summary_lines
+
+from .helpers import GATE_FILE, copied_baselines
+from .test_faults import CASE, _baseline_result
+
+
+def _flip_failure(case, name, flips, lower, threshold):
+    properties = {"labelflip_check": "flip_rate", "labelflip_case": case, "labelflip_class": name,
+                  "labelflip_flips": flips, "labelflip_n": 100, "labelflip_rate": flips / 100,
+                  "labelflip_lower_bound": lower, "labelflip_threshold": threshold, "labelflip_baseline_rate": 0.1,
+                  "labelflip_message": f"class {name!r}: {flips}/100 flipped"}
+    return (f"robustness_tests/test_labelflip.py::test_class_flip_rate[{case}-{name}]", ("x.py", 1, "t"),
+            "E   AssertionError", properties)
+
+
+def test_summary_lists_regressed_classes_worst_first_then_other_failures():
+    failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "3", 30, 0.21, 0.20),
+                _flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.48, 0.22),
+                ("t.py::test_attack_success[c]", ("t.py", 3, "t"), "long text\nE   AssertionError: weaker\n", {}),
+                _flip_failure("mnist-5k-linf-pgd-eps0.1", "5", 40, 0.30, 0.25)]
+    lines = summary_lines(failures, [Path("b/quick/mnist-5k/old.json")], ["b/x.obtained.json"])
+    rows = [line for line in lines if "excess" in line]
+    assert [r.split("'")[1] for r in rows] == ["9", "5", "3"]
+    assert rows[0].endswith("excess +0.260") and "60/100 = 0.600 (lower bound 0.480)" in rows[0]
+    assert "  t.py::test_attack_success[c]: AssertionError: weaker" in lines
+    assert "  b/x.obtained.json" in lines and "  b/quick/mnist-5k/old.json" in lines
+
+
+def test_github_annotations_only_on_github_relative_to_the_workspace(monkeypatch, tmp_path):
+    failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.48, 0.22)]
+    failures[0][3]["labelflip_message"] = "50% more, a: b,\nnext"
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    assert github_annotations(failures, tmp_path) == []
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    (line,) = github_annotations(failures, tmp_path / "repo")
+    assert line == ("::error file=repo/robustness_tests/test_labelflip.py,title=labelflip%3A "
+                    "test_class_flip_rate[mnist-5k-fgsm-eps0.1-9]::50%25 more, a: b,%0Anext")
+
+
+def test_orphans_are_files_no_selected_case_uses(tmp_path):
+    root = tmp_path / "b"
+    files = ["quick/mnist-5k/fgsm-eps0.1.json", "quick/mnist-5k/fgsm-eps0.1.csv", "quick/mnist-5k/old-eps0.3.json",
+             "quick/mnist-5k/fgsm-eps0.1.obtained.json", "quick/mnist-5k/.fgsm.json.tmp",
+             "quick/fashion-mnist/fgsm-eps0.1.json", "quick/mnist/fgsm-eps0.1.json", "quick/svhn/fgsm-eps0.1.json",
+             "quick/stray.json", "smoke/mnist-5k/old.json"]
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("{}")
+    used = {root / "quick/mnist-5k/fgsm-eps0.1.json", root / "quick/mnist-5k/fgsm-eps0.1.csv"}
+    orphans = orphan_baselines(root, "quick", ("mnist-5k",), ("fashion-mnist", "mnist", "mnist-5k", "cifar-10"), used)
+    # Not: used files, obtained files, temp files, other datasets' folders (mnist is not mnist-5k), other profiles.
+    assert [p.relative_to(root).as_posix() for p in orphans] == [
+        "quick/mnist-5k/old-eps0.3.json", "quick/stray.json", "quick/svhn/fgsm-eps0.1.json"]
+
+
+def test_regen_into_read_only_installed_baselines_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(config.os, "access", lambda path, mode: False)
+    settings = {**config.DEFAULTS}
+    with pytest.raises(ConfigError, match="read-only; name the directory to write with --labelflip-baselines DIR"):
+        config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen", tmp_path)
+    settings["labelflip_baselines"] = "mine"
+    assert config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen",
+                                    tmp_path).baselines == tmp_path / "mine"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strict", [None, "--labelflip-strict", "ini"])
+def test_orphan_baselines_are_reported_and_fail_under_strict(pytester_gate, tmp_path, strict):
+    baselines = copied_baselines(tmp_path)
+    (baselines / "quick" / "mnist-5k" / "fgsm-eps0.3.json").write_text("{}")
+    pytester_gate.makepyfile(test_labelflip=GATE_FILE)
+    if strict == "ini":
+        pytester_gate.makeini("[pytest]\nlabelflip_strict = true\n")
+    result = pytester_gate.runpytest_subprocess(
+        "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "--labelflip-baselines",
+        str(baselines), "-k", "white_noise", *([strict] if strict == "--labelflip-strict" else []))
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= labelflip gate =*", "1 baseline file(s) that no case of this profile uses*",
+                                 f"  {baselines / 'quick' / 'mnist-5k' / 'fgsm-eps0.3.json'}"])
+    assert result.ret == (pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK)
+
+
+def test_regenerating_a_baseline_removes_what_was_obtained_before(tmp_path):
+    result = _baseline_result(0)
+    obtained = write_baseline(CASE, tmp_path, result, obtained=True)
+    assert obtained.name == "fgsm-eps0.1.obtained.json" and obtained.with_name("fgsm-eps0.1.obtained.csv").exists()
+    assert json.loads(obtained.read_text())["result"] == result
+    write_baseline(CASE, tmp_path, result)
+    assert sorted(p.name for p in obtained.parent.iterdir()) == ["fgsm-eps0.1.csv", "fgsm-eps0.1.json"]
+    noise = tmp_path / "quick" / "mnist-5k" / "white-noise.json"
+    write_noise_baseline(noise_obtained_path(noise), {"n": 1}, "quick")
+    assert noise_obtained_path(noise).exists()
+    write_noise_baseline(noise, {"n": 1}, "quick")
+    assert noise.exists() and not noise_obtained_path(noise).exists()
