@@ -66,11 +66,17 @@ def test_orphans_are_files_no_selected_case_uses(tmp_path):
         "quick/mnist-5k/old-eps0.3.json", "quick/stray.json", "quick/svhn/fgsm-eps0.1.json"]
 
 
-def test_regen_into_read_only_installed_baselines_is_a_config_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(config.os, "access", lambda path, mode: False)
+def test_regen_into_installed_reference_baselines_is_a_config_error(monkeypatch, tmp_path):
+    assert config.in_source_checkout(config.REFERENCE_BASELINES)  # this checkout's editable install
+    installed = tmp_path / "site-packages" / "labelflip_models" / "gate" / "reference_baselines"
+    installed.mkdir(parents=True)
+    assert not config.in_source_checkout(installed)
+    monkeypatch.setattr(config, "REFERENCE_BASELINES", installed)
     settings = {**config.DEFAULTS}
-    with pytest.raises(ConfigError, match="read-only; name the directory to write with --labelflip-baselines DIR"):
+    with pytest.raises(ConfigError, match="would rewrite the reference baselines installed at .*site-packages.*; "
+                                          "name the directory to write with --labelflip-baselines DIR"):
         config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen", tmp_path)
+    assert config.parse_gate_config(settings.__getitem__, lambda key: False, tmp_path).baselines == installed
     settings["labelflip_baselines"] = "mine"
     assert config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen",
                                     tmp_path).baselines == tmp_path / "mine"
@@ -88,7 +94,7 @@ def test_orphan_baselines_are_reported_and_fail_under_strict(pytester_gate, tmp_
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "--labelflip-baselines",
         str(baselines), "-k", "white_noise", *([strict] if strict == "--labelflip-strict" else []))
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*= labelflip gate =*", "1 baseline file(s) that no case of this profile uses*",
+    result.stdout.fnmatch_lines(["*= labelflip gate =*", "1 baseline file(s) that no selected case uses*",
                                  f"  {baselines / 'quick' / 'mnist-5k' / 'fgsm-eps0.3.json'}"])
     assert result.ret == (pytest.ExitCode.TESTS_FAILED if strict else pytest.ExitCode.OK)
 

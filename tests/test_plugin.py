@@ -1,6 +1,8 @@
 """The plugin end to end on the cheapest real case (quick profile, FGSM): baseline life cycle and options."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,17 @@ def test_pickled_own_model_is_refused_in_the_gate(pytester_gate, tmp_path, mnist
                   "--labelflip-dataset", "mnist-5k")
     assert result.ret == pytest.ExitCode.USAGE_ERROR  # refused once, before any test runs
     result.stderr.fnmatch_lines(["*executes arbitrary code*--labelflip-trust-pickle*"])
+
+
+def test_ini_paths_are_relative_to_the_ini_file(pytester_gate):
+    """Started from a subfolder, the gate still finds the data dir and the class-names file its ini file names."""
+    pytester_gate.makeini("[pytest]\nlabelflip_profile = quick\nlabelflip_dataset = mnist-5k\n"
+                          "labelflip_data_dir = data\nlabelflip_class_names = @names.txt\n")
+    (pytester_gate.path / "data").mkdir()
+    (pytester_gate.path / "names.txt").write_text("".join(f"digit{i}\n" for i in range(10)))
+    pytester_gate.makepyfile(test_gate=GATE_TESTS)
+    sub = pytester_gate.mkdir("sub")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "--co",
+                             "-q", str(pytester_gate.path)], cwd=sub, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test_class_flip_rate[mnist-5k-fgsm-eps0.1-digit9]" in result.stdout

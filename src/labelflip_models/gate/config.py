@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,12 @@ from .profiles import PROFILES, get_profile
 
 # The reference models' baselines ship inside the package (package data).
 REFERENCE_BASELINES = Path(__file__).with_name("reference_baselines")
+
+
+def in_source_checkout(path: Path) -> bool:
+    """Whether the reference baselines at `path` are a checkout's files (src/labelflip_models/gate/...), which
+    --labelflip-regen may rewrite, rather than an installed copy, which it must not."""
+    return (path.parents[3] / "pyproject.toml").is_file() and path.parents[2].name == "src"
 # Under --labelflip-report DIR, each computed run also lands in DIR/gate-runs/<case id>/ for the session's report;
 # the controller empties that folder (and only it) when a session starts.
 RUNS_DIR = "gate-runs"
@@ -133,8 +138,8 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         baselines = Path(baselines_text) if Path(baselines_text).is_absolute() else Path(rootpath) / baselines_text
     else:
         baselines = REFERENCE_BASELINES
-        if flag("labelflip_regen") and not os.access(baselines, os.W_OK):
-            raise ConfigError(f"--labelflip-regen: the installed reference baselines at {baselines} are read-only; "
+        if flag("labelflip_regen") and not in_source_checkout(baselines):
+            raise ConfigError(f"--labelflip-regen would rewrite the reference baselines installed at {baselines}; "
                               "name the directory to write with --labelflip-baselines DIR")
     dataset = setting("labelflip_dataset") or None
     if dataset is not None and dataset not in DATASETS:

@@ -92,7 +92,7 @@ def summary_lines(failures: list[tuple[str, Any, str, dict[str, Any]]], orphan_f
                      "them with --labelflip-regen):")
         lines += [f"  {path}" for path in sorted(set(obtained))]
     if orphan_files:
-        lines.append(f"{len(orphan_files)} baseline file(s) that no case of this profile uses "
+        lines.append(f"{len(orphan_files)} baseline file(s) that no selected case uses "
                      "(--labelflip-strict fails on them):")
         lines += [f"  {path}" for path in orphan_files]
     return lines

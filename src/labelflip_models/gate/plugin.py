@@ -97,10 +97,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
         try:
             written = write_obtained(gate_config(item.config), getattr(item, "funcargs", {}), item.fixturenames)
+            properties = [("labelflip_obtained", str(path)) for path in written]
         except (LabelflipError, OSError) as exc:
-            report.user_properties.append(("labelflip_obtained_error", str(exc)))
-        else:
-            report.user_properties += [("labelflip_obtained", str(path)) for path in written]
+            properties = [("labelflip_obtained_error", str(exc))]
+        # The call report feeds the session's summary; JUnit XML takes the item's properties at teardown.
+        report.user_properties += properties
+        item.user_properties += properties
     return report
 
 

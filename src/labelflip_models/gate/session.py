@@ -45,12 +45,26 @@ def asked(config: pytest.Config) -> bool:
     return any(config.getoption(key) not in (None, False) or config.getini(key) is not None for key in INI_KEYS)
 
 
+# Settings that name files or folders. From the command line they are relative to the working directory; from an
+# ini file, to the file's folder (as pytest's own path keys are), so that they hold wherever pytest starts.
+PATH_KEYS = ("labelflip_model", "labelflip_baselines", "labelflip_data_dir", "labelflip_report",
+             "labelflip_class_names")
+
+
 def setting(config: pytest.Config, ini: str) -> str:
     """An option's value: the command line's, else the ini file's, else its default."""
-    for value in (config.getoption(ini), config.getini(ini)):
-        if value is not None:
-            return value
-    return DEFAULTS[ini]
+    value = config.getoption(ini)
+    if value is not None:
+        return value
+    value = config.getini(ini)
+    if value is None:
+        return DEFAULTS[ini]
+    if ini in PATH_KEYS and value:
+        base = config.inipath.parent if config.inipath else config.rootpath
+        if ini == "labelflip_class_names":  # a path only as @FILE
+            return f"@{base / value[1:]}" if value.startswith("@") else value
+        return str(base / value)  # an absolute value stays as it is
+    return value
 
 
 def flag(config: pytest.Config, ini: str) -> bool:
