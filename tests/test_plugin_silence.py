@@ -104,3 +104,25 @@ def test_unrelated_suite_is_unchanged_by_the_plugin(tmp_path, xdist):
         assert seen["filters"] == without[2][process]["filters"], process
     # No files: the suite's folder holds the same after either run.
     assert files == without[4]
+
+
+CASE_IDS_TEST = """
+import pytest
+
+
+@pytest.mark.labelflip_cases("all")
+def test_case_id(labelflip_case):
+    assert labelflip_case.id
+"""
+
+
+@pytest.mark.parametrize("asked, scheduler", [([], "LoadScheduling"),
+                                              (["--labelflip-profile", "quick"], "CaseScheduling"),
+                                              (["-o", "labelflip_profile=quick"], "CaseScheduling")],
+                         ids=["not-asked", "option", "ini-key"])
+def test_case_scheduling_only_when_a_setting_asks_for_labelflip(pytester, asked, scheduler):
+    """Gate tests run under xdist either way; the case-aware scheduler comes with a labelflip setting."""
+    pytester.makepyfile(test_cases=CASE_IDS_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-v", *asked)
+    result.assert_outcomes(passed=3 if asked else 26)  # quick: 3 cases; smoke: 13 per dataset, two datasets
+    result.stdout.fnmatch_lines([f"scheduling tests via {scheduler}"])

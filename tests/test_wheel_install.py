@@ -93,6 +93,13 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
     assert sorted(p.name for p in repo.iterdir()) == ["baselines", "model.pt", "pyproject.toml", "robustness_tests"]
     pytest_ = [py, "-m", "pytest", "robustness_tests", "-p", "no:cacheprovider"]
 
+    # The installed reference baselines are not regenerated in place.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    rc, out = _run([py, "-m", "pytest", "--pyargs", "labelflip_models.gate.tests", "--labelflip-regen"], elsewhere, env)
+    assert rc == pytest.ExitCode.USAGE_ERROR, out
+    assert "name the directory to write with --labelflip-baselines DIR" in out, out
+
     rc, out = _run(pytest_ + ["--labelflip-regen"], repo, env)
     assert rc == 0, out
     assert sorted(p.name for p in (repo / "baselines" / "quick" / "mnist-5k").iterdir()) == [
