@@ -30,13 +30,14 @@ def test_init_writes_the_test_file_and_prints_the_config(capsys, tmp_path, monke
     assert (tmp_path / "robustness_tests" / TEST_FILE_NAME).read_text() == TEST_FILE
     section = _section(out)
     assert section == {"labelflip_profile": "smoke", "labelflip_model": "model.pt", "labelflip_dataset": "mnist-5k",
-                       "labelflip_baselines": "robustness_tests/baselines"}
+                       "labelflip_baselines": "robustness_tests/baselines", "labelflip_require_data": True}
     assert set(section) <= set(INI_KEYS)
     assert "--labelflip-regen" in out
     # Again: nothing to change.
     status, out, _ = run_cli(capsys, ["init"])
     assert status == 0 and out.startswith("up to date: robustness_tests/test_labelflip.py")
-    assert _section(out) == {"labelflip_profile": "smoke"} and "--labelflip-regen" not in out
+    assert _section(out) == {"labelflip_profile": "smoke", "labelflip_require_data": True}
+    assert "--labelflip-regen" not in out
 
 
 def test_init_keeps_a_different_file_unless_forced(capsys, tmp_path):

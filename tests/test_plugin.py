@@ -41,6 +41,10 @@ def test_missing_then_regenerated_then_passing(pytester_gate, tmp_path):
     (["--labelflip-seed", "x"], "*--labelflip-seed must be an integer*"),
     (["--labelflip-device", "tpu:0"], "*device*"),
     (["--labelflip-engine", "turbo"], "*--labelflip-engine: unknown engine 'turbo'*"),
+    (["--labelflip-profile", "quik"], "*--labelflip-profile: unknown profile 'quik'*"),
+    (["--labelflip-device", "gpu"], "*--labelflip-device: unknown device 'gpu'*"),
+    (["--labelflip-report", "test_gate.py"], "*--labelflip-report: output path test_gate.py exists and is not a "
+                                             "directory*"),
 ])
 def test_bad_options_are_usage_errors(pytester_gate, option, message):
     pytester_gate.makepyfile(test_gate=GATE_TESTS)

@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from .helpers import GATE_FILE
+
 UNRELATED_TESTS = """
 import warnings
 
@@ -126,3 +128,24 @@ def test_case_scheduling_only_when_a_setting_asks_for_labelflip(pytester, asked,
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-v", *asked)
     result.assert_outcomes(passed=3 if asked else 26)  # quick: 3 cases; smoke: 13 per dataset, two datasets
     result.stdout.fnmatch_lines([f"scheduling tests via {scheduler}"])
+
+
+def test_a_configured_repository_runs_its_other_tests_without_the_gate(tmp_path):
+    """Settings in the ini file are read when the first gate test is collected: the repository's unit tests neither
+    import torch nor load the model, even a missing one; the gate's tests then fail to collect with one message."""
+    suite = tmp_path / "repo"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\nlabelflip_model = missing.ts\nlabelflip_dataset = mnist-5k\n"
+                                      "labelflip_baselines = b\n")
+    (suite / "test_unit.py").write_text("import sys\n\ndef test_unit():\n    assert 'torch' not in sys.modules\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    for args in (["-p", "no:xdist"], ["-n", "2"]):
+        unit = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_unit.py", *args],
+                              cwd=suite, env=env, capture_output=True, text=True, timeout=300)
+        assert unit.returncode == 0 and "1 passed" in unit.stdout, unit.stdout + unit.stderr
+    (suite / "test_labelflip.py").write_text(GATE_FILE)
+    gate = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist"], cwd=suite,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert gate.returncode == pytest.ExitCode.INTERRUPTED, gate.stdout + gate.stderr
+    assert f"labelflip: --labelflip-model: no model file at {suite / 'missing.ts'}" in gate.stdout
+    assert "Traceback" not in gate.stdout + gate.stderr and "1 error" in gate.stdout

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "labelflip's reference models")
     init.add_argument("--dataset", choices=DATASETS, help="the dataset your model classifies (needed with --model)")
     init.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
-    init.add_argument("--baselines", help="baseline folder, relative to the repository root (default with --model: "
-                                          "DIR/baselines)")
+    init.add_argument("--baselines", help="baseline folder, relative to the folder you run init in: the repository "
+                                          "root (default with --model: DIR/baselines)")
     init.add_argument("--profile", default="smoke", choices=list(PROFILES), help="gate profile (default smoke)")
     speed = sub.add_parser("throughput", help="training and L∞-PGD images/s and GFLOP/s of an architecture, on "
                                               "synthetic CIFAR-10-shaped data")
@@ -280,10 +280,14 @@ def cmd_init(args: argparse.Namespace, progress: bool) -> None:
     else:
         settings |= {"labelflip_dataset": args.dataset} if args.dataset else {}
         settings |= {"labelflip_baselines": args.baselines} if args.baselines else {}
+    # Without the data the gate's tests skip: in CI that would be a green run that checked nothing.
+    settings["labelflip_require_data"] = True
     path, changed = write_test_file(Path(args.dir), args.force)
     print(f"{'wrote' if changed else 'up to date:'} {path}")
-    print("\nAdd to pyproject.toml (in pytest.ini: the same keys under [pytest], without quotes):\n")
+    print(f"\nAdd to the pyproject.toml in {Path.cwd()} (its paths are relative to that folder; in a pytest.ini: "
+          "the same keys under [pytest], without quotes):\n")
     print(config_section(settings))
+    print("and *.obtained.* to .gitignore: a failing gate writes its observed runs beside the baselines.\n")
     print("Then:")
     if args.model is not None:
         print(f"  pytest {args.dir} --labelflip-regen   # once: record your model's baselines (review, commit them)")

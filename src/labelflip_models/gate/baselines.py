@@ -15,6 +15,7 @@ from ..analysis.min_norms import median_ci
 from ..analysis.stats import one_sided_wilson
 from ..errors import BaselineError, DataError
 from ..storage.atomic import atomic_write_files, atomic_write_text
+from .config import REFERENCE_BASELINES
 from .decisions import GATE_CONFIDENCE, SYMMETRY_NORMS
 from .profiles import REGEN_HINT, Case
 
@@ -116,10 +117,16 @@ def _has(section: Any, keys: tuple[str, ...]) -> bool:
     return True
 
 
+def _hint(profile: str, root: Path, select: str) -> str:
+    """How to regenerate, naming the baseline folder unless it is the reference models' default."""
+    named = "" if Path(root) == REFERENCE_BASELINES else f" --labelflip-baselines {root}"
+    return f"{REGEN_HINT.format(profile=profile)}{named} {select}"
+
+
 def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dict[str, Any]:
     """The baseline for `case`, validated against the run it gates."""
     path = case.baseline_path(root, ".json")
-    hint = REGEN_HINT.format(profile=case.profile) + f" -k '{case.id}'"
+    hint = _hint(case.profile, root, f"-k '{case.id}'")
     if not path.exists():
         raise BaselineError(f"no baseline for {case.id} at {path}; create it with: {hint}")
     try:
@@ -188,7 +195,7 @@ def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Pat
 
 
 def load_noise_baseline(path: Path, class_names: list[str], n: int, profile: str) -> dict[str, Any]:
-    hint = REGEN_HINT.format(profile=profile) + " -k white_noise"
+    hint = _hint(profile, path.parents[2], "-k white_noise")
     if not path.exists():
         raise BaselineError(f"no white-noise baseline at {path}; create it with: {hint}")
     try:

@@ -118,7 +118,10 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     from ..data import CLASS_NAMES, DATASETS
     from ..data.data_dir import named_data_dir
 
-    profile = get_profile(setting("labelflip_profile"))
+    try:
+        profile = get_profile(setting("labelflip_profile"))
+    except ConfigError as exc:
+        raise ConfigError(f"--labelflip-profile: {exc}") from None
     seed = setting("labelflip_seed")
     if not str(seed).lstrip("-").isdigit():
         raise ConfigError(f"--labelflip-seed must be an integer, got {seed!r}")
@@ -126,7 +129,10 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     if device not in ("auto", "cpu"):  # only these need no torch import to validate
         from ..devices import resolve_device
 
-        resolve_device(device)
+        try:
+            resolve_device(device)
+        except ConfigError as exc:
+            raise ConfigError(f"--labelflip-device: {exc}") from None
     engine = setting("labelflip_engine")
     if engine != "auto":
         from ..attacks.engine import ENGINES
@@ -174,6 +180,13 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     if data_dir is not None:
         named_data_dir(data_dir)  # a data dir named by an option must exist; checked before any collection
     report = setting("labelflip_report")
+    if report:
+        from ..storage.out_dir import check_out_dir
+
+        try:
+            check_out_dir(Path(report))
+        except ConfigError as exc:
+            raise ConfigError(f"--labelflip-report: {exc}") from None
     model_mismatch = setting("labelflip_model_mismatch")
     if model_mismatch not in MODEL_MISMATCH:
         raise ConfigError(f"--labelflip-model-mismatch: expected one of {', '.join(MODEL_MISMATCH)}, "

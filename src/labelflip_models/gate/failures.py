@@ -67,7 +67,7 @@ def _figures(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_lines(failures: list[tuple[str, Any, str, dict[str, Any]]], orphan_files: list[Path],
-                  obtained: list[str]) -> list[str]:
+                  obtained: list[str], strict: bool = False) -> list[str]:
     """The terminal section: regressed classes (flip rate above the baseline's bound) worst first, then the other
     failing gate tests, the obtained files to review, and orphan baselines."""
     lines = []
@@ -92,8 +92,8 @@ def summary_lines(failures: list[tuple[str, Any, str, dict[str, Any]]], orphan_f
                      "them with --labelflip-regen):")
         lines += [f"  {path}" for path in sorted(set(obtained))]
     if orphan_files:
-        lines.append(f"{len(orphan_files)} baseline file(s) that no selected case uses "
-                     "(--labelflip-strict fails on them):")
+        consequence = "the session fails on them (--labelflip-strict)" if strict else "--labelflip-strict fails on them"
+        lines.append(f"{len(orphan_files)} baseline file(s) that no selected case uses ({consequence}):")
         lines += [f"  {path}" for path in orphan_files]
     return lines
 

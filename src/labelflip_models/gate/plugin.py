@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..errors import LabelflipError
-from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR, GateConfig
+from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR
 from .profiles import COMPILED_PER_PROCESS, cases, get_profile, noise_scope
-from .session import GATE_CONFIG, asked, gate_config, outcomes, start_outcomes
+from .session import (
+    asked,
+    asked_on_command_line,
+    gate_config,
+    outcomes,
+    selected_cases,
+    setting,
+    start_outcomes,
+)
 
 pytest_plugins = ["labelflip_models.gate.fixtures"]
 
@@ -39,27 +48,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "labelflip_cases(kind): parameterise over the profile's gate cases; kind is "
                                        "'all', 'fixed' (fixed-ε attacks) or 'minimal' (minimal-perturbation attacks)")
     start_outcomes(config)  # records gate test reports; nothing else
-    if not asked(config):
-        return  # parsed when the first gate test is collected, if any
-    cfg = gate_config(config)  # bad options fail here, before any collection
-    if cfg.report is not None and not hasattr(config, "workerinput"):
-        # The controller starts the report afresh; workers add the runs they compute.
-        shutil.rmtree(cfg.report / RUNS_DIR, ignore_errors=True)
+    if asked_on_command_line(config):
+        gate_config(config)  # bad options fail here, before any collection
+    report = setting(config, "labelflip_report") if asked(config) else ""
+    if report and not hasattr(config, "workerinput"):
+        # The controller starts the report's runs afresh; workers add the runs they compute.
+        shutil.rmtree(Path(report) / RUNS_DIR, ignore_errors=True)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Under `-n` with xdist's default `--dist load`, keep each gate case's tests on one worker. Only in sessions
-    that name labelflip options: the controller collects nothing, so it cannot see gate tests otherwise."""
-    if config.getvalue("dist") != "load" or GATE_CONFIG not in config.stash:
-        return None  # the user chose a distribution mode, or labelflip was not asked for
+    that name a labelflip setting: the controller collects nothing, so it cannot see gate tests otherwise."""
+    selected = selected_cases(config) if asked(config) and config.getvalue("dist") == "load" else None
+    if selected is None:
+        return None  # not asked for, another distribution mode chosen, or settings the workers will reject
     from .xdist_scheduling import CaseScheduling
 
-    cfg: GateConfig = config.stash[GATE_CONFIG]
     # Cases of attacks that compile per process (numba) share a worker, so each process compiles at most once.
-    scopes = {c.id: c.attack if c.attack in COMPILED_PER_PROCESS else c.id
-              for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)}
-    return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in cfg.datasets})
+    scopes = {c.id: c.attack if c.attack in COMPILED_PER_PROCESS else c.id for c in selected}
+    datasets = {c.dataset for c in selected}
+    return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in datasets})
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -68,7 +77,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     from ..data import CLASS_NAMES
 
-    cfg = gate_config(metafunc.config)
+    try:
+        cfg = gate_config(metafunc.config)
+    except pytest.UsageError as exc:  # settings from the ini file, parsed when the first gate test is collected
+        pytest.fail(str(exc), pytrace=False)
     if "labelflip_noise_dataset" in fixtures:
         metafunc.parametrize("labelflip_noise_dataset", cfg.datasets, ids=[noise_scope(d) for d in cfg.datasets])
     if not {"labelflip_case", "labelflip_class"} & fixtures:
@@ -114,7 +126,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     cfg = gate_config(config)
     from .failures import orphans
 
-    record.orphans = orphans(cfg)
+    record.orphans, record.strict = orphans(cfg), cfg.strict
     if cfg.strict and record.orphans and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if cfg.report is None or not (cfg.report / RUNS_DIR).is_dir():
@@ -125,10 +137,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         results, noise = load_runs([cfg.report / RUNS_DIR])
         written = write_report(cfg.report, results, noise)
     except LabelflipError as exc:
-        config.get_terminal_writer().line(f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}", red=True)
+        _write_line(config, f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}", red=True)
         return
     summary = written.get("summary.md", cfg.report)
-    config.get_terminal_writer().line(f"labelflip: report written to {cfg.report} (summary: {summary})")
+    _write_line(config, f"labelflip: report written to {cfg.report} (summary: {summary})")
+
+
+def _write_line(config: pytest.Config, text: str, **markup: bool) -> None:
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_line(text, **markup)  # on a line of its own, after the progress dots
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -137,7 +155,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     from .failures import github_annotations, summary_lines
 
-    lines = summary_lines(record.failures, record.orphans, record.obtained)
+    lines = summary_lines(record.failures, record.orphans, record.obtained, record.strict)
     if lines:
         terminalreporter.write_sep("=", "labelflip gate")
         for line in lines:

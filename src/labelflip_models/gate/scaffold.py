@@ -35,11 +35,12 @@ def write_test_file(directory: Path, force: bool = False) -> tuple[Path, bool]:
     return path, True
 
 
-def _toml_string(value: str) -> str:
+def _toml(value: str | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def config_section(settings: dict[str, str]) -> str:
+def config_section(settings: dict[str, str | bool]) -> str:
     """The [tool.pytest.ini_options] lines for `settings` (ini key -> value), for a pyproject.toml."""
-    return "[tool.pytest.ini_options]\n" + "".join(f"{key} = {_toml_string(value)}\n"
-                                                 for key, value in settings.items())
+    return "[tool.pytest.ini_options]\n" + "".join(f"{key} = {_toml(value)}\n" for key, value in settings.items())

@@ -10,6 +10,7 @@ import pytest
 
 from ..errors import LabelflipError
 from .config import DEFAULTS, FLAGS, OPTION_NAMES, OPTIONS, GateConfig, parse_gate_config
+from .profiles import PROFILES, Case, cases, get_profile
 
 GATE_CONFIG = pytest.StashKey[GateConfig]()
 GATE_OUTCOMES = pytest.StashKey["GateOutcomes"]()
@@ -27,6 +28,7 @@ class GateOutcomes:
     failures: list[tuple[str, tuple[str, int | None, str], str, dict[str, object]]] = field(default_factory=list)
     obtained: list[str] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
+    strict: bool = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if "labelflip" not in report.keywords:
@@ -40,9 +42,13 @@ class GateOutcomes:
                               if k == "labelflip_obtained_error"]
 
 
+def asked_on_command_line(config: pytest.Config) -> bool:
+    return any(config.getoption(key) not in (None, False) for key in INI_KEYS)
+
+
 def asked(config: pytest.Config) -> bool:
     """Whether the session names any labelflip option, on the command line or in its ini file."""
-    return any(config.getoption(key) not in (None, False) or config.getini(key) is not None for key in INI_KEYS)
+    return asked_on_command_line(config) or any(config.getini(key) is not None for key in INI_KEYS)
 
 
 # Settings that name files or folders. From the command line they are relative to the working directory; from an
@@ -72,8 +78,9 @@ def flag(config: pytest.Config, ini: str) -> bool:
 
 
 def gate_config(config: pytest.Config) -> GateConfig:
-    """The gate's settings, parsed on first use: at configure time when labelflip options were given (so mistakes
-    fail before collection), else when the first gate test is collected."""
+    """The gate's settings, parsed on first use: at configure time when the command line names labelflip options
+    (so mistakes fail before collection), else when the first gate test is collected, so that a repository's other
+    test sessions neither load its model nor import torch."""
     if GATE_CONFIG not in config.stash:
         try:
             config.stash[GATE_CONFIG] = parse_gate_config(lambda ini: setting(config, ini),
@@ -86,6 +93,19 @@ def gate_config(config: pytest.Config) -> GateConfig:
 def start_outcomes(config: pytest.Config) -> None:
     config.stash[GATE_OUTCOMES] = record = GateOutcomes()
     config.pluginmanager.register(record, "labelflip-outcomes")
+
+
+def selected_cases(config: pytest.Config) -> list[Case] | None:
+    """The gate cases the settings select, read without parsing (or checking) the rest of them: what the xdist
+    controller needs to schedule, before any worker has collected. None for settings the parse will reject."""
+    from ..data.names import DATASETS
+
+    dataset = setting(config, "labelflip_dataset")
+    if setting(config, "labelflip_profile") not in PROFILES or (dataset and dataset not in DATASETS):
+        return None
+    profile = get_profile(setting(config, "labelflip_profile"))
+    own_model = bool(setting(config, "labelflip_model"))
+    return cases(profile, (dataset,) if dataset else profile.datasets, own_model=own_model)
 
 
 def outcomes(config: pytest.Config) -> GateOutcomes:
