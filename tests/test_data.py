@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import labelflip_models.data as data_pkg
+import labelflip_models.data.idx_datasets as idx_datasets
 from labelflip_models.data import DATA_DIR_ENV, Dataset, balanced_subset, first_n, load_dataset
 from labelflip_models.data.idx import read_idx
 from labelflip_models.data.idx_datasets import FASHION_MNIST
@@ -94,7 +94,7 @@ def fashion_no_system(monkeypatch, tmp_path):
     """Fashion-MNIST with its system dir pointing at an empty place (this machine may have Debian's copy)."""
     nowhere = tmp_path / "usr-share-datasets-fashion-mnist"
     patched = dataclasses.replace(FASHION_MNIST, system_dirs=(nowhere,))
-    monkeypatch.setattr(data_pkg, "FASHION_MNIST", patched)
+    monkeypatch.setattr(idx_datasets, "FASHION_MNIST", patched)
     return nowhere
 
 
