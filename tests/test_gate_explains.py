@@ -93,7 +93,8 @@ def test_orphan_baselines_are_reported_and_fail_under_strict(pytester_gate, tmp_
     result = pytester_gate.runpytest_subprocess(
         # One token: pytest reads a bare path argument as a place to look for the ini file.
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick",
-        f"--labelflip-baselines={baselines}", "-k", "white_noise", *([strict] if strict == "--labelflip-strict" else []))
+        f"--labelflip-baselines={baselines}", "-k", "white_noise",
+        *([strict] if strict == "--labelflip-strict" else []))
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*= labelflip gate =*", "1 baseline file(s) that no selected case uses*",
                                  f"  {baselines / 'quick' / 'mnist-5k' / 'fgsm-eps0.3.json'}"])
