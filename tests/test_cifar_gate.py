@@ -10,7 +10,6 @@ from labelflip_models.gate.profiles import REFERENCE_ARCHS, cases, get_profile
 
 from .helpers import GATE_FILE
 
-REPO = Path(__file__).resolve().parents[1]
 GATE_FILES = {"test_labelflip": GATE_FILE}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from labelflip_models.errors import ConfigError
-from labelflip_models.gate import config
+from labelflip_models.gate import config, failures
 from labelflip_models.gate.baselines import noise_obtained_path, orphan_baselines, write_baseline, write_noise_baseline
 from labelflip_models.gate.failures import github_annotations, summary_lines
 
@@ -21,14 +21,14 @@ def _flip_failure(case, name, flips, lower, threshold):
                   "labelflip_flips": flips, "labelflip_n": 100, "labelflip_rate": flips / 100,
                   "labelflip_lower_bound": lower, "labelflip_threshold": threshold, "labelflip_baseline_rate": 0.1,
                   "labelflip_message": f"class {name!r}: {flips}/100 flipped"}
-    return (f"robustness_tests/test_labelflip.py::test_class_flip_rate[{case}-{name}]", ("x.py", 1, "t"),
-            "E   AssertionError", properties)
+    return (f"robustness_tests/test_labelflip.py::test_class_flip_rate[{case}-{name}]", "E   AssertionError",
+            properties)
 
 
 def test_summary_lists_regressed_classes_worst_first_then_other_failures():
     failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "3", 30, 0.21, 0.20),
                 _flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.48, 0.22),
-                ("t.py::test_attack_success[c]", ("t.py", 3, "t"), "long text\nE   AssertionError: weaker\n", {}),
+                ("t.py::test_attack_success[c]", "long text\nE   AssertionError: weaker\n", {}),
                 _flip_failure("mnist-5k-linf-pgd-eps0.1", "5", 40, 0.30, 0.25)]
     lines = summary_lines(failures, [Path("b/quick/mnist-5k/old.json")], ["b/x.obtained.json"])
     rows = [line for line in lines if "excess" in line]
@@ -40,7 +40,7 @@ def test_summary_lists_regressed_classes_worst_first_then_other_failures():
 
 def test_github_annotations_only_on_github_relative_to_the_workspace(monkeypatch, tmp_path):
     failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.48, 0.22)]
-    failures[0][3]["labelflip_message"] = "50% more, a: b,\nnext"
+    failures[0][2]["labelflip_message"] = "50% more, a: b,\nnext"
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     assert github_annotations(failures, tmp_path) == []
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
@@ -76,7 +76,7 @@ def test_regen_into_installed_reference_baselines_is_a_config_error(monkeypatch,
     with pytest.raises(ConfigError, match="would rewrite the reference baselines installed at .*site-packages.*; "
                                           "name the directory to write with --labelflip-baselines DIR"):
         config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen", tmp_path)
-    assert config.parse_gate_config(settings.__getitem__, lambda key: False, tmp_path).baselines == installed
+    assert config.parse_gate_config(settings.__getitem__, lambda _: False, tmp_path).baselines == installed
     settings["labelflip_baselines"] = "mine"
     assert config.parse_gate_config(settings.__getitem__, lambda key: key == "labelflip_regen",
                                     tmp_path).baselines == tmp_path / "mine"
@@ -113,3 +113,13 @@ def test_regenerating_a_baseline_removes_what_was_obtained_before(tmp_path):
     assert noise_obtained_path(noise).exists()
     write_noise_baseline(noise, {"n": 1}, "quick")
     assert noise.exists() and not noise_obtained_path(noise).exists()
+
+
+def test_failing_runs_against_installed_reference_baselines_go_to_the_rootdir(monkeypatch, tmp_path):
+    cfg = config.parse_gate_config(config.DEFAULTS.__getitem__, lambda _: False, tmp_path)
+    assert failures.obtained_root(cfg, tmp_path) == config.REFERENCE_BASELINES  # this checkout's: beside them
+    monkeypatch.setattr(failures, "in_source_checkout", lambda path: False)
+    assert failures.obtained_root(cfg, tmp_path) == tmp_path / "labelflip-obtained"
+    own = config.parse_gate_config({**config.DEFAULTS, "labelflip_baselines": "mine"}.__getitem__, lambda _: False,
+                                   tmp_path)
+    assert failures.obtained_root(own, tmp_path) == tmp_path / "mine"

@@ -61,6 +61,8 @@ def test_init_bad_input_is_one_error(capsys, tmp_path, monkeypatch):
         (["init", "--model", "model.pt"], "--model needs --dataset"),
         (["init", "--arch", "cw-mnist"], "--arch describes a --model; none given"),
         (["init", "--dir", "afile"], "afile exists and is not a directory"),
+        (["init", "--profile", "paper"], "profile 'paper' ships no reference baselines (those of quick, smoke do): "
+                                         "name the folder to record them in with --baselines DIR"),
     ]:
         status, _, err = run_cli(capsys, argv)
         assert status == 2 and err.startswith(f"labelflip: error: {message}") and err.count("\n") == 1, (argv, err)

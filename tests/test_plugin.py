@@ -3,13 +3,11 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from .helpers import GATE_ONLY
 
-REPO = Path(__file__).resolve().parents[1]
 GATE_TESTS = GATE_ONLY
 
 

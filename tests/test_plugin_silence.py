@@ -65,13 +65,15 @@ def pytest_sessionfinish(session):
 def _run(root, name, *args):
     """Run the unrelated suite in a folder of its own; (outcome counts, per-test outcomes, facts per process,
     xdist's scheduling line, the folder's files afterwards)."""
-    suite, facts_dir = root / name / "suite", root / name / "facts"
+    # A folder named like the plugin: nothing may take the suite's tests for gate tests by their path.
+    suite, facts_dir = root / name / "labelflip", root / name / "facts"
     suite.mkdir(parents=True)
     facts_dir.mkdir()
     (suite / "test_unrelated.py").write_text(UNRELATED_TESTS)
     (suite / "conftest.py").write_text(FACTS_CONFTEST)
     junit = root / name / "junit.xml"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"FACTS_DIR": str(facts_dir)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")} | {"FACTS_DIR": str(facts_dir),
+                                                                                   "GITHUB_ACTIONS": "true"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", f"--junitxml={junit}",
                            *args], cwd=suite, env=env, capture_output=True, text=True, timeout=300)
     lines = proc.stdout.splitlines()
@@ -79,6 +81,7 @@ def _run(root, name, *args):
     outcomes = {case.get("name"): [child.tag for child in case] for case in ET.parse(junit).getroot().iter("testcase")}
     facts = {p.stem: json.loads(p.read_text()) for p in facts_dir.iterdir()}
     scheduling = [line for line in lines if "scheduling tests via" in line]
+    assert "labelflip gate" not in proc.stdout and "::error" not in proc.stdout, proc.stdout
     return counts, outcomes, facts, scheduling, sorted(p.relative_to(suite) for p in suite.rglob("*"))
 
 

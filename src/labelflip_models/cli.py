@@ -21,6 +21,7 @@ from .bench.throughput import measure as measure_throughput
 from .data import DATASETS, Dataset, first_n, load_dataset
 from .devices import resolve_device
 from .errors import ConfigError, LabelflipError
+from .gate.config import REFERENCE_BASELINES
 from .gate.profiles import PROFILES
 from .gate.scaffold import config_section, write_test_file
 from .models.cache import load_or_train
@@ -277,6 +278,10 @@ def cmd_init(args: argparse.Namespace, progress: bool) -> None:
             settings["labelflip_arch"] = args.arch
     elif args.arch:
         raise ConfigError("--arch describes a --model; none given")
+    elif args.baselines is None and not (REFERENCE_BASELINES / args.profile).is_dir():
+        raise ConfigError(f"profile {args.profile!r} ships no reference baselines (those of "
+                          f"{', '.join(sorted(p.name for p in REFERENCE_BASELINES.iterdir() if p.is_dir()))} do): "
+                          "name the folder to record them in with --baselines DIR")
     else:
         settings |= {"labelflip_dataset": args.dataset} if args.dataset else {}
         settings |= {"labelflip_baselines": args.baselines} if args.baselines else {}

@@ -184,12 +184,12 @@ def noise_obtained_path(path: Path) -> Path:
     return path.with_name(f"{path.name.removesuffix('.json')}{OBTAINED}.json")
 
 
-def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str) -> Path:
-    """Writes the white-noise baseline `path` (or, at a noise_obtained_path, a failing probe's observed histogram);
-    a regenerated baseline replaces what was obtained before it."""
+def write_noise_baseline(path: Path, noise: dict[str, Any], profile: str, obtained: bool = False) -> Path:
+    """Writes the white-noise baseline `path`, or with `obtained` a failing probe's observed histogram (at a
+    noise_obtained_path); a regenerated baseline replaces what was obtained before it."""
     atomic_write_text(path, json.dumps({"schema": NOISE_BASELINE_SCHEMA, "regenerate_with": REGEN_HINT.format(
         profile=profile), "result": noise}, indent=1) + "\n")
-    if OBTAINED + "." not in path.name:
+    if not obtained:
         noise_obtained_path(path).unlink(missing_ok=True)
     return path
 

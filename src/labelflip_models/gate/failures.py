@@ -4,46 +4,58 @@ section of the regressions, worst first, and GitHub Actions annotations. Cheap t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import GateConfig
+from .config import REFERENCE_BASELINES, GateConfig, in_source_checkout
 from .profiles import Case, cases, get_profile, noise_baseline_path
+
+if TYPE_CHECKING:
+    from .decisions import Decision
 
 PROPERTY_PREFIX = "labelflip_"
 # The recorded check names of the per-class flip-rate test, which the summary's table lists.
 FLIP_RATE = "flip_rate"
+# Under the rootdir: the observed runs of cases that failed against the installed reference baselines.
+INSTALLED_OBTAINED = "labelflip-obtained"
 
 
-def record_decision(record_property: Callable[[str, object], None], check: str, decision: Any,
+def record_decision(record: Callable[[str, object], None], check: str, decision: Decision,
                     **figures: object) -> None:
-    """Record a gate decision as test properties: JUnit XML carries them, and xdist forwards them to the
-    controller, whose end-of-session summary reads them."""
+    """Record a gate decision as test properties (`record(name, value)`): JUnit XML carries them, and xdist
+    forwards them to the controller, whose end-of-session summary reads them."""
     values = {"check": check, **figures, "passed": decision.passed, **decision.figures, "message": decision.message}
     for name, value in values.items():
         # numpy scalars are not serialisable by xdist; their Python values are.
-        record_property(PROPERTY_PREFIX + name, value.item() if hasattr(value, "item") else value)
+        record(PROPERTY_PREFIX + name, value.item() if hasattr(value, "item") else value)
 
 
-def write_obtained(cfg: GateConfig, funcargs: dict[str, Any], fixturenames: Iterable[str]) -> list[Path]:
-    """Write the observed run of a failing gate test's case (or white-noise probe) beside its baseline, in the
-    baseline's schema. Nothing for tests that compare no baseline, or under --labelflip-regen."""
+def obtained_root(cfg: GateConfig, rootpath: Path) -> Path:
+    """Where a failing case's observed run goes: beside its baseline, except for the reference baselines of an
+    installed package (no place to write), whose failing runs go to a folder of the rootdir in the same layout."""
+    if cfg.baselines == REFERENCE_BASELINES and not in_source_checkout(REFERENCE_BASELINES):
+        return rootpath / INSTALLED_OBTAINED
+    return cfg.baselines
+
+
+def write_obtained(cfg: GateConfig, rootpath: Path, funcargs: dict[str, Any]) -> list[Path]:
+    """Write the observed run of a failing gate test's case (or white-noise probe) in the baseline's schema; the
+    files written. Nothing under --labelflip-regen."""
     from .baselines import OBTAINED, noise_obtained_path, write_baseline, write_noise_baseline
 
     if cfg.regen:
         return []
-    names = set(fixturenames)
-    if "labelflip_baseline" in names and "labelflip_case" in funcargs:
+    root = obtained_root(cfg, rootpath)
+    if "labelflip_case" in funcargs and "labelflip_run" in funcargs:
         case: Case = funcargs["labelflip_case"]
         run = funcargs["labelflip_run"](case)
-        path = write_baseline(case, cfg.baselines, run.result, run.class_norms() if case.minimal else None,
-                              obtained=True)
-        return [path, case.baseline_path(cfg.baselines, f"{OBTAINED}.csv")]
-    if "labelflip_noise_baseline" in names and "labelflip_noise_dataset" in funcargs:
+        path = write_baseline(case, root, run.result, run.class_norms() if case.minimal else None, obtained=True)
+        return [path, case.baseline_path(root, f"{OBTAINED}.csv")]
+    if "labelflip_noise_dataset" in funcargs and "labelflip_noise" in funcargs:
         dataset = funcargs["labelflip_noise_dataset"]
-        path = noise_obtained_path(noise_baseline_path(cfg.baselines, cfg.profile, dataset))
-        return [write_noise_baseline(path, funcargs["labelflip_noise"](dataset), cfg.profile)]
+        path = noise_obtained_path(noise_baseline_path(root, cfg.profile, dataset))
+        return [write_noise_baseline(path, funcargs["labelflip_noise"](dataset), cfg.profile, obtained=True)]
     return []
 
 
@@ -66,19 +78,21 @@ def _figures(properties: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix(PROPERTY_PREFIX): v for k, v in properties.items() if k.startswith(PROPERTY_PREFIX)}
 
 
-def summary_lines(failures: list[tuple[str, Any, str, dict[str, Any]]], orphan_files: list[Path],
+def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files: list[Path],
                   obtained: list[str], strict: bool = False) -> list[str]:
     """The terminal section: regressed classes (flip rate above the baseline's bound) worst first, then the other
     failing gate tests, the obtained files to review, and orphan baselines."""
+    from .decisions import GATE_CONFIDENCE  # imports the statistics (scipy, torch): only once a gate test ran
+
     lines = []
-    figures = [(nodeid, text, _figures(p)) for nodeid, _, text, p in failures]
+    figures = [(nodeid, text, _figures(p)) for nodeid, text, p in failures]
     rates = [f for _, _, f in figures if f.get("check") == FLIP_RATE]
     if rates:
         def excess(f: dict[str, Any]) -> float:
             return _number(f.get("lower_bound")) - _number(f.get("threshold"))
 
-        lines.append(f"{len(rates)} regressed class(es), worst first (flip rate; 99% lower bound vs the bound from "
-                     "the baseline):")
+        lines.append(f"{len(rates)} regressed class(es), worst first (flip rate; {GATE_CONFIDENCE:.0%} lower bound vs "
+                     "the bound from the baseline):")
         for f in sorted(rates, key=excess, reverse=True):
             lines.append(f"  {f['case']}  {f['class']!r}: {f['flips']}/{f['n']} = {_number(f['rate']):.3f} (lower "
                          f"bound {_number(f['lower_bound']):.3f}) vs baseline {_number(f.get('baseline_rate')):.3f} "
@@ -110,13 +124,13 @@ def _escape(text: str, properties: bool = False) -> str:
     return text.replace(":", "%3A").replace(",", "%2C") if properties else text
 
 
-def github_annotations(failures: list[tuple[str, Any, str, dict[str, Any]]], rootpath: Path) -> list[str]:
+def github_annotations(failures: list[tuple[str, str, dict[str, Any]]], rootpath: Path) -> list[str]:
     """`::error` workflow commands, one per failing gate test, when running on GitHub Actions."""
     if os.environ.get("GITHUB_ACTIONS") != "true":
         return []
     workspace = Path(os.environ.get("GITHUB_WORKSPACE") or os.getcwd()).resolve()
     lines = []
-    for nodeid, _, text, p in failures:
+    for nodeid, text, p in failures:
         # The test file in the user's repository (node ids are relative to the rootdir), not the shipped module;
         # GitHub reads the path relative to the workspace.
         file, _, name = nodeid.partition("::")

@@ -40,15 +40,19 @@ def failing_the_test(prefix: str = "") -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def labelflip_config(request: pytest.FixtureRequest) -> GateConfig:
-    return gate_config(request.config)
+    try:
+        return gate_config(request.config)
+    except pytest.UsageError as exc:  # settings from the ini file, parsed on first use
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 @pytest.fixture
-def labelflip_record(record_property: Callable[[str, object], None]) -> Callable[..., None]:
-    """`labelflip_record(check, decision, **figures)`: the decision's figures as the test's properties (JUnit XML
-    carries them, xdist forwards them; the session's summary of regressions reads them)."""
+def labelflip_record(request: pytest.FixtureRequest) -> Callable[..., None]:
+    """`labelflip_record(check, decision, **figures)`: the decision's figures as the test's properties, as
+    record_property stores them (JUnit XML carries them, xdist forwards them; the session's summary reads them)."""
     def record(check: str, decision: Decision, **figures: object) -> None:
-        record_decision(record_property, check, decision, **figures)
+        record_decision(lambda name, value: request.node.user_properties.append((name, value)), check, decision,
+                        **figures)
 
     return record
 

@@ -18,6 +18,7 @@ from ..errors import LabelflipError
 from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR
 from .profiles import COMPILED_PER_PROCESS, cases, get_profile, noise_scope
 from .session import (
+    GATE_TAG,
     asked,
     asked_on_command_line,
     gate_config,
@@ -102,15 +103,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
-    """A failing gate test writes its case's observed run beside the baseline and names the files it wrote."""
+    """Tags the reports of gate tests (for the session's summary); a failing gate test that compared a baseline
+    writes its case's observed run beside it and names the files it wrote."""
     report = yield
-    if report.failed and call.when == "call" and item.get_closest_marker("labelflip") is not None:
+    if item.get_closest_marker("labelflip") is None:
+        return report
+    report.user_properties.append((GATE_TAG, True))
+    compared = {"labelflip_baseline", "labelflip_noise_baseline"} & set(item.fixturenames)
+    if report.failed and call.when == "call" and compared:
         from .failures import write_obtained
 
         try:
-            written = write_obtained(gate_config(item.config), getattr(item, "funcargs", {}), item.fixturenames)
+            written = write_obtained(gate_config(item.config), item.config.rootpath, getattr(item, "funcargs", {}))
             properties = [("labelflip_obtained", str(path)) for path in written]
-        except (LabelflipError, OSError) as exc:
+        except (LabelflipError, OSError, pytest.UsageError) as exc:
             properties = [("labelflip_obtained_error", str(exc))]
         # The call report feeds the session's summary; JUnit XML takes the item's properties at teardown.
         report.user_properties += properties

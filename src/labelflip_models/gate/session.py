@@ -15,6 +15,8 @@ from .profiles import PROFILES, Case, cases, get_profile
 GATE_CONFIG = pytest.StashKey[GateConfig]()
 GATE_OUTCOMES = pytest.StashKey["GateOutcomes"]()
 
+# The property the plugin adds to every report of a gate test (a test with the `labelflip` marker).
+GATE_TAG = "labelflip_gate"
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
@@ -24,19 +26,19 @@ class GateOutcomes:
     Registered as a plugin object because pytest_runtest_logreport gets no config to find a stash with."""
 
     ran: bool = False
-    # (nodeid, location, longrepr text, user properties) of each failed gate test
-    failures: list[tuple[str, tuple[str, int | None, str], str, dict[str, object]]] = field(default_factory=list)
+    # (nodeid, longrepr text, user properties) of each failed gate test
+    failures: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
     obtained: list[str] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
     strict: bool = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if "labelflip" not in report.keywords:
+        # Not report.keywords: those include the names of the test's folders, which may well be "labelflip".
+        if not any(name == GATE_TAG for name, _ in report.user_properties):
             return
         self.ran = True
         if report.failed:
-            properties = dict(report.user_properties)
-            self.failures.append((report.nodeid, report.location, report.longreprtext, properties))
+            self.failures.append((report.nodeid, report.longreprtext, dict(report.user_properties)))
             self.obtained += [str(v) for k, v in report.user_properties if k == "labelflip_obtained"]
             self.obtained += [f"(not written: {v})" for k, v in report.user_properties
                               if k == "labelflip_obtained_error"]
