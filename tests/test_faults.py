@@ -297,7 +297,12 @@ def test_ctrl_c_during_an_attack_exits_cleanly_and_writes_nothing(tmp_path):
         seen = _read_until(leader, b"linf-pgd", timeout=120)
         assert b"linf-pgd" in seen, seen.decode(errors="replace")
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=60)
+        # Keep reading while it winds down: a child whose progress bar fills the terminal's buffer blocks in a
+        # write, and Python only acts on the interrupt once that write returns.
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen += _read_until(leader, b"\x00", timeout=1)
+        rc = proc.wait(timeout=5)
         seen += _read_until(leader, b"\x00", timeout=5)
     finally:
         proc.kill()  # a child that ignored Ctrl-C must not outlive the test

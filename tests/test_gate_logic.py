@@ -185,8 +185,10 @@ def test_noise_baseline_round_trip_and_check(tmp_path):
     path.write_text("{")
     with pytest.raises(BaselineError, match="unreadable white-noise baseline"):
         load_noise_baseline(path, NAMES, 1000, "quick")
-    with pytest.raises(BaselineError, match="--labelflip-regen --labelflip-profile quick -k white_noise"):
-        load_noise_baseline(tmp_path / "missing.json", NAMES, 1000, "quick")
+    # The hint names the baseline folder, which is not the reference models' default.
+    with pytest.raises(BaselineError, match=f"--labelflip-regen --labelflip-profile quick --labelflip-baselines "
+                                            f"{tmp_path} -k white_noise"):
+        load_noise_baseline(tmp_path / "quick" / "fashion-mnist" / "white-noise.json", NAMES, 1000, "quick")
 
 
 def test_minimal_baseline_needs_its_norm_floors(tmp_path):
