@@ -291,7 +291,10 @@ def test_ctrl_c_during_an_attack_exits_cleanly_and_writes_nothing(tmp_path):
     # On a terminal, as a user would press Ctrl-C: the attack shows its progress bar there.
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path)
+    # Ctrl-C as in a user's shell: a disposition inherited from this test process (an ignored SIGINT survives
+    # exec, and Python then never installs its KeyboardInterrupt handler) must not decide the outcome.
+    proc = subprocess.Popen(argv, stdin=follower, stdout=follower, stderr=follower, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(follower)
     try:
         seen = _read_until(leader, b"linf-pgd", timeout=120)
