@@ -162,13 +162,82 @@ def case(setup: Setup, error: type[BaseException], message: str, id: str) -> Any
 
 
 NOISE = ["noise", "--dataset", "mnist-5k", "--out", "out"]
+
+
+def own_data(files: dict[str, bytes | np.ndarray | None], *extra: str, classes: int = 2) -> Setup:
+    """A user's test set under data/ (an image file from an array, raw bytes, or None: an empty folder) and a
+    `classes`-way model for it; the argv attacks it."""
+    def setup(tmp: Path) -> list[str]:
+        from PIL import Image
+
+        from .own_data import generated, save_model
+
+        for name, content in files.items():
+            path = tmp / "data" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if content is None:
+                path.mkdir()
+            elif isinstance(content, bytes):
+                path.write_bytes(content)
+            else:
+                Image.fromarray(content).save(path)
+        save_model(generated(classes, 1)[0], tmp / "model.pt")
+        dataset = "data/set.npz" if (tmp / "data" / "set.npz").exists() else "data"
+        return attack_argv("--model", "model.pt", *extra, dataset=dataset)
+    return setup
+
+
+def npz_bytes(**arrays: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+RGB = np.full((8, 8, 3), 128, dtype=np.uint8)
+GOOD_PNG = {"a/1.png": RGB, "b/1.png": RGB}
+OWN_DATA_CASES = [
+    case(own_data({**GOOD_PNG, "b/2.png": b"\x89PNG\r\n\x1a\n\x00\x00"}), DataError,
+         r"cannot read image data/b/2.png", "own-truncated-image"),
+    case(own_data({**GOOD_PNG, "b/2.jpg": b"just text"}), DataError, r"cannot read image data/b/2.jpg: cannot identify",
+         "own-not-an-image"),
+    case(own_data({**GOOD_PNG, "c": None}, classes=3), DataError, r"class folder data/c holds no images",
+         "own-empty-class"),
+    case(own_data({"a/1.png": RGB}), DataError, r"data: 1 class \('a'\); a flip needs at least 2 classes",
+         "own-single-class"),
+    case(own_data({"set.npz": npz_bytes(x=np.zeros((2, 8, 8, 3), np.uint8), y=np.array([0, 5]),
+                                        class_names=np.array(["a", "b"]))}), DataError,
+         r"data/set.npz: labels must lie in 0..1 \(one per class name\), found 0..5", "own-label-out-of-range"),
+    case(own_data({**GOOD_PNG, "c/1.png": RGB}), ConfigError,
+         r"model outputs 2 classes, but the dataset has 3", "own-classes-differ-from-model"),
+    case(own_data({"set.npz": npz_bytes(x=np.zeros((2, 8, 8, 3), np.uint8), y=np.array([0, 1]),
+                                        class_names=np.array(["a", "a"]))}), DataError,
+         r"data/set.npz: duplicate class names: 'a'", "own-duplicate-names"),
+    case(own_data({**GOOD_PNG, "b/2.png": np.zeros((9, 8, 3), np.uint8)}), DataError,
+         r"images differ in size: most are 8x8 \(2 files\), but 9x8: data/b/2.png; declare --resize and/or "
+         r"--center-crop", "own-mixed-sizes"),
+    case(own_data(GOOD_PNG, "--class-names", "a,x"), DataError,
+         r"--class-names and the classes of data differ: names without data: 'x'; data without a name: 'b'",
+         "own-class-names-differ"),
+    case(own_data({"set.npz": npz_bytes(x=np.zeros((2, 8, 8, 3), np.uint8))}), DataError,
+         r"data/set.npz: a .npz dataset needs arrays x, y; missing y", "own-npz-without-labels"),
+    case(own_data({"set.npz": npz_bytes(x=np.array([{"a": 1}, {}], dtype=object), y=np.array([0, 1]))}), DataError,
+         r"data/set.npz: `x` holds Python objects \(a pickled array\); labelflip reads only numeric arrays",
+         "own-npz-pickled"),
+    case(own_data(GOOD_PNG, "--resize", "0"), ConfigError, r"--resize must be a positive number of pixels, got 0",
+         "own-resize-zero"),
+    case(argv_only(attack_argv("--model", "m.pt", dataset="photos/")), ConfigError,
+         r"--dataset 'photos/' is neither a built-in dataset", "own-missing-path"),
+]
 GZIP_MAGIC = b"\x1f\x8b"
 HTML_PAGE = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
 
 # (setup, exact error class, regex its message must match, id). SystemExit: argparse's usage errors (status 2).
 CLI_CASES = [
     # Names
-    case(argv_only(attack_argv(dataset="cifar-100")), SystemExit, r"argument --dataset: invalid choice: 'cifar-100'",
+    case(argv_only(attack_argv(dataset="cifar-100")), ConfigError,
+         r"--dataset 'cifar-100' is neither a built-in dataset \(fashion-mnist, .*\) nor an existing path",
          "unknown-dataset"),
     case(argv_only(attack_argv(attack="cw")), SystemExit, r"argument --attack: invalid choice: 'cw'",
          "unknown-attack"),
@@ -344,6 +413,8 @@ CLI_CASES = [
          r"attack 'fgsm': random_start must be true or false, got 'maybe'", "param-wrong-type"),
     case(argv_only(attack_argv("--engine", "native", attack="l2-deepfool", epsilon=None)), ConfigError,
          r"engine 'native' has no kernel for this attack; use --engine foolbox or auto", "engine-without-kernel"),
+    # A user's own test set (--dataset PATH)
+    *OWN_DATA_CASES,
     # report
     case(with_dir("runs", ["report", "runs", "--out", "out"]), ConfigError,
          r"no result.json or noise.json in runs or its sub-directories", "report-without-runs"),

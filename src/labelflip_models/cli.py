@@ -18,7 +18,8 @@ from .attacks.engine import ENGINES, check_engine
 from .bench.report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
 from .bench.throughput import ARCHS as THROUGHPUT_ARCHS
 from .bench.throughput import measure as measure_throughput
-from .data import DATASETS, Dataset, first_n, load_dataset
+from .data import DATASETS, Dataset, Preprocess, first_n, is_builtin, load_dataset
+from .data.own import describe_source
 from .devices import resolve_device
 from .errors import ConfigError, LabelflipError
 from .gate.config import REFERENCE_BASELINES
@@ -34,14 +35,16 @@ from .storage.out_dir import check_out_dir
 # The library's parameters, as this command line names them (LabelflipError.phrased).
 OPTION_NAMES = {name: "--" + name.replace("_", "-") for name in (
     "arch", "mean", "std", "bounds", "class_names", "trust_pickle", "data_dir", "download", "device", "engine",
-    "force")}
+    "force", "dataset", "resize", "center_crop")}
 # Exit statuses besides 0: 1 a verdict (bench-compare found a regression), 2 bad input, 70 a bug (sysexits'
 # EX_SOFTWARE), 130 interrupted.
 EXIT_BUG = 70
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--dataset", required=True, metavar="NAME_OR_PATH",
+                   help=f"a built-in dataset ({', '.join(DATASETS)}) or the path of your own test set: an ImageFolder "
+                        "tree, a .npz with x and y, or a datasets save_to_disk folder (with --model)")
     p.add_argument("--data-dir", help="directory holding datasets (default: $LABELFLIP_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
     p.add_argument("--seed", type=int, default=0, help="training and attack seed (default 0)")
@@ -58,7 +61,11 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--std", help="normalisation std the model expects: one value or one per channel")
     g.add_argument("--bounds", default="0,1", help="LO,HI pixel range of the model's input (default 0,1); "
                                                    "ε is in these units")
-    g.add_argument("--class-names", help="comma-separated class names, or @FILE with one name per line")
+    g.add_argument("--class-names", help="comma-separated class names in the model's output order, or @FILE with one "
+                                         "name per line; your own data's classes are matched to them by name")
+    g.add_argument("--resize", type=int, metavar="N", help="your own data: resize each image's shorter side to N "
+                                                           "pixels (torchvision's Resize, antialiased)")
+    g.add_argument("--center-crop", type=int, metavar="N", help="your own data: then crop the centred N×N square")
     g.add_argument("--trust-pickle", action="store_true",
                    help="load a pickled whole-module checkpoint (this executes code from the file)")
 
@@ -111,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite a test_labelflip.py with other content")
     init.add_argument("--model", help="your model file (TorchScript, or a state dict with --arch); default: "
                                       "labelflip's reference models")
-    init.add_argument("--dataset", choices=DATASETS, help="the dataset your model classifies (needed with --model)")
+    init.add_argument("--dataset", metavar="NAME_OR_PATH", help="the dataset your model classifies (needed with "
+                                                                "--model): a built-in name or your test set's path")
     init.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
     init.add_argument("--baselines", help="baseline folder, relative to the folder you run init in: the repository "
                                           "root (default with --model: DIR/baselines)")
@@ -130,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace, progress: bool):
+    if not is_builtin(args.dataset) and not Path(args.dataset).exists():
+        raise ConfigError(f"--dataset {args.dataset!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an "
+                          "existing path to your own test set")
+    if not is_builtin(args.dataset):
+        raise ConfigError(f"--dataset {args.dataset}: labelflip trains and attacks its reference models on the "
+                          f"built-in datasets ({', '.join(DATASETS)}); gate your own data with your own --model")
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
     trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress)
@@ -165,19 +179,37 @@ def _model_and_data(args: argparse.Namespace, progress: bool) -> tuple[Dataset, 
     mean = parse_channel_values(args.mean, "mean") if args.mean else None
     std = parse_channel_values(args.std, "std") if args.std else None
     if args.model is None:
-        if mean or std or args.trust_pickle or args.bounds != "0,1":
-            raise ConfigError("--mean/--std/--bounds/--trust-pickle describe a --model; none given")
+        if mean or std or args.trust_pickle or args.bounds != "0,1" or args.resize or args.center_crop:
+            raise ConfigError("--mean/--std/--bounds/--trust-pickle/--resize/--center-crop describe a --model and "
+                              "its data; none given")
         data, trained = _train(args, progress)
         model = trained.model
         info = model_block(model, arch=trained.sidecar["arch"], path=trained.weights_path, reference=trained.sidecar)
     else:
-        data = load_dataset(args.dataset, args.data_dir, args.download)
+        data = _user_data(args)
         model = load_user_model(Path(args.model), data, bounds, arch=args.arch, mean=mean, std=std,
                                 trust_pickle=args.trust_pickle).to(resolve_device(args.device))
         info = model_block(model, arch=args.arch, path=args.model)
-    if args.class_names:
+    if args.class_names and is_builtin(args.dataset):
         data = replace(data, class_names=parse_class_names(args.class_names, data.num_classes))
     return data, model, info, bounds
+
+
+def _user_data(args: argparse.Namespace) -> Dataset:
+    """The dataset a --model classifies: a built-in one, or the user's own, its classes in --class-names' order."""
+    for option, value in (("--resize", args.resize), ("--center-crop", args.center_crop)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{option} must be a positive number of pixels, got {value}")
+    if is_builtin(args.dataset):
+        if args.resize or args.center_crop:
+            raise ConfigError("--resize/--center-crop apply to your own data, not to a built-in --dataset")
+        return load_dataset(args.dataset, args.data_dir, args.download)
+    if args.data_dir or args.download:
+        raise ConfigError("--data-dir/--download locate built-in datasets; --dataset already names your data's path")
+    names = None
+    if args.class_names:
+        names = parse_class_names(args.class_names, len(describe_source(args.dataset).class_names))
+    return load_dataset(args.dataset, class_names=names, preprocess=Preprocess(args.resize, args.center_crop))
 
 
 def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
@@ -272,12 +304,16 @@ def cmd_init(args: argparse.Namespace, progress: bool) -> None:
             raise ConfigError(f"--model: no model file at {args.model}")
         if args.dataset is None:
             raise ConfigError("--model needs --dataset: the dataset your model classifies")
+        if not is_builtin(args.dataset):
+            describe_source(args.dataset)  # an own test set must exist and be readable now, not at the gate's run
         settings |= {"labelflip_model": args.model, "labelflip_dataset": args.dataset,
                      "labelflip_baselines": args.baselines or str(Path(args.dir) / "baselines")}
         if args.arch:
             settings["labelflip_arch"] = args.arch
     elif args.arch:
         raise ConfigError("--arch describes a --model; none given")
+    elif args.dataset and not is_builtin(args.dataset):
+        raise ConfigError(f"--dataset {args.dataset}: your own data is gated with your own --model")
     elif args.baselines is None and not (REFERENCE_BASELINES / args.profile).is_dir():
         raise ConfigError(f"profile {args.profile!r} ships no reference baselines (those of "
                           f"{', '.join(sorted(p.name for p in REFERENCE_BASELINES.iterdir() if p.is_dir()))} do): "

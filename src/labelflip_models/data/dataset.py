@@ -14,7 +14,8 @@ from ..errors import DataError
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images as uint8 arrays (N, H, W) or (N, H, W, C); labels as int64 arrays."""
+    """Images as uint8 arrays (N, H, W) or (N, H, W, C), or float32 ones in [0, 1] (a user's .npz); labels as
+    int64 arrays."""
 
     name: str
     class_names: tuple[str, ...]
@@ -25,6 +26,10 @@ class Dataset:
     source: str
     # A sample (e.g. mnist-5k) must say so in every output that quotes numbers from it.
     note: str = ""
+    # How class indices were assigned, for a user's own data (e.g. "sorted folder names").
+    class_order: str = ""
+    # A user's own test set (no train split; classes may hold fewer images than a profile asks for).
+    own: bool = False
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -63,7 +68,8 @@ class Dataset:
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
         if indices is not None:
             images, labels = images[indices], labels[indices]
-        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         return x, torch.from_numpy(labels.astype(np.int64))
 
@@ -75,12 +81,13 @@ def first_n(labels: np.ndarray, limit: int) -> np.ndarray:
     return np.arange(min(limit, len(labels)))
 
 
-def balanced_subset(labels: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
-    """Indices of the first `per_class` images of each class, in dataset order."""
+def balanced_subset(labels: np.ndarray, per_class: int, num_classes: int, at_most: bool = False) -> np.ndarray:
+    """Indices of the first `per_class` images of each class, in dataset order. `at_most` takes every image of a
+    class that has fewer (a user's own data, where the gate then reports such classes as too small to gate)."""
     if per_class <= 0:
         raise DataError(f"per_class must be positive, not {per_class}")
     chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
     short = [c for c, idx in enumerate(chosen) if len(idx) < per_class]
-    if short:
+    if short and not at_most:
         raise DataError(f"classes {short} have fewer than {per_class} test images")
     return np.sort(np.concatenate(chosen))

@@ -18,8 +18,8 @@ def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False)
     per_class = profile.images_per_class(attack, uncapped)
     if per_class is None:
         return np.arange(len(data.test_labels)), "whole test set"
-    indices = balanced_subset(data.test_labels, per_class, data.num_classes)
-    return indices, f"first {per_class} test images of each class"
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes, at_most=data.own)
+    return indices, f"first {'up to ' if data.own else ''}{per_class} test images of each class"
 
 
 def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,

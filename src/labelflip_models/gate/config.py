@@ -20,6 +20,9 @@ def in_source_checkout(path: Path) -> bool:
 # Under --labelflip-report DIR, each computed run also lands in DIR/gate-runs/<case id>/ for the session's report;
 # the controller empties that folder (and only it) when a session starts.
 RUNS_DIR = "gate-runs"
+# Up to this many classes, per-class checks are one test item per class; above it, one per case that lists the
+# failing classes (1,000 items per case would bury the report).
+PER_CLASS_ITEMS = 100
 
 OPTIONS = [
     # (name, ini key, default, help)
@@ -32,7 +35,11 @@ OPTIONS = [
                                              "models' baselines installed with labelflip)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
     ("seed", "labelflip_seed", "0", "training and attack seed"),
-    ("dataset", "labelflip_dataset", "", "run only this dataset's cases (required with --labelflip-model)"),
+    ("dataset", "labelflip_dataset", "", "run only this dataset's cases (required with --labelflip-model): a built-in "
+                                         "name, or the path of your own test set (ImageFolder tree, .npz, datasets "
+                                         "save_to_disk folder)"),
+    ("resize", "labelflip_resize", "", "your own data: resize each image's shorter side to N pixels"),
+    ("center-crop", "labelflip_center_crop", "", "your own data: then crop the centred NxN square"),
     ("report", "labelflip_report", "", "write heatmaps, trend plots, summary.md, report.html, report.json here"),
     ("model", "labelflip_model", "", "gate YOUR model: a TorchScript file, or a state_dict/safetensors file with "
                                      "--labelflip-arch; needs --labelflip-dataset and --labelflip-baselines"),
@@ -86,26 +93,35 @@ class GateConfig:
     model_mismatch: str = "warn"
     # Fail the session on baselines that no case of the profile uses.
     strict: bool = False
+    # A user's own test set: its path, its classes in the model's order, and the declared preprocessing.
+    dataset_path: Path | None = None
+    dataset_classes: tuple[str, ...] | None = None
+    resize: int | None = None
+    center_crop: int | None = None
+
+    def class_names_of(self, dataset: str) -> tuple[str, ...]:
+        from ..data.names import CLASS_NAMES
+
+        return self.dataset_classes or self.class_names or CLASS_NAMES[dataset]
 
 
 MODEL_MISMATCH = ("warn", "error")
 
 
-def _check_model_file(model: Path, dataset: str, arch: str | None, mean: tuple[float, ...] | None,
-                      std: tuple[float, ...] | None, class_names: tuple[str, ...] | None, trust_pickle: bool) -> None:
+def _check_model_file(model: Path, in_channels: int, num_classes: int, arch: str | None,
+                      mean: tuple[float, ...] | None, std: tuple[float, ...] | None, trust_pickle: bool) -> None:
     """Load the model once before collection, so that a file the options cannot load (a state dict without an
     architecture, an untrusted pickle, a damaged file) is one usage error rather than a failure in every test. Its
     checks on the dataset's images follow when the gate loads it for the tests."""
     import warnings
 
-    from ..data import CHANNELS, CLASS_NAMES
     from ..models.io import load_model
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the gate's own load reports them, once
         try:
             load_model(model, arch=arch, mean=mean, std=std, trust_pickle=trust_pickle,
-                       in_channels=CHANNELS[dataset], num_classes=len(class_names or CLASS_NAMES[dataset]))
+                       in_channels=in_channels, num_classes=num_classes)
         except LabelflipError as exc:
             raise ConfigError(f"--labelflip-model {model}: {exc.phrased(OPTION_NAMES)}") from None
 
@@ -115,7 +131,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     switch's.
 
     Errors of the library's parsers name parameters: show them with `exc.phrased(OPTION_NAMES)`."""
-    from ..data import CLASS_NAMES, DATASETS
+    from ..data import CHANNELS, CLASS_NAMES, DATASETS
     from ..data.data_dir import named_data_dir
 
     try:
@@ -148,10 +164,24 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
             raise ConfigError(f"--labelflip-regen would rewrite the reference baselines installed at {baselines}; "
                               "name the directory to write with --labelflip-baselines DIR")
     dataset = setting("labelflip_dataset") or None
-    if dataset is not None and dataset not in DATASETS:
-        raise ConfigError(f"--labelflip-dataset: unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
-    datasets = (dataset,) if dataset else profile.datasets
     model = Path(setting("labelflip_model")) if setting("labelflip_model") else None
+    source = None
+    if dataset is not None and dataset not in DATASETS:
+        if model is None:
+            raise ConfigError(f"--labelflip-dataset: {dataset!r} is not a built-in dataset ({', '.join(DATASETS)}); "
+                              "a path to your own test set is gated with your own --labelflip-model")
+        from ..data.own import describe_source
+
+        try:
+            source = describe_source(dataset)
+        except LabelflipError as exc:
+            raise ConfigError(f"--labelflip-dataset: {exc.phrased(OPTION_NAMES)}") from None
+    datasets = (source.name,) if source else (dataset,) if dataset else profile.datasets
+    resize, center_crop = (_pixels(setting(k), f"--labelflip-{k[10:].replace('_', '-')}")
+                           for k in ("labelflip_resize", "labelflip_center_crop"))
+    if (resize or center_crop) and source is None:
+        raise ConfigError("--labelflip-resize/--labelflip-center-crop apply to your own data (a path given as "
+                          "--labelflip-dataset)")
     arch, mean_text, std_text = (setting(k) or None for k in ("labelflip_arch", "labelflip_mean", "labelflip_std"))
     bounds_text, names_text = setting("labelflip_bounds"), setting("labelflip_class_names")
     mean = std = class_names = None
@@ -164,7 +194,8 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         mean = parse_channel_values(mean_text, "mean") if mean_text else None
         std = parse_channel_values(std_text, "std") if std_text else None
         bounds = parse_bounds(bounds_text)
-        class_names = parse_class_names(names_text, len(CLASS_NAMES[datasets[0]])) if names_text else None
+        known = source.class_names if source else CLASS_NAMES[datasets[0]]
+        class_names = parse_class_names(names_text, len(known)) if names_text else None
     if model is not None:
         if not model.is_file():
             raise ConfigError(f"--labelflip-model: no model file at {model}")
@@ -173,7 +204,18 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         if not baselines_text:
             raise ConfigError("--labelflip-model needs --labelflip-baselines DIR: your model is gated against its own "
                               "baselines (create them once with --labelflip-regen), not labelflip's reference models'")
-        _check_model_file(model, dataset, arch, mean, std, class_names, flag("labelflip_trust_pickle"))
+        if source is not None:
+            from ..data.own import model_order, source_channels
+
+            try:
+                model_order(source, class_names)
+                channels = source_channels(source)
+            except LabelflipError as exc:
+                raise ConfigError(f"--labelflip-dataset {dataset}: {exc.phrased(OPTION_NAMES)}") from None
+        else:
+            channels = CHANNELS[dataset]
+        num_classes = len(class_names or (source.class_names if source else CLASS_NAMES[dataset]))
+        _check_model_file(model, channels, num_classes, arch, mean, std, flag("labelflip_trust_pickle"))
     elif arch or mean or std:
         raise ConfigError("--labelflip-arch/--labelflip-mean/--labelflip-std describe a --labelflip-model; none given")
     data_dir = setting("labelflip_data_dir") or None
@@ -199,4 +241,15 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         model=model.absolute() if model else None, arch=arch, mean=mean, std=std, bounds=bounds,
         class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"), model_mismatch=model_mismatch,
         strict=flag("labelflip_strict"),
+        dataset_path=Path(dataset).absolute() if source else None,
+        dataset_classes=(class_names or source.class_names) if source else None,
+        resize=resize, center_crop=center_crop,
     )
+
+
+def _pixels(text: str, option: str) -> int | None:
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigError(f"{option} must be a positive number of pixels, got {text!r}")
+    return int(text)

@@ -67,7 +67,7 @@ def orphans(cfg: GateConfig) -> list[Path]:
     selected = cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
     used = {c.baseline_path(cfg.baselines, s) for c in selected for s in (".json", ".csv")}
     used |= {noise_baseline_path(cfg.baselines, cfg.profile, d) for d in cfg.datasets}
-    return orphan_baselines(cfg.baselines, cfg.profile, cfg.datasets, DATASETS, used)
+    return orphan_baselines(cfg.baselines, cfg.profile, cfg.datasets, DATASETS + cfg.datasets, used)
 
 
 def _number(value: object) -> float:

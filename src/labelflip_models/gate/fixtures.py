@@ -60,7 +60,7 @@ def labelflip_record(request: pytest.FixtureRequest) -> Callable[..., None]:
 @pytest.fixture(scope="session")
 def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
     """Factory: dataset name -> Dataset, loaded once per process; skips when the data is absent."""
-    from ..data import load_dataset
+    from ..data import Preprocess, load_dataset
 
     cfg = labelflip_config
     loaded: dict[str, Dataset] = {}
@@ -69,13 +69,19 @@ def labelflip_dataset(labelflip_config: GateConfig) -> Callable[[str], Dataset]:
         if name not in loaded:
             with failing_the_test():
                 try:
-                    data = load_dataset(name, cfg.data_dir)
+                    if cfg.dataset_path is not None:
+                        data = load_dataset(str(cfg.dataset_path), class_names=cfg.class_names,
+                                            preprocess=Preprocess(cfg.resize, cfg.center_crop))
+                    else:
+                        data = load_dataset(name, cfg.data_dir)
                 except DataNotFound as exc:  # absent, not broken: a skip unless the data is required
                     message = exc.phrased(OPTION_NAMES)
                     if not cfg.require_data:
                         pytest.skip(f"{message} (--labelflip-require-data turns this skip into a failure)")
                     raise pytest.fail.Exception(f"--labelflip-require-data: {message}", pytrace=False) from None
-            loaded[name] = replace(data, class_names=cfg.class_names) if cfg.class_names else data
+            # A built-in dataset's classes are renamed; a user's own are already in the order of the names.
+            rename = cfg.class_names and cfg.dataset_path is None
+            loaded[name] = replace(data, class_names=cfg.class_names) if rename else data
         return loaded[name]
 
     return get

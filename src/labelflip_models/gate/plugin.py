@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ..errors import LabelflipError
-from .config import FLAGS, OPTION_NAMES, OPTIONS, RUNS_DIR
+from .config import FLAGS, OPTION_NAMES, OPTIONS, PER_CLASS_ITEMS, RUNS_DIR
 from .profiles import COMPILED_PER_PROCESS, cases, get_profile, noise_scope
 from .session import (
     GATE_TAG,
@@ -76,8 +76,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fixtures = set(metafunc.fixturenames)
     if not {"labelflip_noise_dataset", "labelflip_case", "labelflip_class"} & fixtures:
         return
-    from ..data import CLASS_NAMES
-
     try:
         cfg = gate_config(metafunc.config)
     except pytest.UsageError as exc:  # settings from the ini file, parsed when the first gate test is collected
@@ -93,10 +91,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
                 if kind == "all" or c.minimal == (kind == "minimal")]
     if "labelflip_class" in fixtures:
-        names = {d: cfg.class_names or CLASS_NAMES[d] for d in cfg.datasets}
-        pairs = [(c, i) for c in selected for i in range(len(names[c.dataset]))]
+        names = {d: cfg.class_names_of(d) for d in cfg.datasets}
+        # Beyond PER_CLASS_ITEMS classes, one test per case (class None) lists the failing classes.
+        pairs = [(c, i) for c in selected
+                 for i in (range(len(names[c.dataset])) if len(names[c.dataset]) <= PER_CLASS_ITEMS else (None,))]
         metafunc.parametrize(("labelflip_case", "labelflip_class"), pairs,
-                             ids=[f"{c.id}-{names[c.dataset][i]}" for c, i in pairs])
+                             ids=[f"{c.id}-{'all-classes' if i is None else names[c.dataset][i]}" for c, i in pairs])
     else:
         metafunc.parametrize("labelflip_case", selected, ids=[c.id for c in selected])
 

@@ -56,7 +56,7 @@ def asked(config: pytest.Config) -> bool:
 # Settings that name files or folders. From the command line they are relative to the working directory; from an
 # ini file, to the file's folder (as pytest's own path keys are), so that they hold wherever pytest starts.
 PATH_KEYS = ("labelflip_model", "labelflip_baselines", "labelflip_data_dir", "labelflip_report",
-             "labelflip_class_names")
+             "labelflip_class_names", "labelflip_dataset")
 
 
 def setting(config: pytest.Config, ini: str) -> str:
@@ -71,6 +71,10 @@ def setting(config: pytest.Config, ini: str) -> str:
         base = config.inipath.parent if config.inipath else config.rootpath
         if ini == "labelflip_class_names":  # a path only as @FILE
             return f"@{base / value[1:]}" if value.startswith("@") else value
+        if ini == "labelflip_dataset":  # a path unless it names a built-in dataset
+            from ..data.names import DATASETS
+
+            return value if value in DATASETS else str(base / value)
         return str(base / value)  # an absolute value stays as it is
     return value
 
@@ -100,14 +104,14 @@ def start_outcomes(config: pytest.Config) -> None:
 def selected_cases(config: pytest.Config) -> list[Case] | None:
     """The gate cases the settings select, read without parsing (or checking) the rest of them: what the xdist
     controller needs to schedule, before any worker has collected. None for settings the parse will reject."""
-    from ..data.names import DATASETS
+    from ..data.names import DATASETS, dataset_key
 
     dataset = setting(config, "labelflip_dataset")
-    if setting(config, "labelflip_profile") not in PROFILES or (dataset and dataset not in DATASETS):
+    own_model = bool(setting(config, "labelflip_model"))
+    if setting(config, "labelflip_profile") not in PROFILES or (dataset and dataset not in DATASETS and not own_model):
         return None
     profile = get_profile(setting(config, "labelflip_profile"))
-    own_model = bool(setting(config, "labelflip_model"))
-    return cases(profile, (dataset,) if dataset else profile.datasets, own_model=own_model)
+    return cases(profile, (dataset_key(dataset),) if dataset else profile.datasets, own_model=own_model)
 
 
 def outcomes(config: pytest.Config) -> GateOutcomes:
