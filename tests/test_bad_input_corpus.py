@@ -293,7 +293,8 @@ CLI_CASES = [
     case(model_case("--std", "0"), ConfigError, r"--std values must be positive, got \(0.0,\)", "std-zero"),
     case(model_case("--mean", "nan"), ConfigError, r"--mean: values must be finite, got 'nan'", "mean-nan"),
     case(argv_only(attack_argv("--std", "0.3")), ConfigError,
-         r"--mean/--std/--bounds/--trust-pickle describe a --model; none given", "std-without-model"),
+         r"--mean/--std/--bounds/--trust-pickle/--resize/--center-crop describe a --model and its data; none given",
+         "std-without-model"),
     case(model_case("--class-names", "cat,dog,bird"), ConfigError,
          r"--class-names: got 3 names, but the model has 10 classes", "class-names-wrong-count"),
     # IDX data (Fashion-MNIST layout under --data-dir)

@@ -1,22 +1,38 @@
+import io
+import os
 import warnings
 import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from labelflip_models.attacks import Bounds
+from labelflip_models.attacks.engine import fast_copy
 from labelflip_models.errors import ConfigError
 from labelflip_models.models.architectures import Normalized, build_model, cw_mnist, predict
+from labelflip_models.models.cache import model_sha256
 from labelflip_models.models.io import (
+    ExportedModule,
+    LogitsOutput,
     ModelWarning,
     check_model,
     load_model,
+    logits_adapter,
+    logits_of,
     model_format,
     parse_bounds,
     parse_channel_values,
     parse_class_names,
 )
+from labelflip_models.runs.evaluate import load_user_model
+
+from .helpers import tiny_dataset
 
 # TorchScript is deprecated upstream but still the portable format users have; its warnings are noise here.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
@@ -254,7 +270,8 @@ def test_many_bad_keys_are_abbreviated(tmp_path):
 def test_unrecognised_files(tmp_path, content, match):
     path = tmp_path / "model.pt"
     path.write_bytes(content)
-    with pytest.raises(ConfigError, match=rf"{match}; accepted formats: a TorchScript archive"):
+    with pytest.raises(ConfigError, match=rf"{match}; accepted formats: a torch.export archive \(torch.export.save, "
+                                          r"\.pt2\), a TorchScript archive"):
         load_model(path)
     with pytest.raises(ConfigError, match=str(path)):
         model_format(path)
@@ -371,6 +388,299 @@ def test_check_model_runs_without_grad(images):
 
     check_model(Spy().eval(), images, 10)
     assert seen == [False]
+
+
+# --- torch.export archives (.pt2) ------------------------------------------------------------------
+
+BATCH = torch.export.Dim.DYNAMIC
+# Set by `_mark` when unpickled: proves whether loading a file ran code it names.
+UNPICKLED = []
+
+
+def _mark() -> torch.Tensor:
+    UNPICKLED.append(True)
+    return torch.zeros(2, 1, 28, 28)
+
+
+class Marker:
+    """Pickles as a call of `_mark`, as a malicious file would name os.system."""
+
+    def __reduce__(self):
+        return _mark, ()
+
+
+def _export(model: nn.Module, path, shape=(2, 1, 28, 28), dynamic: bool = True):
+    program = torch.export.export(model, (torch.rand(*shape),), dynamic_shapes=({0: BATCH},) if dynamic else None)
+    torch.export.save(program, str(path))
+    return path
+
+
+def _rewrite(src, dst, change):
+    """A copy of the zip archive `src` with each member's bytes passed through change(name, data) (None: dropped)."""
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w") as b:
+        for item in a.infolist():
+            data = change(item.filename, a.read(item))
+            if data is not None:
+                b.writestr(item, data)
+    return dst
+
+
+@pytest.fixture
+def exported(tmp_path):
+    return _export(_tiny(), tmp_path / "m.pt2")
+
+
+def test_exported_program_loads_without_arch_whatever_the_extension(tmp_path, images):
+    model = _tiny()
+    path = _export(model, tmp_path / "model.weights")
+    # A zip like torch.save's and TorchScript's, holding torch.save'd sample inputs: none of those.
+    assert model_format(path) == "pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in eval mode already: no ModelWarning, and torch logs nothing either
+        loaded = load_model(path)
+    assert isinstance(loaded, ExportedModule)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+    _same_predictions(loaded, model, images)
+    with pytest.warns(ModelWarning, match="architecture 'cw-mnist' is ignored"):
+        load_model(path, arch="cw-mnist")
+
+
+def test_exported_program_gets_normalisation_when_mean_std_given(exported, images):
+    model = _tiny()
+    loaded = load_model(exported, mean=(0.5,), std=(0.25,))
+    assert isinstance(loaded, Normalized) and isinstance(loaded.net, ExportedModule)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model((images - 0.5) / 0.25))
+
+
+def test_exported_module_takes_train_eval_and_passes_input_gradients(exported, images):
+    loaded = load_model(exported)
+    # The module torch.export.load gives refuses .eval(); its wrapper takes the calls the pipeline makes.
+    assert loaded.train() is loaded and all(m.training for m in loaded.modules())
+    with pytest.warns(ModelWarning, match="training mode"):
+        check_model(loaded, images, 10)
+    assert not any(m.training for m in loaded.modules())
+    model = _tiny()
+    # What an attack does: a channels_last frozen copy, and the gradient of the loss w.r.t. the input.
+    for module in (loaded, fast_copy(loaded), fast_copy(Normalized(loaded, (0.0,), (1.0,)).eval())):
+        x = images.clone().requires_grad_(True)
+        loss = nn.functional.cross_entropy(module(x), torch.arange(len(images)))
+        (grad,) = torch.autograd.grad(loss, x)
+        x_ref = images.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(nn.functional.cross_entropy(model(x_ref), torch.arange(len(images))), x_ref)
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(grad, expected)
+
+
+def test_exported_in_training_mode_is_refused(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(1352, 10))
+    path = _export(model.train(), tmp_path / "m.pt2")
+    with pytest.raises(ConfigError, match=r"m\.pt2 was exported in training mode \(its graph runs "
+                                          r"aten\.batch_norm\.default, aten\.dropout\.default in training mode\).*"
+                                          r"call model\.eval\(\) before torch\.export\.export"):
+        load_model(path)
+
+
+def test_exported_for_a_fixed_batch_is_refused(tmp_path):
+    path = _export(_tiny(), tmp_path / "m.pt2", shape=(4, 1, 28, 28), dynamic=False)
+    with pytest.raises(ConfigError, match=r"m\.pt2 was exported for a fixed batch of 4 \(input shape \(4, 1, 28, 28\)\)"
+                                          r".*dynamic_shapes=\(\{0: torch\.export\.Dim\.DYNAMIC\},\)"):
+        load_model(path)
+
+
+def test_check_model_wrong_input_shape_exported_names_the_guard(tmp_path, images):
+    model = load_model(_export(_tiny(in_shape=(1, 32, 32)), tmp_path / "m.pt2", shape=(2, 1, 32, 32)))
+    with pytest.raises(ConfigError, match=r"rejected input of shape \(6, 1, 28, 28\).*: Guard failed: .*== 32"):
+        check_model(model, images, 10)
+
+
+@pytest.mark.parametrize("cut", [0.5, 0.99])
+def test_truncated_exported_program(exported, cut):
+    # Cut near the end, the last thing left is the directory of the torch.save'd sample inputs stored inside.
+    data = exported.read_bytes()
+    path = exported.with_name("cut.pt2")
+    path.write_bytes(data[:int(len(data) * cut)])
+    with pytest.raises(ConfigError, match=r"cut\.pt2 is a damaged zip archive \(truncated download\?\); accepted"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda name, data: None if name.endswith("/weight_0") else data,
+     r"PytorchStreamReader failed locating file data/weights/weight_0: file not found"),
+    (lambda name, data: data[:3] if name.endswith("/weight_2") else data,
+     r"Record data/weights/weight_2: size 3 is not a multiple of element size 4"),
+    (lambda name, data: data[:len(data) // 2] if name.endswith("/models/model.json") else data,
+     r"[A-Z][a-z ]+.*: line 1 column \d+"),  # the JSON decoder's own words
+])
+def test_damaged_exported_program_is_one_error(exported, capfd, change, match):
+    path = _rewrite(exported, exported.with_name("bad.pt2"), change)
+    capfd.readouterr()
+    with pytest.raises(ConfigError, match=rf"cannot load torch.export archive .*bad\.pt2 \(damaged, or saved by an "
+                                          rf"incompatible torch\?\): {match}"):
+        load_model(path)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err and "deserializing" not in err  # torch's own logged traceback stays quiet
+
+
+def test_pt2_archive_without_a_program(exported):
+    path = _rewrite(exported, exported.with_name("aoti.pt2"), lambda name, data: None if "/models/" in name else data)
+    assert model_format(path) == "pt2"
+    with pytest.raises(ConfigError, match=r"aoti\.pt2 is a PT2 archive without an exported program"):
+        load_model(path)
+
+
+def test_exported_program_with_pickled_objects_needs_trust(exported, monkeypatch):
+    buffer = io.BytesIO()
+    torch.save(((Marker(),), {}), buffer)
+    path = _rewrite(exported, exported.with_name("marked.pt2"),
+                    lambda name, data: buffer.getvalue() if name.endswith("/sample_inputs/model.pt") else data)
+    # Also when the environment asks torch for unsafe loads by default; the environment is left as it was.
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    UNPICKLED.clear()
+    with pytest.raises(ConfigError, match=rf"marked\.pt2 is a torch.export archive holding pickled Python objects "
+                                          rf"\(it names {__name__}\._mark\).*refuses by default.*`trust_pickle`"):
+        load_model(path)
+    assert UNPICKLED == []
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ and os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"
+    assert isinstance(load_model(path, trust_pickle=True), ExportedModule)
+    assert UNPICKLED == [True]
+
+
+def test_exported_program_with_opaque_objects_needs_trust(exported):
+    # torch.export.load restores these with plain pickle.loads; the file is refused before anything is read.
+    root = zipfile.ZipFile(exported).namelist()[0].split("/")[0]
+    path = exported.with_name("opaque.pt2")
+    path.write_bytes(exported.read_bytes())
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(f"{root}/data/constants/opaque_obj_0", b"\x80\x04N.")
+    with pytest.raises(ConfigError, match=rf"opaque\.pt2 is a torch.export archive holding pickled Python objects "
+                                          rf"\(e\.g\. {root}/data/constants/opaque_obj_0\)"):
+        load_model(path)
+
+
+# --- logits in other outputs ------------------------------------------------------------------
+
+@dataclass
+class ClassifierOutput:
+    """Shaped like a Hugging Face ImageClassifierOutput: optional loss, the logits, hidden states."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] = ()
+
+
+class Scores(NamedTuple):
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+LOGITS = torch.arange(6.0).view(2, 3)
+
+
+@pytest.mark.parametrize("output", [
+    LOGITS,
+    ClassifierOutput(loss=None, logits=LOGITS, hidden_states=(torch.zeros(1),)),
+    Scores(features=torch.zeros(2, 5), logits=LOGITS),  # a tuple, but `.logits` wins over the first element
+    {"features": torch.zeros(2, 5), "logits": LOGITS},
+    OrderedDict(logits=LOGITS),
+    (LOGITS, torch.zeros(2, 5)),
+    [LOGITS],
+], ids=["tensor", "logits-attribute", "namedtuple-logits", "dict", "ordered-dict", "tuple", "list"])
+def test_logits_of(output):
+    assert logits_of(output) is LOGITS
+
+
+@pytest.mark.parametrize("output, match", [
+    ({"out": LOGITS, "aux": LOGITS}, r"model returned a dict without a 'logits' key \(keys: 'out', 'aux'\); "
+                                     r"labelflip takes the logits from a tensor output"),
+    ({f"k{i}": LOGITS for i in range(7)}, r"\(keys: 'k0', 'k1', 'k2', 'k3', 'k4', \.\.\.\)"),
+    ({"logits": None}, r"model returned a dict whose 'logits' is a NoneType, not a tensor"),
+    ((), r"model returned an empty tuple"),
+    (([LOGITS], LOGITS), r"model returned a tuple whose first element is a list, not a tensor of logits"),
+    (ClassifierOutput(loss=None, logits=None), r"model returned ClassifierOutput, expected a tensor of logits; "
+                                               r"labelflip takes"),
+    (None, r"model returned NoneType, expected a tensor of logits"),
+])
+def test_logits_of_rejects(output, match):
+    with pytest.raises(ConfigError, match=match):
+        logits_of(output)
+
+
+class TupleNet(TinyNet):
+    def forward(self, x):
+        return super().forward(x), x.mean()
+
+
+class DictNet(TinyNet):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        # TinyNet's forward spelled out: TorchScript cannot call super().
+        return {"features": x.flatten(1), "logits": self.fc(self.drop(torch.relu(self.conv(x))).flatten(1))}
+
+
+class HFNet(TinyNet):
+    def forward(self, x):
+        return ClassifierOutput(loss=None, logits=super().forward(x))
+
+
+class NamedTupleNet(TinyNet):
+    def forward(self, x: torch.Tensor) -> Scores:
+        return Scores(features=x.flatten(1), logits=super().forward(x))
+
+
+def test_logits_adapter_leaves_a_tensor_model_as_it_is(images):
+    model = _tiny()
+    before = model_sha256(model)
+    assert logits_adapter(model, images) is model
+    assert model_sha256(model) == before
+
+
+@pytest.mark.parametrize("cls", [TupleNet, DictNet, HFNet, NamedTupleNet])
+def test_logits_adapter_wraps_other_outputs(images, cls):
+    model = _tiny()
+    other = cls().eval()
+    other.load_state_dict(model.state_dict())
+    adapted = logits_adapter(other, images)
+    assert isinstance(adapted, LogitsOutput) and adapted.model is other and not adapted.training
+    check_model(adapted, images, 10)
+    with torch.no_grad():
+        assert torch.equal(adapted(images), model(images))
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(adapted(x).sum(), x)
+    assert grad.abs().sum() > 0
+
+
+def test_logits_adapter_rejects_outputs_without_logits(images):
+    class AuxNet(TinyNet):
+        def forward(self, x):
+            return {"out": super().forward(x), "aux": x}
+
+    with pytest.raises(ConfigError, match=r"model returned a dict without a 'logits' key \(keys: 'out', 'aux'\)"):
+        logits_adapter(AuxNet().eval(), images)
+    with pytest.raises(ConfigError, match=r"model rejected input of shape \(6, 1, 28, 28\)"):
+        logits_adapter(_tiny(in_shape=(3, 28, 28)), images)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2", "pickle"])
+def test_load_user_model_adapts_the_output(tmp_path, fmt):
+    data = tiny_dataset()
+    model = _tiny()
+    net = DictNet().eval() if fmt != "pickle" else HFNet().eval()
+    net.load_state_dict(model.state_dict())
+    path = tmp_path / "m.model"
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.script(net), str(path))
+    elif fmt == "pt2":
+        _export(net, path)
+    else:
+        torch.save(net, path)
+    loaded = load_user_model(path, data, Bounds(0.0, 1.0), arch=None, mean=None, std=None,
+                             trust_pickle=fmt == "pickle")
+    assert isinstance(loaded, LogitsOutput)
+    images, _ = data.tensors("test", np.arange(5))
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
 
 
 # --- parsing -----------------------------------------------------------------------------------

@@ -339,7 +339,7 @@ def _read_hf(root: Path, preprocess: Preprocess, limit: int | None = None) -> tu
         import datasets
     except ImportError:
         raise ConfigError(f"{root} is a Hugging Face datasets folder; reading it needs the `datasets` package: "
-                          'pip install "labelflip-models[datasets]"') from None
+                          'pip install "labelflip[datasets]"') from None
     split = datasets.load_from_disk(str(_hf_split_dir(root)))
     arrays, labels = [], []
     for i in range(min(len(split), limit or len(split))):

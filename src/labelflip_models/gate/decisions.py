@@ -2,7 +2,8 @@
 
 Decisions compare confidence bounds, never point estimates:
 - a class regresses when the *lower* bound of its observed flip rate exceeds the baseline's threshold
-  (the upper bound of the baseline rate), so attack noise cannot fail the gate;
+  (the upper bound of the baseline rate), so attack noise cannot fail the gate; across the classes of a case,
+  check_flip_rates holds that family to one error rate (Holm), so that many classes do not add up false alarms;
 - an attack is broken when the *upper* bound of its observed success falls below the baseline's floor
   (the lower bound of the baseline success), because a weakened attack would hide regressions.
 """
@@ -10,11 +11,12 @@ Decisions compare confidence bounds, never point estimates:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 from scipy.stats import norm as scipy_norm
 
 from ..analysis.min_norms import median_ci
@@ -40,6 +42,99 @@ def check_flip_rate(name: str, flips: int, n: int, max_rate: float) -> Decision:
             f"{lower:.3f}) vs baseline threshold {max_rate:.3f}")
     return Decision(lower <= max_rate, text, {"flips": flips, "n": n, "rate": flips / n, "lower_bound": lower,
                                               "threshold": max_rate})
+
+
+def flip_p_value(flips: np.ndarray | int, n: np.ndarray | int, threshold: np.ndarray | float) -> np.ndarray:
+    """One-sided exact binomial p-value of H0: rate <= threshold for `flips` of `n` (elementwise): P(X >= flips)
+    for X ~ Binomial(n, threshold).
+
+    Exact rather than the Wilson score test's normal approximation (whose rejections at level 1 − c are exactly
+    check_flip_rate's "lower bound exceeds the threshold"): Holm's levels at many classes are ~1e-5, and that far
+    out a low rate's binomial tail is several times heavier than the normal one, which failed unchanged models of
+    100-1,000 classes at rate 0.1 in 2-5% of runs (gate/characteristics.py's simulation). The exact test rejects at
+    1 − c where the Clopper–Pearson lower bound exceeds the threshold. At the edges it is what the binomial gives:
+    p = 1 for n = 0, for threshold >= 1 and for no flips; p = 0 for any flip against threshold 0.
+    """
+    return binom.sf(np.asarray(flips) - 1, n, np.clip(threshold, 0.0, 1.0))
+
+
+class FamilyTest(NamedTuple):
+    """family_test's verdicts; the classes of a case lie along the last axis of each array."""
+    p_value: np.ndarray
+    p_min: np.ndarray  # the p-value had every image of the class flipped
+    gated: np.ndarray
+    tarone_level: np.ndarray  # α/K (one per case): the level a class's p_min must beat to be gated
+    holm_level: np.ndarray  # the level Holm compares the class's p-value with (NaN where not gated)
+    regressed: np.ndarray
+
+
+def family_test(flips: np.ndarray, ns: np.ndarray | int, thresholds: np.ndarray, alpha: float) -> FamilyTest:
+    """The flip-rate decision over the classes of a case at family-wise error rate `alpha` (vectorised: leading
+    axes are independent cases, e.g. a simulation's repetitions; check_flip_rates and gate/characteristics.py both
+    decide here, so the gate and its simulated error rates cannot drift apart).
+
+    Per class, the exact binomial test of H0: rate <= threshold (flip_p_value). Classes whose n is too small for
+    even n/n flips to be significant are not gated (Tarone's argument for discrete tests): K is the smallest number
+    such that at most K classes have p_min < α/K, and exactly those classes are gated. Which classes are gated
+    depends only on the counts n and the baseline's thresholds, never on the flips being judged, so Holm's
+    step-down at `alpha` across the gated classes still holds the family-wise error rate at `alpha`; the classes
+    that could never fail no longer dilute the level of those that can. Holm: sort the gated p-values; the i-th
+    smallest (of m) is compared with α/(m−i+1) and regresses when it and all smaller ones are below their levels.
+    """
+    k, n, t = np.broadcast_arrays(np.asarray(flips), np.asarray(ns), np.asarray(thresholds, dtype=float))
+    classes = k.shape[-1]
+    p = flip_p_value(k, n, t)
+    p_min = flip_p_value(n, n, t)
+    # Tarone: with q the sorted p_min (and +inf after the last), "at most K classes below α/K" is q[K] >= α/K
+    # (0-based), true at the latest for K = classes; argmax finds the first K where it holds.
+    q = np.concatenate([np.sort(p_min, axis=-1), np.full(k.shape[:-1] + (1,), np.inf)], axis=-1)
+    candidates = np.arange(1, classes + 1)
+    first = np.argmax(q[..., 1:] >= alpha / candidates, axis=-1) if classes else np.zeros(k.shape[:-1], dtype=int)
+    tarone_level = alpha / (first + 1)
+    gated = (n > 0) & (p_min < tarone_level[..., None])
+    # Holm over the gated classes: the others sort last (p = inf) and get no level.
+    order = np.argsort(np.where(gated, p, np.inf), axis=-1, kind="stable")
+    m = gated.sum(axis=-1, keepdims=True)
+    remaining = m - np.arange(classes)  # m − i + 1 for the i-th smallest (1-based i)
+    level_sorted = np.where(remaining > 0, alpha / np.maximum(remaining, 1), np.nan)
+    below = np.take_along_axis(p, order, axis=-1) < level_sorted  # NaN levels compare False
+    holm_level, regressed = np.empty_like(level_sorted), np.empty_like(below)
+    np.put_along_axis(holm_level, order, level_sorted, axis=-1)
+    np.put_along_axis(regressed, order, np.logical_and.accumulate(below, axis=-1), axis=-1)
+    return FamilyTest(p, p_min, gated, tarone_level, holm_level, regressed)
+
+
+def check_flip_rates(names: list[str], flips: Sequence[int], ns: Sequence[int], thresholds: Sequence[float],
+                     alpha: float = 1 - GATE_CONFIDENCE) -> dict[str, Decision]:
+    """Per class of a case, whether its flip rate regressed, with the family-wise error rate of the case's classes
+    held at `alpha` (family_test: exact binomial test per class, Holm across the gated classes). Classes not gated
+    pass."""
+    if not len(names) == len(flips) == len(ns) == len(thresholds):
+        raise ValueError(f"one count, n and threshold per class: {len(names)} names, {len(flips)} counts, "
+                         f"{len(ns)} ns, {len(thresholds)} thresholds")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    k, n = np.asarray(flips, dtype=int), np.asarray(ns, dtype=int)
+    lower = one_sided_wilson(k, n, GATE_CONFIDENCE, "lower")  # also rejects counts outside 0 <= k <= n
+    test = family_test(k, n, np.asarray(thresholds, dtype=float), alpha)
+    decisions = {}
+    for i, name in enumerate(names):
+        ki, ni, t, p = int(k[i]), int(n[i]), float(thresholds[i]), float(test.p_value[i])
+        gated, level = bool(test.gated[i]), float(test.holm_level[i])
+        seen = f"class {name!r}: {ki}/{ni} flipped" + (f" (rate {ki / ni:.3f})" if ni else "")
+        if not gated:
+            why = ("no images" if ni == 0 else f"even {ni}/{ni} flipped could not be significant: "
+                   f"p={test.p_min[i]:.2g} vs {float(test.tarone_level):.1e}")
+            text = f"{seen}, not gated (n too small: {why}) against baseline threshold {t:.3f}"
+        else:
+            text = f"{seen}, binomial-test p={p:.2g} vs Holm level {level:.1e} against baseline threshold {t:.3f}"
+            if p < level and not test.regressed[i]:
+                text += " (not significant: Holm stopped at a smaller p-value above its level)"
+        decisions[name] = Decision(not test.regressed[i], text, {
+            "flips": ki, "n": ni, "rate": ki / ni if ni else None, "threshold": t, "p_value": p,
+            "holm_level": level if gated else None, "gated": "yes" if gated else "no",
+            "lower_bound": float(lower[i])})
+    return decisions
 
 
 def check_attack_success(succeeded: int, attacked: int, min_success: float) -> Decision:

@@ -1,11 +1,15 @@
 """Architectures by name, and the wrapper that makes every model take pixels in [0, 1].
 
-Normalisation lives inside the model so that ε is always measured in pixel space.
+Normalisation lives inside the model so that ε is always measured in pixel space. Besides labelflip's own
+architectures (`ARCHITECTURES`), `torchvision:<name>` and `timm:<name>` name a classifier of those zoos, built with
+fresh random weights (never downloaded) for the dataset's class count, so that a user's state dict can fill them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import difflib
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -109,13 +113,89 @@ ARCHITECTURES: dict[str, Callable[[int, int], nn.Module]] = {
 }
 
 
-def build_model(arch: str, in_channels: int = 1, num_classes: int = 10,
-                mean: Sequence[float] = PAPER_MEAN, std: Sequence[float] = PAPER_STD) -> Normalized:
+# The distribution is "labelflip" (pyproject.toml); its extra `timm` pins a timm it was tested with.
+TIMM_INSTALL = 'pip install "labelflip[timm]"'
+MAX_CLOSE_MATCHES = 5
+
+
+def build_net(arch: str, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
+    """The bare network `arch` names, with fresh random weights: a registry name (`ARCHITECTURES`),
+    `torchvision:<name>` or `timm:<name>`."""
+    zoo, sep, name = arch.partition(":")
+    if sep and zoo == "torchvision":
+        return _torchvision_net(name, in_channels, num_classes)
+    if sep and zoo == "timm":
+        return _timm_net(name, in_channels, num_classes)
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        # A bare zoo name ("resnet18") is a common slip: suggest it with its prefix.
+        close = _close_matches(arch, {**{n: f"torchvision:{n}" for n in _torchvision_names()},
+                                      **{a: a for a in ARCHITECTURES}})
+        raise ConfigError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}, "
+                          f"torchvision:<name> or timm:<name>{close}")
+    return ARCHITECTURES[arch](in_channels, num_classes)
+
+
+def normalized(net: nn.Module, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> Normalized:
+    """`net` behind (x - mean) / std, once mean and std have one value or one per channel."""
     if len(mean) not in (1, in_channels) or len(std) not in (1, in_channels):
         raise ConfigError(f"mean/std need 1 or {in_channels} values, got {len(mean)} and {len(std)}")
-    return Normalized(ARCHITECTURES[arch](in_channels, num_classes), mean, std)
+    return Normalized(net, mean, std)
+
+
+def build_model(arch: str, in_channels: int = 1, num_classes: int = 10,
+                mean: Sequence[float] = PAPER_MEAN, std: Sequence[float] = PAPER_STD) -> Normalized:
+    """The network `arch` names (see `build_net`) behind its normalisation."""
+    return normalized(build_net(arch, in_channels, num_classes), in_channels, mean, std)
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    # Only the classifiers: get_model also builds detection, segmentation and video models.
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision_net(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    import torchvision
+
+    names = _torchvision_names()
+    if name not in names:
+        raise ConfigError(f"unknown architecture 'torchvision:{name}': torchvision has no classifier of that name"
+                          f"{_close_matches(name, {n: f'torchvision:{n}' for n in names})}")
+    if in_channels != 3:
+        # None of torchvision's classifiers has an input-channel option: their stems are built for RGB.
+        raise ConfigError(f"architecture 'torchvision:{name}' takes 3-channel (RGB) images, but the dataset's have "
+                          f"{in_channels}; timm:<name> builds its models for any channel count (in_chans)")
+    with warnings.catch_warnings():
+        # Inception and GoogLeNet announce a change of their random init; the user's weights replace it anyway.
+        warnings.filterwarnings("ignore", message="The default weight initialization", category=FutureWarning)
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _timm_net(name: str, in_channels: int, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError(f"architecture 'timm:{name}' needs timm, which is not installed: "
+                          f"{TIMM_INSTALL}") from None
+    # is_model also refuses hf-hub:/local-dir: names, which would fetch a config from elsewhere.
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown architecture 'timm:{name}': timm has no model of that name"
+                          f"{_close_matches(name, {n: f'timm:{n}' for n in timm.list_models()})}")
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        # Some timm models fix their input size or channel count and refuse others.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"timm cannot build 'timm:{name}' for {in_channels}-channel images and {num_classes} "
+                          f"classes: {reason}") from None
+
+
+def _close_matches(name: str, candidates: Mapping[str, str]) -> str:
+    """"; close matches: a, b" naming the candidates (bare name -> arch) nearest `name`, case ignored; or ""."""
+    by_key = {bare.lower(): arch for bare, arch in candidates.items()}
+    found = difflib.get_close_matches(name.lower(), by_key, n=MAX_CLOSE_MATCHES)
+    return f"; close matches: {', '.join(by_key[k] for k in found)}" if found else ""
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from torch import nn
 from ..analysis.noise import noise_probe
 from ..attacks import Attack, AttackResult, Bounds, run_attack
 from ..data import Dataset
-from ..models.io import check_model, load_model
+from ..models.io import check_model, load_model, logits_adapter
 from .results import build_noise_result, build_result
 
 
@@ -26,10 +26,12 @@ def pixel_images(data: Dataset, indices: np.ndarray, bounds: Bounds) -> tuple[to
 
 def load_user_model(path: Path, data: Dataset, bounds: Bounds, *, arch: str | None,
                     mean: tuple[float, ...] | None, std: tuple[float, ...] | None, trust_pickle: bool) -> nn.Module:
-    """A user's model file, loaded safely and checked on a few of the dataset's images (CPU, eval mode)."""
+    """A user's model file, loaded safely and checked on a few of the dataset's images (CPU, eval mode); one whose
+    output holds its logits in a tuple, mapping or `.logits` comes wrapped to return them (`logits_adapter`)."""
     sample, _ = pixel_images(data, np.arange(min(8, len(data.test_labels))), bounds)
     model = load_model(path, arch=arch, mean=mean, std=std, trust_pickle=trust_pickle, in_channels=sample.shape[1],
                        num_classes=data.num_classes)
+    model = logits_adapter(model, sample)
     check_model(model, sample, data.num_classes)
     return model
 

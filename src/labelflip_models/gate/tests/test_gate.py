@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from labelflip_models.gate.decisions import Decision, check_attack_success, check_flip_rate, check_min_norm
+from labelflip_models.gate.decisions import Decision, check_attack_success, check_flip_rates, check_min_norm
 from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict
 
@@ -19,6 +19,8 @@ __all__ = ["test_attack_success", "test_class_flip_rate", "test_class_min_norm",
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
 RELATIVE_TOLERANCE = 1e-5
+# Regressed classes a many-class test names in its message.
+MAX_LISTED = 20
 
 
 def measured_norms(run) -> torch.Tensor:
@@ -79,24 +81,53 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
 
 @gate_test("fixed")
 def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
+    """Holm's procedure across the case's classes keeps the whole case's false-alarm rate at 1 − GATE_CONFIDENCE
+    (docs/gate.md, "The gate's error rates"); `labelflip_class` None checks every class in one test (many classes)."""
     result = labelflip_run(labelflip_case).result
-    name = result["class_names"][labelflip_class]
-    observed = result["per_class_flip_rate"][name]
-    decision = check_flip_rate(name, observed["count"], observed["n"], labelflip_baseline["thresholds"][name])
-    labelflip_record("flip_rate", decision, case=labelflip_case.id, **{"class": name},
-                     baseline_rate=labelflip_baseline["result"]["per_class_flip_rate"][name]["rate"])
-    assert decision.passed, f"{labelflip_case.id}: flip rate regressed: {decision.message}"
+    names = result["class_names"]
+    observed = result["per_class_flip_rate"]
+    decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
+                                 [labelflip_baseline["thresholds"][n] for n in names])
+    baseline_rates = labelflip_baseline["result"]["per_class_flip_rate"]
+    if labelflip_class is not None:
+        name = names[labelflip_class]
+        decision = decisions[name]
+        labelflip_record("flip_rate", decision, case=labelflip_case.id, **{"class": name},
+                         baseline_rate=baseline_rates[name]["rate"])
+        assert decision.passed, f"{labelflip_case.id}: flip rate regressed: {decision.message}"
+        return
+    failed = sorted((n for n in names if not decisions[n].passed),
+                    key=lambda n: decisions[n].figures["lower_bound"] - decisions[n].figures["threshold"],
+                    reverse=True)
+    ungated = [n for n in names if not decisions[n].figures["gated"]]
+    shown = failed[0] if failed else min(names, key=lambda n: decisions[n].figures["p_value"])
+    summary = (f"{len(failed)} of {len(names)} classes regressed" + (": " if failed else "")
+               + "; ".join(decisions[n].message for n in failed[:MAX_LISTED])
+               + (f"; and {len(failed) - MAX_LISTED} more" if len(failed) > MAX_LISTED else "")
+               + (f" ({len(ungated)} not gated: n too small)" if ungated else ""))
+    labelflip_record("flip_rate", Decision(not failed, summary, decisions[shown].figures), case=labelflip_case.id,
+                     **{"class": shown}, baseline_rate=baseline_rates[shown]["rate"], regressed=len(failed),
+                     not_gated=len(ungated))
+    assert not failed, f"{labelflip_case.id}: flip rate regressed: {summary}"
 
 
 @gate_test("minimal")
 def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
     run = labelflip_run(labelflip_case)
-    name = run.result["class_names"][labelflip_class]
-    floor = labelflip_baseline["gate"]["min_norm_floor"][name]
-    if floor is None:
-        pytest.skip(f"{labelflip_case.id}: too few baseline images of class {name!r} for a bound on the median")
-    decision = check_min_norm(name, run.class_norms()[name], floor)
-    labelflip_record("min_norm", decision, case=labelflip_case.id, **{"class": name})
+    floors = labelflip_baseline["gate"]["min_norm_floor"]
+    names = run.result["class_names"] if labelflip_class is None else [run.result["class_names"][labelflip_class]]
+    checked = {n: check_min_norm(n, run.class_norms()[n], floors[n]) for n in names if floors[n] is not None}
+    if not checked:
+        pytest.skip(f"{labelflip_case.id}: too few baseline images of class(es) {', '.join(map(repr, names[:5]))} "
+                    "for a bound on the median")
+    failed = [n for n, d in checked.items() if not d.passed]
+    if labelflip_class is None:
+        decision = Decision(not failed, f"{len(failed)} of {len(checked)} classes got easier to flip"
+                            + "".join(f"; {checked[n].message}" for n in failed[:MAX_LISTED]),
+                            {"failed": len(failed), "checked": len(checked)})
+    else:
+        decision = checked[names[0]]
+    labelflip_record("min_norm", decision, case=labelflip_case.id, **{"class": names[0] if len(names) == 1 else ""})
     assert decision.passed, f"{labelflip_case.id}: class got easier to flip: {decision.message}"
 
 
