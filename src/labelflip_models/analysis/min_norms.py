@@ -59,23 +59,35 @@ def minimal_norm_summary(labels: np.ndarray, landed: np.ndarray, norms: np.ndarr
     if labels.size and (min(labels.min(), landed.min()) < 0 or max(labels.max(), landed.max()) >= k):
         raise ValueError(f"classes must lie in 0..{k - 1}")
     values = np.where(success, norms, np.inf)
+    # Grouped by one sort, not by a mask over all images per class and per pair: K classes and up to N pairs.
+    ranked = np.flatnonzero(attacked)
+    ranked = ranked[np.lexsort((values[ranked], labels[ranked]))]  # by class, then by value
+    sizes = np.bincount(labels[ranked], minlength=k)
+    ends = np.cumsum(sizes)
+    failed = np.bincount(labels[attacked & ~success], minlength=k)
     per_class = {}
     for c, name in enumerate(class_names):
-        mask = attacked & (labels == c)
-        x = np.sort(values[mask])
-        entry: dict[str, Any] = {"n": len(x), "failed": int((mask & ~success).sum()),
+        x = values[ranked[ends[c] - sizes[c]:ends[c]]]
+        entry: dict[str, Any] = {"n": len(x), "failed": int(failed[c]),
                                  "median": None, "ci": None, "q25": None, "q75": None}
         if len(x):
             median, lo, hi = median_ci(x, confidence)
             q25, q75 = _quartiles(x)
             entry.update(median=_json(median), ci=[_json(lo), _json(hi)], q25=_json(q25), q75=_json(q75))
         per_class[name] = entry
-    flipped = attacked & success & (landed != labels)
-    per_pair = {}
-    for t, to in sorted(set(zip(labels[flipped].tolist(), landed[flipped].tolist()))):
-        x = norms[flipped & (labels == t) & (landed == to)]
-        q25, q75 = np.percentile(x, [25, 75])
-        per_pair[f"{class_names[t]} -> {class_names[to]}"] = {
-            "true": class_names[t], "landed": class_names[to], "n": len(x),
-            "median": float(np.median(x)), "q25": float(q25), "q75": float(q75)}
+    flipped = np.flatnonzero(attacked & success & (landed != labels))
+    pairs = labels[flipped] * k + landed[flipped]
+    order = np.argsort(pairs, kind="stable")
+    keys, starts, counts = np.unique(pairs[order], return_index=True, return_counts=True)
+    x = norms[flipped[order]]
+    median, q25, q75 = (np.empty(len(keys)) for _ in range(3))
+    for size in np.unique(counts):  # pairs with as many flips as each other, as the rows of one array
+        group = np.flatnonzero(counts == size)
+        rows = x[starts[group, None] + np.arange(size)]
+        median[group] = np.median(rows, axis=1)
+        q25[group], q75[group] = np.percentile(rows, [25, 75], axis=1)
+    per_pair = {f"{class_names[t]} -> {class_names[to]}": {
+        "true": class_names[t], "landed": class_names[to], "n": n, "median": md, "q25": lo, "q75": hi}
+        for t, to, n, md, lo, hi in zip(*np.divmod(keys, k), counts.tolist(), median.tolist(), q25.tolist(),
+                                        q75.tolist())}
     return {"per_class": per_class, "per_pair": per_pair}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import norm
 
@@ -31,3 +33,11 @@ def one_sided_wilson(k: np.ndarray | int, n: np.ndarray | int, confidence: float
         raise ValueError(f"side must be 'lower' or 'upper', not {side!r}")
     lo, hi = wilson_interval(k, n, 2 * confidence - 1)
     return lo if side == "lower" else hi
+
+
+def rates(k: np.ndarray | list[int], n: np.ndarray | list[int], confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Each k[i] of n[i] as {count, n, rate (None when n = 0), ci}: the form of every rate in result.json."""
+    k, n = np.asarray(k, dtype=np.int64), np.asarray(n, dtype=np.int64)
+    lo, hi = wilson_interval(k, n, confidence)
+    return [{"count": a, "n": b, "rate": a / b if b else None, "ci": [lo_, hi_]}
+            for a, b, lo_, hi_ in zip(k.tolist(), n.tolist(), lo.tolist(), hi.tolist())]

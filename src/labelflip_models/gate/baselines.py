@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.flip_matrix import read_csv, to_csv
+from ..analysis.flip_matrix import matrix_csv, matrix_from_json, read_csv
 from ..analysis.min_norms import median_ci
 from ..analysis.stats import one_sided_wilson
 from ..errors import BaselineError, DataError
@@ -25,6 +25,12 @@ OBTAINED = ".obtained"
 NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"
 # The baseline's thresholds are one-sided 97.5% bounds, wider than the gate's 99% bounds on a new run.
 BASELINE_CONFIDENCE = 0.975
+
+
+def flip_rate_threshold(count: np.ndarray | int, n: np.ndarray | int) -> np.ndarray:
+    """A class's threshold in the baseline: the one-sided BASELINE_CONFIDENCE Wilson upper bound of its flip rate
+    (elementwise; the gate's simulated error rates, gate/characteristics.py, derive their thresholds here too)."""
+    return one_sided_wilson(count, n, BASELINE_CONFIDENCE, "upper")
 
 
 def _norm_floors(norms: dict[str, np.ndarray]) -> dict[str, float | None]:
@@ -44,8 +50,7 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
     """
     names = result["class_names"]
     per_class = result["per_class_flip_rate"]
-    max_rate = {n: float(one_sided_wilson(per_class[n]["count"], per_class[n]["n"], BASELINE_CONFIDENCE, "upper"))
-                for n in names}
+    max_rate = {n: float(flip_rate_threshold(per_class[n]["count"], per_class[n]["n"])) for n in names}
     success = result["attack_success"]
     analysis = result["analysis"]
     catch = analysis["catch_all"]
@@ -88,7 +93,7 @@ def write_baseline(case: Case, root: Path, result: dict[str, Any],
     infix = OBTAINED if obtained else ""
     json_path = case.baseline_path(root, f"{infix}.json")
     atomic_write_files({case.baseline_path(root, f"{infix}.csv"):
-                        to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
+                        matrix_csv(matrix_from_json(result["flip_matrix"]), result["class_names"]).encode(),
                         json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
     if not obtained:
         for suffix in (".json", ".csv"):
@@ -159,10 +164,11 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
     csv_path = case.baseline_path(root, ".csv")
     if csv_path.exists():
         try:
-            matrix, names = read_csv(csv_path)
+            matrix, names = read_csv(csv_path)  # either layout: dense, or flip pairs above DENSE_MAX_CLASSES
+            recorded_matrix = matrix_from_json(result["flip_matrix"])
         except DataError as exc:  # a damaged baseline, not damaged data: the fix is to regenerate it
             raise BaselineError(f"{exc}; regenerate both with: {hint}") from None
-        if names != class_names or matrix.tolist() != result["flip_matrix"]:
+        if names != class_names or not np.array_equal(matrix, recorded_matrix):
             raise BaselineError(f"{csv_path} does not match {path.name}; regenerate both with: {hint}")
     return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success}
 

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..analysis.flip_matrix import matrix_from_json
+from ..errors import ConfigError, DataError
 from ..runs.results import NOISE_SCHEMA, RESULT_SCHEMA
 
 RUN_FILES = ("result.json", "noise.json")
@@ -42,9 +43,13 @@ def _check_names(data: dict[str, Any], path: Path) -> list[str]:
 
 def _check_result(data: dict[str, Any], path: Path) -> None:
     k = len(_check_names(data, path))
-    matrix = data.get("flip_matrix")
-    if not (isinstance(matrix, list) and len(matrix) == k and all(_is_count_list(r, k) for r in matrix)):
-        raise ConfigError(f"{path}: 'flip_matrix' must be a {k}x{k} matrix of non-negative integers")
+    try:
+        shape = matrix_from_json(data.get("flip_matrix")).shape
+    except DataError:
+        shape = None
+    if shape != (k, k):
+        raise ConfigError(f"{path}: 'flip_matrix' must be a {k}x{k} matrix of non-negative integers, as a "
+                          "nested list or a COO object")
     attack = data.get("attack")
     if not (isinstance(attack, dict) and isinstance(attack.get("name"), str)):
         raise ConfigError(f"{path}: 'attack.name' is missing")

@@ -1,4 +1,7 @@
-"""PNG charts of runs. Figures are built without pyplot: no global state, no GUI backend, nothing shown."""
+"""PNG charts of runs. Figures are built without pyplot: no global state, no GUI backend, nothing shown.
+
+Above TOP_N classes a chart shows TOP_N of them, and says so in its title: a heatmap the classes involved in the
+most flips, a noise chart the most predicted classes, a trend the classes with the largest catch-all shares."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..analysis.flip_matrix import matrix_from_json
+from ..analysis.structure import TOP_N
 from ..errors import ConfigError
 from ..storage.cache_dir import keep_matplotlib_in_cache
 from .fmt import norm_label
@@ -39,12 +44,25 @@ def _scores_line(result: dict[str, Any]) -> str:
     return "symmetry: " + ", ".join(scores)
 
 
+def _heatmap_classes(counts: np.ndarray) -> np.ndarray:
+    """Every class up to TOP_N; above, the TOP_N classes in the most flips, out of them or into them (ties: the
+    lower index), in class order."""
+    if len(counts) <= TOP_N:
+        return np.arange(len(counts))
+    flips = counts - np.diag(np.diag(counts))
+    return np.sort(np.argsort(-(flips.sum(0) + flips.sum(1)), kind="stable")[:TOP_N])
+
+
 def heatmap_png(result: dict[str, Any]) -> bytes:
     """Row-normalised flip matrix: colour = fraction of the true class, counts written in each cell."""
-    names, counts = result["class_names"], np.asarray(result["flip_matrix"], dtype=float)
-    k = len(names)
+    counts = matrix_from_json(result["flip_matrix"]).astype(float)
     totals = counts.sum(1, keepdims=True)
     frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n = int(counts.sum())
+    shown = _heatmap_classes(counts)
+    names = [result["class_names"][i] for i in shown]
+    counts, frac = counts[np.ix_(shown, shown)], frac[np.ix_(shown, shown)]
+    k = len(names)
     fig = Figure(figsize=(7, 6), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     # Square-root colour scale: the few-percent off-diagonal cells stay visible next to a full diagonal.
@@ -62,9 +80,9 @@ def heatmap_png(result: dict[str, Any]) -> bytes:
     ax.set_xlabel("class the adversarial example lands in\n(hatched diagonal: kept its true class)", **FONT)
     ax.set_ylabel("true class", **FONT)
     eps = "minimal" if is_minimal(result) else f"ε = {epsilon_label(result)}"
-    n = int(counts.sum())
+    top = "" if k == len(totals) else f"\n{k} of {len(totals)} classes: those in the most flips (in + out)"
     ax.set_title(f"{subject(result)} · {result['attack']['name']} · {eps} · n = {n}\n"
-                 f"{_scores_line(result)}", fontsize=10)
+                 f"{_scores_line(result)}{top}", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.85, ticks=[0, 0.05, 0.1, 0.25, 0.5, 0.75, 1]).set_label(
         "fraction of the true class's images (row)", **FONT)
     return _png(fig)
@@ -118,8 +136,10 @@ def _catch_all_panel(ax: Any, runs: list[dict[str, Any]]) -> None:
     shares = {c: [r["analysis"]["catch_all"]["shares"][c]["share"] for r in analysed]
               for c in runs[0]["class_names"]}
     peak = {c: max((s for s in v if s is not None), default=0.0) for c, v in shares.items()}
-    top = sorted(peak, key=lambda c: -peak[c])[:TOP_CLASSES]
-    others = [c for c in shares if c not in top]
+    ranked = sorted(peak, key=lambda c: -peak[c])
+    top = ranked[:TOP_CLASSES]
+    others = [c for c in shares if c in ranked[:TOP_N] and c not in top]  # every other class up to TOP_N
+    other_label = "other classes" if len(shares) <= TOP_N else f"next {len(others)} classes by peak share"
     for c in others + top:
         y = [np.nan if s is None else s for s in shares[c]]
         if c in top:
@@ -127,9 +147,11 @@ def _catch_all_panel(ax: Any, runs: list[dict[str, Any]]) -> None:
             ci = [r["analysis"]["catch_all"]["shares"][c]["ci"] or [np.nan, np.nan] for r in analysed]
             ax.fill_between(eps, *np.array(ci, dtype=float).T, color=line.get_color(), alpha=0.15, lw=0)
         else:
-            ax.plot(eps, y, color="0.75", lw=1, label="other classes" if c == others[0] else None)
+            ax.plot(eps, y, color="0.75", lw=1, label=other_label if c == others[0] else None)
     threshold = analysed[0]["analysis"]["catch_all"]["threshold"]
-    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"catch-all threshold ({threshold:.2f})")
+    # Two decimals read well down to 1%, that is up to 200 classes; above, significant digits.
+    shown = f"{threshold:.2f}" if threshold >= 0.01 else f"{threshold:.2g}"
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"catch-all threshold ({shown})")
     upper = [r["analysis"]["catch_all"]["shares"][c]["ci"] for r in analysed for c in top]
     ax.set_ylim(0, 1.05 * max([peak[top[0]], 1.2 * threshold] + [ci[1] for ci in upper if ci]))
     ax.set_ylabel("share of all flips landing in class", **FONT)
@@ -154,8 +176,10 @@ def trend_png(results: Sequence[dict[str, Any]]) -> bytes:
 
 
 def noise_png(noise: dict[str, Any]) -> bytes:
-    """Which class the model calls uniform noise: shares with their confidence intervals."""
-    names = noise["class_names"]
+    """Which class the model calls uniform noise: shares with their confidence intervals (above TOP_N classes,
+    the TOP_N most predicted, most first)."""
+    k = len(noise["class_names"])
+    names = noise["class_names"] if k <= TOP_N else noise["histogram"]["top"][:TOP_N]
     hist = noise["histogram"]["histogram"]
     share = np.array([hist[c]["share"] for c in names])
     ci = np.array([hist[c]["ci"] for c in names])
@@ -166,12 +190,13 @@ def noise_png(noise: dict[str, Any]) -> bytes:
     for i, c in enumerate(names):  # above the error bar, where the cap cannot cover it
         ax.text(i, ci[i, 1] + 0.01, str(hist[c]["count"]), ha="center", va="bottom", fontsize=8,
                 bbox={"fc": "white", "ec": "none", "pad": 0.5})
-    ax.axhline(1 / len(names), color="black", ls="--", lw=1, label=f"uniform (1/{len(names)})", zorder=0)
+    ax.axhline(1 / k, color="black", ls="--", lw=1, label=f"uniform (1/{k})", zorder=0)
     ax.set_xticks(x, names, rotation=40, ha="right", rotation_mode="anchor", **FONT)
     ax.set_ylim(0, min(1.0, ci[:, 1].max()) * 1.12 + 0.02)
     ax.set_ylabel("share of noise images", **FONT)
     ax.legend(fontsize=8)
     lo, hi = noise.get("bounds", [0, 1])
+    shown = "" if len(names) == k else f"; the {len(names)} of {k} classes predicted most"
     ax.set_title(f"{subject(noise)}: predictions on {noise['n']} uniform-noise images in "
-                 f"[{lo:g}, {hi:g}]\n(error bars: confidence intervals; counts above)", fontsize=10)
+                 f"[{lo:g}, {hi:g}]\n(error bars: confidence intervals; counts above{shown})", fontsize=10)
     return _png(fig)

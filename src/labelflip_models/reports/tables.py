@@ -1,10 +1,16 @@
-"""The report's content as plain-text tables, so that the Markdown and the HTML page say the same thing."""
+"""The report's content as plain-text tables, so that the Markdown and the HTML page say the same thing.
+
+Per-class tables list every class up to TOP_N classes; above, TOP_N of them, chosen as each title says (the most
+flipped, the least robust, the easiest to move), and the most frequent flips are listed instead of class pairs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..analysis.flip_matrix import matrix_from_json
+from ..analysis.structure import TOP_N
 from .fmt import DASH, norm_label, num, pct, pvalue, rate, short_sha, with_ci
 from .group import DatasetRuns, epsilon_label
 
@@ -25,7 +31,20 @@ def _analysis(run: dict[str, Any], key: str) -> Any:
 
 
 def _n(run: dict[str, Any]) -> int:
-    return run["dataset"].get("n") or sum(map(sum, run["flip_matrix"]))
+    return run["dataset"].get("n") or int(matrix_from_json(run["flip_matrix"]).sum())
+
+
+def _of(run: dict[str, Any]) -> str:
+    return f"{run['attack']['name']}, ε = {epsilon_label(run)}"
+
+
+def _listed(run: dict[str, Any], key: Callable[[str], Any], what: str) -> tuple[list[str], str]:
+    """The classes a per-class table lists: all of them up to TOP_N, else the TOP_N first by `key` (ties in
+    class order), with the words for the title."""
+    names = run["class_names"]
+    if len(names) <= TOP_N:
+        return names, ""
+    return sorted(names, key=key)[:TOP_N], f" ({TOP_N} of {len(names)} classes: {what})"
 
 
 def dataset_intro(ds: DatasetRuns) -> str:
@@ -60,19 +79,60 @@ def runs_table(ds: DatasetRuns) -> Table:
                  "Catch-all: a class whose share of all flips is significantly above the threshold.")
 
 
+def robust_table(ds: DatasetRuns) -> Table | None:
+    runs = [r for r in ds.runs if r.get("robust_accuracy")]
+    if not runs:
+        return None
+    rows = []
+    for run in runs:
+        acc = run["robust_accuracy"]
+        worst, spread = acc["worst"] or {}, acc["spread"] or {}
+        rows.append([run["attack"]["name"], epsilon_label(run),
+                     with_ci(acc["overall"]["rate"], acc["overall"]["ci"], percent=True), worst.get("class", DASH),
+                     with_ci(worst.get("rate"), worst.get("ci"), percent=True),
+                     pct(spread.get("max_minus_min")), pct(spread.get("std"))])
+    return Table("Robust accuracy", ["attack", "ε", "robust acc [CI]", "worst class", "its robust acc [CI]",
+                                     "spread max − min", "spread std"], rows,
+                 "Robust accuracy: images still in their true class after the attack (a clean misclassification "
+                 "counts as not robust). Spread: over the classes' robust accuracies (std over classes).")
+
+
+def robust_classes_table(run: dict[str, Any]) -> Table | None:
+    acc = run.get("robust_accuracy")
+    if not acc:
+        return None
+    per_class = acc["per_class"]
+    names, listed = _listed(run, lambda c: (per_class[c]["rate"] is None, per_class[c]["rate"]), "the least robust")
+    rows = [[c, str(per_class[c]["n"]), str(per_class[c]["count"]),
+             with_ci(per_class[c]["rate"], per_class[c]["ci"], percent=True)] for c in names]
+    return Table(f"Robust accuracy per class{listed} — {_of(run)}",
+                 ["true class", "images", "still correct", "robust acc [CI]"], rows)
+
+
 def targets_table(run: dict[str, Any]) -> Table | None:
     targets = _analysis(run, "dominant_targets")
     if not targets:
         return None
     rows = []
-    for name in run["class_names"]:
+    names, listed = _listed(run, lambda c: -targets[c]["flips"], "the most flipped")
+    for name in names:
         t = targets[name]
         runner = f"{t['runner_up']} ({t['runner_up_count']})" if t["runner_up"] else DASH
         rows.append([name, str(t["flips"]), t["target"] or DASH, with_ci(t["share"], t["ci"], percent=True),
                      runner, pvalue(t["p_value"]), "✓" if t["strong"] else ""])
-    return Table(f"Dominant flip target per class — {run['attack']['name']}, ε = {epsilon_label(run)}",
+    return Table(f"Dominant flip target per class{listed} — {_of(run)}",
                  ["true class", "flips", "target", "share of flips [CI]", "runner-up (flips)", "p", "strong"],
                  rows, "strong (✓): a one-sided binomial test says the target beats the runner-up (p shown).")
+
+
+def top_pairs_table(run: dict[str, Any]) -> Table | None:
+    pairs = _analysis(run, "top_pairs")
+    if pairs is None:
+        return None
+    rows = [[f"{p['true']} → {p['landed']}", str(p["count"]), with_ci(p["rate"], p["ci"], percent=True)]
+            for p in pairs]
+    return Table(f"Most frequent flips — {_of(run)}", ["true → landed", "flips", "share of the true class [CI]"],
+                 rows, "Share of the true class: of its images, those whose adversarial lands in that class.")
 
 
 def pairs_table(run: dict[str, Any]) -> Table | None:
@@ -85,7 +145,7 @@ def pairs_table(run: dict[str, Any]) -> Table | None:
              with_ci(p["share_b_to_a"]["share"], p["share_b_to_a"]["ci"], percent=True)]
             for p in pairs[:MAX_PAIRS]]
     more = f" {len(pairs) - MAX_PAIRS} more pairs in result.json." if len(pairs) > MAX_PAIRS else ""
-    return Table(f"Significant class pairs — {run['attack']['name']}, ε = {epsilon_label(run)}",
+    return Table(f"Significant class pairs — {_of(run)}",
                  ["pair (a, b)", "kind", "flips a→b", "flips b→a", "share of a's flips [CI]",
                   "share of b's flips [CI]"], rows,
                  ("No pair is flipped to more often than chance." if not pairs else
@@ -100,16 +160,20 @@ def norms_table(run: dict[str, Any]) -> Table | None:
     summary = run.get("minimal_norms")
     if not summary:
         return None
+    per_class = summary["per_class"]
+    # Easiest to move first: the smallest median; an infinite one (None) after all finite ones, no images last.
+    names, listed = _listed(run, lambda c: (per_class[c]["n"] == 0, per_class[c]["median"] is None,
+                                            per_class[c]["median"]), "the smallest medians")
     rows = []
-    for name in run["class_names"]:
-        c = summary["per_class"][name]
+    for name in names:
+        c = per_class[name]
         median = _norm_cell(c["median"], c["n"])
         if c["ci"] is not None:
             median += f" [{_norm_cell(c['ci'][0], c['n'])}, {_norm_cell(c['ci'][1], c['n'])}]"
         rows.append([name, str(c["n"]), str(c["failed"]), median,
                      f"{_norm_cell(c['q25'], c['n'])} – {_norm_cell(c['q75'], c['n'])}"])
     norm = norm_label(run["attack"].get("norm"))
-    return Table(f"Minimal {norm + ' ' if norm else ''}perturbation per class — {run['attack']['name']}",
+    return Table(f"Minimal {norm + ' ' if norm else ''}perturbation per class{listed} — {run['attack']['name']}",
                  ["true class", "attacked", "failed", "median norm [CI]", "quartiles"], rows,
                  "Failed attacks count as infinite norms (∞).")
 
@@ -128,9 +192,13 @@ def noise_table(noise: dict[str, Any]) -> Table:
 
 def dataset_tables(ds: DatasetRuns) -> list[Table]:
     tables = [runs_table(ds)] if ds.runs else []
+    tables += [t for t in (robust_table(ds),) if t is not None]
     strongest = ds.strongest()
     if strongest is not None:
-        tables += [t for t in (targets_table(strongest), pairs_table(strongest)) if t is not None]
+        # Above TOP_N classes significance against chance 1/(K-1) says little; the largest flips say more.
+        pairs = pairs_table if len(strongest["class_names"]) <= TOP_N else top_pairs_table
+        tables += [t for t in (robust_classes_table(strongest), targets_table(strongest), pairs(strongest))
+                   if t is not None]
     tables += [t for t in map(norms_table, ds.minimal) if t is not None]
     if ds.noise is not None:
         tables.append(noise_table(ds.noise))

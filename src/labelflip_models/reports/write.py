@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..analysis.flip_matrix import matrix_from_json
 from ..errors import ConfigError
 from ..storage.atomic import atomic_write_files
 from ..storage.out_dir import check_out_dir
@@ -39,7 +40,7 @@ def _run_entry(run: dict[str, Any]) -> dict[str, Any]:
     sym = analysis.get("symmetry") or {}
     return {"dataset": run["dataset"]["name"], "attack": run["attack"]["name"],
             "epsilon": run["attack"].get("epsilon"), "label": epsilon_label(run),
-            "model_sha256": model_sha(run), "n": sum(map(sum, run["flip_matrix"])),
+            "model_sha256": model_sha(run), "n": int(matrix_from_json(run["flip_matrix"]).sum()),
             "clean_accuracy": (run.get("clean_accuracy") or {}).get("rate"),
             "flip_fraction": (run.get("flip_fraction") or {}).get("rate"),
             "symmetry": {n: {k: (sym.get(n) or {}).get(k) for k in ("score", "ci", "p_value")}

@@ -1,5 +1,6 @@
-"""A run's artefacts, built and written only here: `flip_matrix.csv` in the paper's layout, `result.json`
-(statistics, analysis, provenance) and `noise.json`."""
+"""A run's artefacts, built and written only here: the flip matrix as CSV (`flip_matrix.csv` in the paper's layout,
+or `flip_pairs.csv` above DENSE_MAX_CLASSES classes: analysis/flip_matrix.py), `result.json` (statistics,
+analysis, provenance) and `noise.json`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from ..analysis.flip_matrix import class_flips, flip_matrix, to_csv
+from ..analysis.flip_matrix import (
+    DENSE_CSV,
+    PAIRS_CSV,
+    class_flips,
+    csv_name,
+    flip_matrix,
+    matrix_csv,
+    matrix_from_json,
+    matrix_to_json,
+)
 from ..analysis.min_norms import minimal_norm_summary
 from ..analysis.noise import noise_summary
-from ..analysis.stats import wilson_interval
-from ..analysis.structure import catch_all, dominant_targets, pair_relations
+from ..analysis.stats import rates
+from ..analysis.structure import catch_all, dominant_targets, pair_relations, top_pairs, worst_classes
 from ..analysis.symmetry import symmetry_analysis
 from ..attacks import AttackResult
 from ..data import Dataset
@@ -38,8 +48,24 @@ def model_block(model: nn.Module, *, arch: str | None = None, path: str | Path |
 
 
 def _rate(k: int, n: int) -> dict[str, Any]:
-    lo, hi = wilson_interval(k, n, CONFIDENCE)
-    return {"count": int(k), "n": int(n), "rate": k / n if n else None, "ci": [float(lo), float(hi)]}
+    return rates([k], [n], CONFIDENCE)[0]
+
+
+def _robust_accuracy(matrix: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """Images still in their true class after the attack (the diagonal), overall and per class, the worst class
+    (ties: the lower class index) and the spread of the per-class rates (classes without images left out)."""
+    kept, images = np.diag(matrix), matrix.sum(1)
+    per_class = dict(zip(class_names, rates(kept, images, CONFIDENCE)))
+    rated = np.flatnonzero(images)
+    out: dict[str, Any] = {"overall": _rate(int(kept.sum()), int(images.sum())), "per_class": per_class,
+                           "worst": None, "spread": None}
+    if len(rated):
+        values = kept[rated] / images[rated]
+        worst = class_names[rated[np.argmin(values)]]
+        out["worst"] = {"class": worst, **per_class[worst]}
+        # Population std: the classes are all there is, not a sample of classes.
+        out["spread"] = {"max_minus_min": float(values.max() - values.min()), "std": float(values.std())}
+    return out
 
 
 def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> dict[str, Any]:
@@ -53,12 +79,13 @@ def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> di
     moved = result.norms[result.success]
     return {
         "class_names": class_names,
-        "flip_matrix": matrix.tolist(),
-        "per_class_flip_rate": {name: _rate(int(k), int(n)) for name, k, n in zip(class_names, flips, totals)},
+        "flip_matrix": matrix_to_json(matrix),
+        "per_class_flip_rate": dict(zip(class_names, rates(flips, totals, CONFIDENCE))),
         "flip_fraction": _rate(int(flips.sum()), int(totals.sum())),
         "clean_accuracy": _rate(int(correct.sum()), len(labels)),
         # Success among the images the model classified correctly: those the attack had to move.
         "attack_success": _rate(int(flipped.sum()), int(correct.sum())),
+        "robust_accuracy": _robust_accuracy(matrix, class_names),
         "perturbation_linf": {"max": float(norms.max()) if len(norms) else 0.0,
                               "mean": float(norms.mean()) if len(norms) else 0.0},
         # In the attack's own norm, over the adversarials that succeeded.
@@ -80,11 +107,14 @@ def _minimal_norms(result: AttackResult, class_names: list[str]) -> dict[str, An
 
 
 def analyse(matrix: np.ndarray, class_names: list[str], seed: int) -> dict[str, Any]:
-    """Where the flips go: symmetry, dominant targets, symmetric/one-way pairs, catch-all columns."""
+    """Where the flips go: symmetry, dominant targets, symmetric/one-way pairs, catch-all columns, the most
+    frequent flips and the most flipped classes."""
     return {"symmetry": symmetry_analysis(matrix, CONFIDENCE, seed=seed),
             "dominant_targets": dominant_targets(matrix, class_names, confidence=CONFIDENCE),
             "pairs": pair_relations(matrix, class_names, CONFIDENCE),
-            "catch_all": catch_all(matrix, class_names, CONFIDENCE)}
+            "catch_all": catch_all(matrix, class_names, CONFIDENCE),
+            "top_pairs": top_pairs(matrix, class_names, CONFIDENCE),
+            "worst_classes": worst_classes(matrix, class_names, CONFIDENCE)}
 
 
 def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: float) -> dict[str, Any]:
@@ -94,11 +124,14 @@ def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: floa
 
 
 def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
-    """Write both files atomically; result.json goes last, so its presence marks a complete run."""
+    """Write the flip matrix's CSV and result.json atomically; result.json goes last, so its presence marks a
+    complete run. A CSV of the other layout, left in `out` by an earlier run, would contradict it: it goes."""
     out = check_out_dir(out)
-    csv_path, json_path = out / "flip_matrix.csv", out / "result.json"
-    atomic_write_files({csv_path: to_csv(np.array(result["flip_matrix"]), result["class_names"]).encode(),
+    names = result["class_names"]
+    csv_path, json_path = out / csv_name(len(names)), out / "result.json"
+    atomic_write_files({csv_path: matrix_csv(matrix_from_json(result["flip_matrix"]), names).encode(),
                         json_path: (json.dumps(result, indent=2) + "\n").encode()})
+    (out / (PAIRS_CSV if csv_path.name == DENSE_CSV else DENSE_CSV)).unlink(missing_ok=True)
     return csv_path, json_path
 
 
@@ -124,7 +157,8 @@ def build_result(data: Dataset, model: dict[str, Any], selection: str, result: A
     return {
         "schema": RESULT_SCHEMA,
         "dataset": {"name": data.name, "fingerprint": data.fingerprint, "source": data.source,
-                    "note": data.note, "selection": selection, "n": len(result.labels)},
+                    "note": data.note, "selection": selection, "n": len(result.labels),
+                    **({"class_order": data.class_order} if data.class_order else {})},
         "model": model,
         "attack": result.params,
         **summarize(result, class_names or list(data.class_names), result.params["seed"]),

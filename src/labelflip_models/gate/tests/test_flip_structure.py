@@ -3,9 +3,9 @@ which classes absorb the flips, each class's dominant flip target, and where uni
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
+from labelflip_models.analysis.flip_matrix import matrix_from_json
 from labelflip_models.gate.decisions import (
     SYMMETRY_NORMS,
     check_catch_all,
@@ -38,7 +38,7 @@ def test_catch_all_classes(labelflip_case, labelflip_run, labelflip_baseline, la
 @gate_test("all")
 def test_dominant_targets(labelflip_case, labelflip_run, labelflip_baseline, labelflip_record):
     result = labelflip_run(labelflip_case).result
-    decision = check_dominant_targets(np.array(result["flip_matrix"]), result["class_names"],
+    decision = check_dominant_targets(matrix_from_json(result["flip_matrix"]), result["class_names"],
                                       labelflip_baseline["gate"]["dominant_targets"])
     labelflip_record("dominant_targets", decision, case=labelflip_case.id)
     assert decision.passed, f"{labelflip_case.id}: dominant flip targets changed: {decision.message}"
