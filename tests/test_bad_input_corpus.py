@@ -228,7 +228,7 @@ OWN_DATA_CASES = [
     case(own_data(GOOD_PNG, "--resize", "0"), ConfigError, r"--resize must be a positive number of pixels, got 0",
          "own-resize-zero"),
     case(argv_only(attack_argv("--model", "m.pt", dataset="photos/")), ConfigError,
-         r"--dataset 'photos/' is neither a built-in dataset", "own-missing-path"),
+         r"--dataset: unknown dataset 'photos/': neither a built-in dataset", "own-missing-path"),
 ]
 GZIP_MAGIC = b"\x1f\x8b"
 HTML_PAGE = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
@@ -237,7 +237,8 @@ HTML_PAGE = b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>"
 CLI_CASES = [
     # Names
     case(argv_only(attack_argv(dataset="cifar-100")), ConfigError,
-         r"--dataset 'cifar-100' is neither a built-in dataset \(fashion-mnist, .*\) nor an existing path",
+         r"--dataset: unknown dataset 'cifar-100': neither a built-in dataset \(fashion-mnist, .*\) nor an "
+         r"existing path",
          "unknown-dataset"),
     case(argv_only(attack_argv(attack="cw")), SystemExit, r"argument --attack: invalid choice: 'cw'",
          "unknown-attack"),

@@ -16,7 +16,8 @@ ATTACK = ["attack", "--dataset", "mnist-5k", "--attack", "fgsm"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["attack", "--dataset", "cifar-100", "--attack", "fgsm", "--epsilon", "0.1", "--out", "x"], "invalid choice"),
+    (["attack", "--dataset", "cifar-100", "--attack", "fgsm", "--epsilon", "0.1", "--out", "x"],
+     "unknown dataset 'cifar-100'"),
     (["attack", "--dataset", "mnist-5k", "--attack", "cw", "--epsilon", "0.1", "--out", "x"], "invalid choice"),
     (ATTACK + ["--epsilon", "-0.1", "--out", "x"], "epsilon must be a positive"),
     (ATTACK + ["--epsilon", "0", "--out", "x"], "epsilon must be a positive"),

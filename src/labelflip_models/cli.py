@@ -139,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace, progress: bool):
     if not is_builtin(args.dataset) and not Path(args.dataset).exists():
-        raise ConfigError(f"--dataset {args.dataset!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an "
-                          "existing path to your own test set")
+        raise ConfigError(f"--dataset: unknown dataset {args.dataset!r}: neither a built-in dataset "
+                          f"({', '.join(DATASETS)}) nor an existing path to your own test set")
     if not is_builtin(args.dataset):
         raise ConfigError(f"--dataset {args.dataset}: labelflip trains and attacks its reference models on the "
                           f"built-in datasets ({', '.join(DATASETS)}); gate your own data with your own --model")

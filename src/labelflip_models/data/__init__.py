@@ -72,8 +72,9 @@ def _load_own(path: str, class_names: tuple[str, ...] | None, preprocess: Prepro
     from .own import load_own_test_set
 
     if not os.path.exists(path):
-        raise ConfigError(f"`dataset` {path!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an existing "
-                          "path to your own data (an ImageFolder tree, a .npz, or a datasets save_to_disk folder)")
+        raise ConfigError(f"`dataset`: unknown dataset {path!r}: neither a built-in dataset ({', '.join(DATASETS)}) "
+                          "nor an existing path to your own data (an ImageFolder tree, a .npz, or a datasets "
+                          "save_to_disk folder)")
     source, names, order, images, labels, note = load_own_test_set(path, class_names, preprocess)
     empty = np.zeros((0, *images.shape[1:]), dtype=images.dtype)
     return Dataset(source.name, names, empty, np.zeros(0, dtype=np.int64), images, labels,

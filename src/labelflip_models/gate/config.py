@@ -168,8 +168,9 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     source = None
     if dataset is not None and dataset not in DATASETS:
         if model is None:
-            raise ConfigError(f"--labelflip-dataset: {dataset!r} is not a built-in dataset ({', '.join(DATASETS)}); "
-                              "a path to your own test set is gated with your own --labelflip-model")
+            raise ConfigError(f"--labelflip-dataset: unknown dataset {dataset!r}: not a built-in dataset "
+                              f"({', '.join(DATASETS)}); a path to your own test set is gated with your own "
+                              "--labelflip-model")
         from ..data.own import describe_source
 
         try:
