@@ -60,7 +60,7 @@ def test_fashion_mnist_png_folders_give_the_builtin_flip_matrix(fashion, attack,
     own = load_dataset(str(png))
     assert own.class_order == "sorted folder names" and own.num_classes == 10
     order = np.argsort(data.test_labels, kind="stable")
-    assert np.array_equal(own.test_images, data.test_images[order])
+    assert np.array_equal(own.test_images[np.arange(len(order))], data.test_images[order])
     case = Case("smoke", "fashion-mnist", attack, epsilon)
     assert np.array_equal(_flips(case, own, model, info), _flips(case, data, model, info))
 
@@ -73,7 +73,7 @@ def test_class_names_reorder_folders_by_name(tmp_path):
     assert own.class_names == ("dog", "cat", "ant") and own.class_order == "`class_names` (the model's order)"
     # Folder "ant" (sorted first) holds the images labelled 2 here, which the model calls class 2 ("ant").
     ant = images[labels == 2]
-    assert np.array_equal(own.test_images[own.test_labels == 2], ant)
+    assert np.array_equal(own.test_images[np.flatnonzero(own.test_labels == 2)], ant)
     with pytest.raises(DataError, match=r"names without data: 'emu'; data without a name: 'ant'"):
         load_dataset(str(tmp_path), class_names=("dog", "cat", "emu"))
 
@@ -106,7 +106,7 @@ def test_resize_and_center_crop(tmp_path):
     with pytest.raises(DataError, match=r"images differ in size: .* declare `resize` and/or `center_crop`"):
         load_dataset(str(tmp_path))
     own = load_dataset(str(tmp_path), preprocess=Preprocess(resize=16, center_crop=12))
-    assert own.test_images.shape == (2, 12, 12, 3) and (own.test_images == 200).all()
+    assert own.test_images.shape == (2, 12, 12, 3) and (own.test_images[np.arange(2)] == 200).all()
 
 
 def test_npz_layouts(tmp_path):
@@ -127,7 +127,8 @@ def test_datasets_save_to_disk(tmp_path):
     datasets.DatasetDict({"test": split}).save_to_disk(str(tmp_path / "hf"))
     own = load_dataset(str(tmp_path / "hf"))
     assert own.class_names == ("x", "y", "z") and own.class_order == "the ClassLabel's names"
-    assert np.array_equal(own.test_images, images) and np.array_equal(own.test_labels, labels)
+    assert np.array_equal(own.test_images[np.arange(len(labels))], images)
+    assert np.array_equal(own.test_labels, labels)
 
 
 @pytest.fixture(scope="module", params=[100, 1000], ids=["100-classes", "1000-classes"])
@@ -175,3 +176,63 @@ labelflip_baselines = "baselines"
     text = failed.stdout.str()
     assert failed.parseoutcomes().get("failed", 0) >= 1, text
     assert "flip rate regressed" in text, text
+
+
+def _attack(data, model, monkeypatch, chunk: int, keep_bytes: int, attack: str = "fgsm"):
+    from labelflip_models.attacks import Bounds, make_attack
+    from labelflip_models.runs import evaluate
+
+    monkeypatch.setattr(evaluate, "CHUNK_IMAGES", chunk)
+    monkeypatch.setattr(evaluate, "KEEP_BYTES", keep_bytes)
+    return evaluate.attack_images(data, model, {}, np.arange(len(data.test_labels)), "all", make_attack(attack),
+                                  0.1, bounds=Bounds(), seed=0)
+
+
+def test_streamed_chunks_and_reduced_runs_give_the_same_figures(tmp_path, monkeypatch):
+    """Chunks of 7 images decoded by workers, and a run that keeps only per-image figures, agree with one chunk that
+    keeps everything (FGSM: no random start, so the chunks' seeds do not matter)."""
+    from .own_data import NearestTemplate
+
+    templates, images, labels = generated(5, 9)
+    data = load_dataset(str(write_image_folder(tmp_path, images, labels, class_names(5))))
+    model = NearestTemplate(templates).eval()
+    whole, kept = _attack(data, model, monkeypatch, 1024, 1 << 30)
+    streamed, reduced = _attack(data, model, monkeypatch, 7, 0)
+    assert kept.kept and not reduced.kept and reduced.images is None
+    for key in ("flip_matrix", "per_class_flip_rate", "robust_accuracy", "perturbation", "perturbation_linf"):
+        assert streamed[key] == whole[key], key
+    assert torch_equal(reduced.norms, kept.norms) and reduced.adversarial_range == kept.adversarial_range
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_random_starts_differ_between_chunks_but_repeat(tmp_path, monkeypatch):
+    from labelflip_models.runs.evaluate import chunk_seed
+
+    from .own_data import NearestTemplate
+
+    templates, images, labels = generated(4, 8)
+    data = load_dataset(str(write_npz(tmp_path / "set.npz", images, labels)))
+    model = NearestTemplate(templates).eval()
+    _, first = _attack(data, model, monkeypatch, 16, 1 << 30, "linf-pgd")
+    _, again = _attack(data, model, monkeypatch, 16, 1 << 30, "linf-pgd")
+    assert torch_equal(first.raw, again.raw)
+    # A one-chunk run keeps the run's seed; later chunks get streams of their own.
+    assert chunk_seed(7, 0) == 7 and len({chunk_seed(7, i) for i in range(5)}) == 5
+
+
+def test_an_image_that_fails_to_decode_in_a_worker_is_one_error(tmp_path, monkeypatch):
+    templates, images, labels = generated(2, 3)
+    write_image_folder(tmp_path, images, labels, ["a", "b"])
+    png = sorted((tmp_path / "b").iterdir())[0]
+    png.write_bytes(png.read_bytes()[:60])  # the header still parses; the pixels are cut off
+    from .own_data import NearestTemplate
+
+    data = load_dataset(str(tmp_path))
+    with pytest.raises(DataError) as raised:
+        _attack(data, NearestTemplate(templates).eval(), monkeypatch, 4, 1 << 30)
+    assert str(raised.value).startswith(f"cannot read image {png}") and "\n" not in str(raised.value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -17,20 +17,24 @@ class AttackResult:
     `attacked` marks the images the attack had to move: every image for a fixed-ε attack; for a minimal
     attack only the correctly classified ones (a misclassified image is its own adversarial, at norm 0).
     For a minimal attack, `clipped` is the image itself wherever the attack failed (`success` False).
+
+    A run too large to keep in memory keeps only per-image figures (`reduced`): then `images`, `raw` and `clipped`
+    are None, and the norms and the adversarials' range were measured from them before they were dropped.
     """
 
     epsilon: float | None  # None for minimal attacks
     norm: str
-    images: torch.Tensor
+    images: torch.Tensor | None
     labels: torch.Tensor
-    raw: torch.Tensor
-    clipped: torch.Tensor
+    raw: torch.Tensor | None
+    clipped: torch.Tensor | None
     success: torch.Tensor
     attacked: torch.Tensor
     clean_pred: torch.Tensor
     adv_pred: torch.Tensor
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
+    measured: dict[str, torch.Tensor] | None = None  # "norms", "linf_norms", "range" of a reduced run
 
     @property
     def landed(self) -> torch.Tensor:
@@ -39,10 +43,54 @@ class AttackResult:
         return torch.where(self.clean_pred != self.labels, self.clean_pred, self.adv_pred)
 
     @property
+    def kept(self) -> bool:
+        """Whether the images and adversarials are still here."""
+        return self.clipped is not None
+
+    @property
     def norms(self) -> torch.Tensor:
         """Per image, the size of clipped − image in the attack's norm (l0: how many entries changed)."""
+        if self.measured is not None:
+            return self.measured["norms"]
         return torch.linalg.vector_norm((self.clipped - self.images).flatten(1), ord=NORMS[self.norm], dim=1)
 
     @property
     def linf_norms(self) -> torch.Tensor:
+        if self.measured is not None:
+            return self.measured["linf_norms"]
         return (self.clipped - self.images).flatten(1).abs().amax(1)
+
+    @property
+    def adversarial_range(self) -> tuple[float, float]:
+        """Smallest and largest value of any adversarial (the input bounds must contain them)."""
+        if self.measured is not None:
+            return float(self.measured["range"][0]), float(self.measured["range"][1])
+        if not len(self.clipped):
+            return 0.0, 0.0
+        return float(self.clipped.min()), float(self.clipped.max())
+
+    def reduced(self) -> AttackResult:
+        """The same run without its images and adversarials: what a streamed run keeps of each chunk."""
+        low, high = self.adversarial_range
+        measured = {"norms": self.norms, "linf_norms": self.linf_norms, "range": torch.tensor([low, high])}
+        return replace(self, images=None, raw=None, clipped=None, measured=measured)
+
+    @classmethod
+    def concat(cls, parts: list[AttackResult], params: dict[str, Any]) -> AttackResult:
+        """One run from the runs of consecutive chunks of its images (all kept, or all reduced)."""
+        first = parts[0]
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(p, name) for p in parts])
+
+        tensors = {name: cat(name) for name in ("labels", "success", "attacked", "clean_pred", "adv_pred")}
+        if first.kept:
+            images = {name: cat(name) for name in ("images", "raw", "clipped")}
+            measured = None
+        else:
+            images = dict.fromkeys(("images", "raw", "clipped"))
+            ranges = torch.stack([p.measured["range"] for p in parts])
+            measured = {"norms": cat("norms"), "linf_norms": cat("linf_norms"),
+                        "range": torch.stack([ranges[:, 0].min(), ranges[:, 1].max()])}
+        return cls(epsilon=first.epsilon, norm=first.norm, **images, **tensors,
+                   seconds=sum(p.seconds for p in parts), params=params, measured=measured)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -58,7 +60,10 @@ class Dataset:
         h = hashlib.sha256(self.name.encode())
         for arr in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             h.update(str(arr.shape).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+            if hasattr(arr, "digest"):  # images decoded on demand: their files' bytes
+                arr.digest(h)
+            else:
+                h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
 
     def tensors(self, split: str, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +77,41 @@ class Dataset:
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         return x, torch.from_numpy(labels.astype(np.int64))
+
+
+    def test_chunks(self, indices: np.ndarray, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test images `indices`, as `tensors` gives them, in consecutive chunks of `size`. Images decoded on
+        demand are decoded a chunk ahead of the caller by a pool of threads (Pillow decodes outside the GIL), so
+        only two chunks are ever held.
+
+        Threads, not processes: a process forked from one that has run torch can inherit a lock another thread held
+        at the fork and hang, and forkserver/spawn workers pass tensors over Unix sockets, which test sandboxes
+        (pytest-socket) block."""
+        images = self.test_images
+        if not hasattr(images, "decode"):
+            for i in range(0, len(indices), size):
+                yield self.tensors("test", indices[i:i + size])
+            return
+        chunks = [indices[i:i + size] for i in range(0, len(indices), size)]
+        with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="labelflip-decode") as pool:
+            pending = [pool.submit(images.decode, int(i)) for i in chunks[0]] if chunks else []
+            for k, chunk in enumerate(chunks):
+                decoded = pending
+                if k + 1 < len(chunks):
+                    pending = [pool.submit(images.decode, int(i)) for i in chunks[k + 1]]
+                try:
+                    arrays = [future.result() for future in decoded]
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
+                x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
+                yield (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous(),
+                       torch.from_numpy(self.test_labels[chunk].astype(np.int64)))
+
+
+# Threads decoding images beside the attack (see Dataset.test_chunks).
+DECODE_THREADS = 4
 
 
 def first_n(labels: np.ndarray, limit: int) -> np.ndarray:

@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # torchvision.datasets.folder.IMG_EXTENSIONS, without importing torchvision at collection time.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_LISTED = 5
+GREY_MODES = ("1", "L", "I", "I;16", "F", "LA")
 NPZ_KEYS = ("x", "y")
 
 
@@ -178,22 +179,14 @@ def _check_names(names: tuple[str, ...], where: str) -> None:
         raise DataError(f"{where}: {len(names)} class ({_listed(list(names))}); a flip needs at least 2 classes")
 
 
-def source_channels(source: Source) -> int:
-    """1 or 3: the channels the model will see, from the first image (an .npz: from its array's shape)."""
+def source_channels(source: Source, preprocess: Preprocess) -> int:
+    """1 or 3: the channels the model will see (an .npz: from its array's shape; images: from their headers)."""
     if source.kind == "npz":
         with _open_npz(source.path) as npz:
-            x = npz["x"]
+            x = _array(npz, "x", source.path)
         return 3 if x.ndim == 4 and 3 in (x.shape[1], x.shape[3]) else 1
-    if source.kind == "hf":
-        image, _, _ = _read_hf(source.path, Preprocess(), limit=1)
-        return 1 if image.ndim == 3 else 3
-    test = _test_root(source.path)
-    for name in _class_dirs(test):
-        for dirpath, _, filenames in sorted(os.walk(test / name)):
-            for f in sorted(filenames):
-                if _is_image(f) and not f.startswith("."):
-                    return 1 if _decode(Path(dirpath) / f, Preprocess()).ndim == 2 else 3
-    raise DataError(f"{test} holds no images")
+    images, _, _ = (_read_hf if source.kind == "hf" else _read_folder)(source.path, preprocess)
+    return 1 if images.ndim == 3 else 3
 
 
 def model_order(source: Source, class_names: tuple[str, ...] | None) -> tuple[tuple[str, ...], np.ndarray, str]:
@@ -210,9 +203,10 @@ def model_order(source: Source, class_names: tuple[str, ...] | None) -> tuple[tu
 
 
 def load_own_test_set(path: str | os.PathLike, class_names: tuple[str, ...] | None = None,
-                      preprocess: Preprocess = Preprocess()) -> tuple[Source, tuple[str, ...], str, np.ndarray,
-                                                                       np.ndarray, str]:
-    """(source, class names, class order, images uint8 (N,H,W) or (N,H,W,C) / float32 in [0,1], labels, note)."""
+                      preprocess: Preprocess = Preprocess()) -> tuple[Source, tuple[str, ...], str,
+                                                                       np.ndarray | LazyImages, np.ndarray, str]:
+    """(source, class names, class order, images, labels, note). Images: an ImageFolder's decoded lazily
+    (`LazyImages`, uint8); otherwise uint8 (N,H,W) or (N,H,W,C), or float32 in [0,1] from an .npz."""
     source = describe_source(path)
     names, to_model, order = model_order(source, class_names)
     if source.kind == "npz":
@@ -255,7 +249,7 @@ def _read_npz(path: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarra
 def _preprocess_arrays(x: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = torch.from_numpy(np.array(x))  # a writable copy: PIL hands out read-only arrays
     t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
     t = _apply(t, preprocess)
     t = t[:, 0] if x.ndim == 3 else t.permute(0, 2, 3, 1)
@@ -272,23 +266,23 @@ def _apply(t: torch.Tensor, preprocess: Preprocess) -> torch.Tensor:
     return t
 
 
-def _decode(path: Path, preprocess: Preprocess) -> np.ndarray:
-    """One image as uint8 (H, W) or (H, W, 3); any problem is a DataError naming the file."""
+def _decode(item: Path | BinaryIO, name: str, preprocess: Preprocess, mode: str | None = None) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3); any problem is a DataError naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(item) as image:
             image.load()
-            mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
-            array = np.asarray(image.convert(mode))
+            to = mode or ("L" if image.mode in GREY_MODES else "RGB")
+            array = np.asarray(image.convert(to))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        raise DataError(f"cannot read image {name}: {exc}") from None
     if preprocess.resize or preprocess.center_crop:
         array = _preprocess_arrays(array[None], preprocess)[0]
     return array
 
 
-def _read_folder(root: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_folder(root: Path, preprocess: Preprocess) -> tuple[LazyImages, np.ndarray, str]:
     test = _test_root(root)
     files: list[Path] = []
     labels: list[int] = []
@@ -308,19 +302,89 @@ def _read_folder(root: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.nda
         if not found:
             raise DataError(f"class folder {test / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         labels.extend([label] * found)
-    arrays = [_decode(f, preprocess) for f in files]
-    _check_same_shape(arrays, files, preprocess)
-    # Grey images among colour ones become colour, as PIL's convert("RGB") would make them.
-    if len({a.ndim for a in arrays}) > 1:
-        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
     note = f"{ignored} files without an image extension ignored" if ignored else ""
-    return np.stack(arrays), np.array(labels, dtype=np.int64), note
+    return _lazy(files, preprocess), np.array(labels, dtype=np.int64), note
 
 
-def _check_same_shape(arrays: list[np.ndarray], files: list[Path], preprocess: Preprocess) -> None:
+def _lazy(items: Any, preprocess: Preprocess) -> LazyImages:
+    """`items` (files, or a split's encoded images) as LazyImages, after checking from the headers alone that they
+    come out in one size."""
+    names = [_name(items, i) for i in range(len(items))]
+    headers = [_header(items[i], names[i]) for i in range(len(items))]
+    _check_same_shape([_output_size(size, preprocess) for size, _ in headers], names, preprocess)
+    # Grey images among colour ones become colour, as PIL's convert("RGB") would make them.
+    mode = "L" if all(m in GREY_MODES for _, m in headers) else "RGB"
+    first = _decode(items[0], names[0], preprocess, mode)
+    return LazyImages(items, mode, preprocess, first.shape)
+
+
+def _name(items: Any, i: int) -> str:
+    return items.name(i) if hasattr(items, "name") else str(items[i])
+
+
+def _header(item: Path | BinaryIO, name: str) -> tuple[tuple[int, int], str]:
+    """(height, width) and mode, from the image's header alone; one PIL cannot identify is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(item) as image:
+            return (image.height, image.width), image.mode
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot read image {name}: {exc}") from None
+
+
+def _output_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int]:
+    """The size torchvision's Resize([n]) then CenterCrop(c) give an image of `size`."""
+    if preprocess.center_crop:
+        return preprocess.center_crop, preprocess.center_crop
+    if not preprocess.resize:
+        return size
+    h, w = size
+    short, long = sorted(size)
+    new_long = int(preprocess.resize * long / short)
+    return (preprocess.resize, new_long) if h <= w else (new_long, preprocess.resize)
+
+
+class LazyImages:
+    """Test images decoded when indexed (an ImageFolder's files, a datasets split's encoded images); array-like
+    (shape, ndim, dtype, `[indices]`), so the rest of labelflip treats them like the in-memory uint8 arrays of other
+    datasets, without holding the set."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, items: Any, mode: str, preprocess: Preprocess, shape: tuple[int, ...]) -> None:
+        self.items, self.mode, self.preprocess = items, mode, preprocess
+        self.shape = (len(items), *shape)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, indices: np.ndarray | slice | int) -> np.ndarray:
+        if isinstance(indices, (int, np.integer)):
+            return self.decode(int(indices))
+        chosen = np.arange(len(self))[indices]
+        return np.stack([self.decode(int(i)) for i in chosen]) if len(chosen) else np.zeros((0, *self.shape[1:]),
+                                                                                           np.uint8)
+
+    def decode(self, i: int) -> np.ndarray:
+        return _decode(self.items[i], _name(self.items, i), self.preprocess, self.mode)
+
+    def digest(self, h: Any) -> None:
+        """Feed every image's encoded bytes (no need to decode them) into the hash `h`."""
+        for i in range(len(self.items)):
+            item = self.items[i]
+            h.update(Path(_name(self.items, i)).name.encode())
+            with item.open("rb") if isinstance(item, Path) else item as stream:
+                for block in iter(lambda: stream.read(1 << 20), b""):
+                    h.update(block)
+
+
+def _check_same_shape(shapes: list[tuple[int, ...]], files: list[str], preprocess: Preprocess) -> None:
+    """`shapes`: each image's (height, width, ...) after preprocessing."""
     sizes: dict[tuple[int, int], list[Path]] = {}
-    for a, f in zip(arrays, files):
-        sizes.setdefault(a.shape[:2], []).append(f)
+    for shape, f in zip(shapes, files):
+        sizes.setdefault(tuple(shape[:2]), []).append(f)
     if len(sizes) <= 1:
         return
     common = max(sizes, key=lambda s: len(sizes[s]))
@@ -333,7 +397,7 @@ def _check_same_shape(arrays: list[np.ndarray], files: list[Path], preprocess: P
                     f"{listed}; {hint}")
 
 
-def _read_hf(root: Path, preprocess: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+def _read_hf(root: Path, preprocess: Preprocess) -> tuple[LazyImages, np.ndarray, str]:
     image_col, label_col, _ = _hf_columns(_hf_split_dir(root))
     try:
         import datasets
@@ -341,20 +405,30 @@ def _read_hf(root: Path, preprocess: Preprocess, limit: int | None = None) -> tu
         raise ConfigError(f"{root} is a Hugging Face datasets folder; reading it needs the `datasets` package: "
                           'pip install "labelflip[datasets]"') from None
     split = datasets.load_from_disk(str(_hf_split_dir(root)))
-    arrays, labels = [], []
-    for i in range(min(len(split), limit or len(split))):
-        try:
-            row = split[i]  # decodes the image
-            image = row[image_col]
-            mode = "L" if image.mode in ("1", "L", "I", "I;16", "F", "LA") else "RGB"
-            array = np.asarray(image.convert(mode))
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise DataError(f"{root}: cannot decode the image of row {i}: {exc}") from None
-        if preprocess.resize or preprocess.center_crop:
-            array = _preprocess_arrays(array[None], preprocess)[0]
-        arrays.append(array)
-        labels.append(row[label_col])
-    if not arrays:
+    if not len(split):
         raise DataError(f"{root}: the test split is empty")
-    _check_same_shape(arrays, [Path(f"{root}[row {i}]") for i in range(len(arrays))], preprocess)
-    return np.stack(arrays), np.array(labels, dtype=np.int64), ""
+    # Encoded bytes, decoded by labelflip when an image is needed: the Arrow table stays memory-mapped.
+    images = HFImages(root, split.cast_column(image_col, datasets.Image(decode=False)), image_col)
+    labels = np.asarray(split[label_col], dtype=np.int64)
+    return _lazy(images, preprocess), labels, ""
+
+
+class HFImages:
+    """The encoded images of a saved datasets split, as files would give them: a readable item per row."""
+
+    def __init__(self, root: Path, split: Any, column: str) -> None:
+        self.root, self.split, self.column = root, split, column
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> Any:
+        import io
+
+        item = self.split[i][self.column]
+        return io.BytesIO(item["bytes"]) if item.get("bytes") is not None else Path(item["path"])
+
+    def name(self, i: int) -> str:
+        return f"{self.root}[row {i}]"
+
+

@@ -206,11 +206,11 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
             raise ConfigError("--labelflip-model needs --labelflip-baselines DIR: your model is gated against its own "
                               "baselines (create them once with --labelflip-regen), not labelflip's reference models'")
         if source is not None:
-            from ..data.own import model_order, source_channels
+            from ..data.own import Preprocess, model_order, source_channels
 
             try:
                 model_order(source, class_names)
-                channels = source_channels(source)
+                channels = source_channels(source, Preprocess(resize, center_crop))
             except LabelflipError as exc:
                 raise ConfigError(f"--labelflip-dataset {dataset}: {exc.phrased(OPTION_NAMES)}") from None
         else:

@@ -23,25 +23,27 @@ from ..storage.locks import lock_timeout_error, lock_timeout_s
 from .profiles import Case
 
 T = TypeVar("T")
-_TENSORS = ("images", "clipped", "labels", "adv_pred", "success", "attacked", "norms")
+_TENSORS = ("images", "clipped", "labels", "adv_pred", "success", "attacked", "norms", "range")
 
 
 @dataclass
 class CaseRun:
     case: Case
     result: dict[str, Any]
-    images: torch.Tensor
-    clipped: torch.Tensor
+    # None for a run too large to keep them (AttackResult.reduced): its norms and range were measured before.
+    images: torch.Tensor | None
+    clipped: torch.Tensor | None
     labels: torch.Tensor
     adv_pred: torch.Tensor
     success: torch.Tensor
     attacked: torch.Tensor
     norms: torch.Tensor  # per image, in the attack's norm, as the run reported them
+    range: torch.Tensor  # smallest and largest value of any adversarial
 
     @classmethod
     def from_attack(cls, case: Case, result: dict[str, Any], attacked: AttackResult) -> CaseRun:
         return cls(case, result, attacked.images, attacked.clipped, attacked.labels, attacked.adv_pred,
-                   attacked.success, attacked.attacked, attacked.norms)
+                   attacked.success, attacked.attacked, attacked.norms, torch.tensor(attacked.adversarial_range))
 
     def class_norms(self) -> dict[str, np.ndarray]:
         """Per class, the minimal norms of the images the attack had to move; a failed attack counts as inf."""
@@ -52,7 +54,7 @@ class CaseRun:
 
 def save_run(run: CaseRun, directory: Path) -> None:
     """Tensors first, JSON last: the JSON marks a complete entry."""
-    tensors = {name: getattr(run, name).contiguous() for name in _TENSORS}
+    tensors = {name: getattr(run, name).contiguous() for name in _TENSORS if getattr(run, name) is not None}
     atomic_write_files({directory / "run.safetensors": save(tensors),
                         directory / "result.json": json.dumps(run.result).encode()})
 
@@ -60,7 +62,7 @@ def save_run(run: CaseRun, directory: Path) -> None:
 def load_run(case: Case, directory: Path) -> CaseRun | None:
     if not (directory / "result.json").exists():
         return None
-    tensors = load_file(directory / "run.safetensors")
+    tensors = dict.fromkeys(("images", "clipped")) | load_file(directory / "run.safetensors")
     return CaseRun(case, json.loads((directory / "result.json").read_text()), **tensors)
 
 
