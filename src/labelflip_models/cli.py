@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train (or load from cache) the reference model")
     _common(train)
-    attack = sub.add_parser("attack", help="attack test images, write flip_matrix.csv and result.json")
+    attack = sub.add_parser("attack", help="attack test images, write flip_matrix.csv (flip_pairs.csv above 100 "
+                                           "classes) and result.json")
     _common(attack)
     _model_options(attack)
     attack.add_argument("--attack", required=True, choices=sorted(ATTACKS))

@@ -28,12 +28,13 @@ DEFAULT_BATCH = {"cpu": 256, "cuda": 4096}
 
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                epsilon: float | None = None, bounds: Bounds = Bounds(), batch_size: int | None = None,
-               seed: int = 0, progress: bool = False, engine: str = "auto") -> AttackResult:
+               seed: int | None = 0, progress: bool = False, engine: str = "auto") -> AttackResult:
     """Attack the images on the model's device; everything in the result is on the CPU.
 
     Fixed-ε attacks need `epsilon` (in `attack.norm`, pixel units) and attack every image. Minimal attacks take
     no ε and attack only the images the model classifies correctly. Whatever the engine, each image's verdict
-    (`adv_pred`, `success`) is the caller's fp32 model's on the returned adversarial.
+    (`adv_pred`, `success`) is the caller's fp32 model's on the returned adversarial. `seed` None continues torch's
+    global random stream instead of seeding it.
     """
     epsilon = check_epsilon_for(attack, epsilon, bounds)
     device = next(model.parameters()).device
@@ -46,8 +47,10 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     images, labels = images.cpu(), labels.cpu()
     fast = fast_copy(model)
     clean_pred = predict(model, images)
-    # Random starts draw from torch's global generator; one seed per run fixes the whole sequence.
-    torch.manual_seed(seed)
+    # Random starts draw from torch's global generator; one seed per run fixes the whole sequence. None continues
+    # the sequence: a later chunk of the same run (runs/evaluate.py), which then draws what one call would have.
+    if seed is not None:
+        torch.manual_seed(seed)
     start = time.perf_counter()
     if isinstance(attack, MinimalAttack):
         attacked = clean_pred == labels

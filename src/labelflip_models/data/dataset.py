@@ -100,14 +100,19 @@ class Dataset:
                 if k + 1 < len(chunks):
                     pending = [pool.submit(images.decode, int(i)) for i in chunks[k + 1]]
                 try:
-                    arrays = [future.result() for future in decoded]
+                    stacked = np.stack([future.result() for future in decoded])
                 except BaseException:
                     for future in pending:
                         future.cancel()
                     raise
-                x = torch.from_numpy(np.stack(arrays)).float().div_(255.0)
-                yield (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous(),
-                       torch.from_numpy(self.test_labels[chunk].astype(np.int64)))
+                del decoded  # nothing of a chunk stays referenced here while the caller attacks it
+                yield _as_tensors(stacked, self.test_labels[chunk])
+
+
+def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(images).float().div_(255.0)
+    return (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(labels.astype(np.int64)))
 
 
 # Threads decoding images beside the attack (see Dataset.test_chunks).

@@ -13,13 +13,15 @@ from torch import nn
 
 from ..analysis.noise import noise_probe
 from ..attacks import Attack, AttackResult, Bounds, run_attack
+from ..attacks.run import DEFAULT_BATCH
 from ..data import Dataset
 from ..errors import DataError
 from ..models.io import check_model, load_model, logits_adapter
 from .results import build_noise_result, build_result
 
-# Images attacked at a time: about 600 MB per float32 tensor (images, raw and clipped adversarials) at 224×224.
-CHUNK_IMAGES = 1024
+# Images attacked at a time, at least (a device's batch if larger): about 150 MB per float32 tensor (images, raw
+# and clipped adversarials) at 224×224.
+CHUNK_IMAGES = 256
 # Runs up to this size keep their images and adversarials for the gate's checks; larger ones keep per-image figures.
 KEEP_BYTES = 1 << 30
 
@@ -52,28 +54,29 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
                   progress: bool = False) -> tuple[dict[str, Any], AttackResult]:
     """Attack the test images `indices` (described by `selection`); result.json's content and the adversarials.
 
-    The images stream through in chunks of CHUNK_IMAGES, so memory does not grow with the test set. A run whose
+    The images stream through in chunks of CHUNK_IMAGES (or the batch size), so memory does not grow with the test
+    set; seeded once, a run's random starts are the same whatever the chunk size. A run whose
     images and adversarials would take more than KEEP_BYTES keeps only per-image figures (`AttackResult.reduced`).
     """
     start = time.perf_counter()
     keep = len(indices) * int(np.prod(data.test_images.shape[1:])) * 3 * 4 <= KEEP_BYTES
+    device = next(model.parameters()).device.type
+    # Whole batches per chunk (a GPU's are larger than a chunk), so chunking changes no batch.
+    chunk = max(CHUNK_IMAGES, batch_size or DEFAULT_BATCH.get(device, CHUNK_IMAGES))
     parts = []
-    for i, (images, labels) in enumerate(data.test_chunks(indices, CHUNK_IMAGES)):
-        images = bounds.lower + images * (bounds.upper - bounds.lower)
-        part = run_attack(model, images, labels, attack, epsilon, bounds=bounds, batch_size=batch_size,
-                          seed=chunk_seed(seed, i), progress=progress, engine=engine)
+    for i, (images, labels) in enumerate(data.test_chunks(indices, chunk)):
+        # Seeded once: later chunks continue the random stream, so the run is the same whatever the chunk size.
+        part = run_attack(model, bounds.lower + images * (bounds.upper - bounds.lower), labels, attack, epsilon,
+                          bounds=bounds, batch_size=batch_size, seed=seed if i == 0 else None, progress=progress,
+                          engine=engine)
+        del images
         parts.append(part if keep else part.reduced())
+        del part
     if not parts:
         raise DataError(f"no test images selected from {data.name}")
-    attacked = AttackResult.concat(parts, {**parts[0].params, "seed": seed, "chunk_images": CHUNK_IMAGES})
+    attacked = AttackResult.concat(parts, {**parts[0].params, "chunk_images": chunk})
     result = build_result(data, model_info, selection, attacked, _device(model), time.perf_counter() - start)
     return result, attacked
-
-
-def chunk_seed(seed: int, chunk: int) -> int:
-    """The seed of chunk `chunk` of a run: the run's own for the first (a run of one chunk is seeded as it always
-    was), then independent streams derived from both."""
-    return seed if chunk == 0 else int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
 def probe_noise(data: Dataset, model: nn.Module, model_info: dict[str, Any], n: int, seed: int,
