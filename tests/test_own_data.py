@@ -235,3 +235,45 @@ def test_an_image_that_fails_to_decode_in_a_worker_is_one_error(tmp_path, monkey
     with pytest.raises(DataError) as raised:
         _attack(data, NearestTemplate(templates).eval(), monkeypatch, 4, 1 << 30)
     assert str(raised.value).startswith(f"cannot read image {png}") and "\n" not in str(raised.value)
+
+
+def test_val_split_and_dataset_names(tmp_path, monkeypatch):
+    from labelflip_models.data.names import dataset_key
+
+    _, images, labels = generated(2, 3)
+    write_image_folder(tmp_path / "imagenet" / "train", images, labels, ["a", "b"])
+    write_image_folder(tmp_path / "imagenet" / "val", images[:2], labels[:2], ["a", "b"])
+    assert len(load_dataset(str(tmp_path / "imagenet")).test_labels) == 2  # val/, as ImageNet's tree has it
+    monkeypatch.chdir(tmp_path / "imagenet")
+    assert dataset_key(".") == "imagenet" and dataset_key("cifar-10") == "cifar-10"
+
+
+def test_deep_images_are_refused_not_clipped(tmp_path):
+    _, images, labels = generated(2, 1)
+    write_image_folder(tmp_path, images, labels, ["a", "b"])
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "a" / "deep.png")
+    with pytest.raises(DataError, match=r"image .*deep.png has I;16 pixels \(16-bit or float\)"):
+        load_dataset(str(tmp_path))
+
+
+def test_npz_names_as_bytes_and_floats_resized_stay_in_range(tmp_path):
+    from labelflip_models.data import Preprocess
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 9, 9, 3)).astype(np.float32)
+    x[:, ::2] = 1.0
+    path = write_npz(tmp_path / "f.npz", x, np.array([0, 1, 0, 1]))
+    np.savez(path, x=x, y=np.array([0, 1, 0, 1]), class_names=np.array([b"cat", b"dog"]))
+    own = load_dataset(str(path), preprocess=Preprocess(resize=5))
+    assert own.class_names == ("cat", "dog") and own.test_images.max() <= 1 and own.test_images.min() >= 0
+
+
+def test_datasets_with_two_label_columns_is_refused(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    _, images, labels = generated(2, 1)
+    features = datasets.Features({"img": datasets.Image(), "fine": datasets.ClassLabel(names=["x", "y"]),
+                                  "coarse": datasets.ClassLabel(names=["p", "q"])})
+    datasets.Dataset.from_dict({"img": [Image.fromarray(i) for i in images], "fine": labels.tolist(),
+                                "coarse": labels.tolist()}, features=features).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(DataError, match=r"several ClassLabel columns \(fine, coarse\)"):
+        load_dataset(str(tmp_path / "hf"))

@@ -21,5 +21,5 @@ def dataset_key(dataset: str) -> str:
     or file's name without suffix (./photos -> photos, test.npz -> test)."""
     if dataset in DATASETS:
         return dataset
-    path = Path(dataset)
+    path = Path(dataset).resolve()  # "." and ".." name the folder they stand for
     return path.stem if path.is_file() else path.name

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
 # torchvision.datasets.folder.IMG_EXTENSIONS, without importing torchvision at collection time.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MAX_LISTED = 5
-GREY_MODES = ("1", "L", "I", "I;16", "F", "LA")
+GREY_MODES = ("1", "L", "LA", "P")
+# 16-bit and float images: converting them to 8 bits would clip them, silently.
+DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 NPZ_KEYS = ("x", "y")
 
 
@@ -82,18 +84,19 @@ def _class_dirs(root: Path) -> list[str]:
 
 
 def _test_root(root: Path) -> Path:
-    """root/test when the tree has a train/ + test/ split, else root."""
+    """root/test (else root/val, as ImageNet's) when the tree is split into train/ and test/ or val/, else root."""
     dirs = _class_dirs(root)
-    if "test" in dirs and set(dirs) <= {"train", "test", "val"}:
-        train = root / "train"
-        if train.is_dir() and _class_dirs(train) != _class_dirs(root / "test"):
-            only_train = sorted(set(_class_dirs(train)) - set(_class_dirs(root / "test")))
-            only_test = sorted(set(_class_dirs(root / "test")) - set(_class_dirs(train)))
-            raise DataError(f"{root}: train/ and test/ hold different class folders (only in train/: "
-                            f"{_listed(only_train) or 'none'}; only in test/: {_listed(only_test) or 'none'}); class "
-                            "indices would differ between the splits")
-        return root / "test"
-    return root
+    held_out = "test" if "test" in dirs else "val" if "val" in dirs else None
+    if held_out is None or not set(dirs) <= {"train", "test", "val"}:
+        return root
+    train, test = root / "train", root / held_out
+    if train.is_dir() and _class_dirs(train) != _class_dirs(test):
+        only_train = sorted(set(_class_dirs(train)) - set(_class_dirs(test)))
+        only_test = sorted(set(_class_dirs(test)) - set(_class_dirs(train)))
+        raise DataError(f"{root}: train/ and {held_out}/ hold different class folders (only in train/: "
+                        f"{_listed(only_train) or 'none'}; only in {held_out}/: {_listed(only_test) or 'none'}); "
+                        "class indices would differ between the splits")
+    return test
 
 
 def _describe_folder(root: Path) -> Source:
@@ -113,7 +116,8 @@ def _describe_npz(path: Path) -> Source:
             raise DataError(f"{path}: a .npz dataset needs arrays {', '.join(NPZ_KEYS)}; missing "
                             f"{', '.join(missing)} (found: {', '.join(npz.files) or 'none'})")
         if "class_names" in npz.files:
-            names = tuple(str(n) for n in np.asarray(npz["class_names"]).reshape(-1))
+            stored = _array(npz, "class_names", path).reshape(-1)
+            names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in stored)
             order = "class_names in the .npz"
         else:
             y = _array(npz, "y", path)
@@ -162,6 +166,9 @@ def _hf_columns(split_dir: Path) -> tuple[str, str, tuple[str, ...]]:
     if not images or not labels:
         found = ", ".join(f"{k} ({f.get('_type') if isinstance(f, dict) else f})" for k, f in features.items())
         raise DataError(f"{split_dir}: a datasets folder needs an Image column and a ClassLabel column; found {found}")
+    if len(labels) > 1:
+        raise DataError(f"{split_dir}: several ClassLabel columns ({', '.join(labels)}); keep the one your model "
+                        "predicts (e.g. dataset.remove_columns) and save it again")
     return images[0], labels[0], tuple(features[labels[0]]["names"])
 
 
@@ -243,6 +250,8 @@ def _read_npz(path: Path, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarra
         x = x.astype(np.float32)
     if preprocess.resize or preprocess.center_crop:
         x = _preprocess_arrays(x, preprocess)
+        if x.dtype != np.uint8:
+            x = np.clip(x, 0, 1)  # antialiased resizing overshoots [0, 1] by rounding
     return np.ascontiguousarray(x), y.astype(np.int64), ""
 
 
@@ -328,9 +337,13 @@ def _header(item: Path | BinaryIO, name: str) -> tuple[tuple[int, int], str]:
 
     try:
         with Image.open(item) as image:
-            return (image.height, image.width), image.mode
+            size, mode = (image.height, image.width), image.mode
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot read image {name}: {exc}") from None
+    if mode in DEEP_MODES:
+        raise DataError(f"image {name} has {mode} pixels (16-bit or float); labelflip reads 8-bit images: convert "
+                        "it, or give the set as an .npz of floats in [0, 1]")
+    return size, mode
 
 
 def _output_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, int]:
@@ -371,7 +384,8 @@ class LazyImages:
         return _decode(self.items[i], _name(self.items, i), self.preprocess, self.mode)
 
     def digest(self, h: Any) -> None:
-        """Feed every image's encoded bytes (no need to decode them) into the hash `h`."""
+        """Feed how images are decoded and every image's encoded bytes (no need to decode them) into the hash `h`."""
+        h.update(repr((self.mode, self.preprocess)).encode())
         for i in range(len(self.items)):
             item = self.items[i]
             h.update(Path(_name(self.items, i)).name.encode())

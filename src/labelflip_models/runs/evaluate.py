@@ -55,14 +55,17 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     """Attack the test images `indices` (described by `selection`); result.json's content and the adversarials.
 
     The images stream through in chunks of CHUNK_IMAGES (or the batch size), so memory does not grow with the test
-    set; seeded once, a run's random starts are the same whatever the chunk size. A run whose
+    set; seeded once, a fixed-ε run's random starts are the same whatever the chunk size. A run whose
     images and adversarials would take more than KEEP_BYTES keeps only per-image figures (`AttackResult.reduced`).
     """
     start = time.perf_counter()
     keep = len(indices) * int(np.prod(data.test_images.shape[1:])) * 3 * 4 <= KEEP_BYTES
     device = next(model.parameters()).device.type
-    # Whole batches per chunk (a GPU's are larger than a chunk), so chunking changes no batch.
-    chunk = max(CHUNK_IMAGES, batch_size or DEFAULT_BATCH.get(device, CHUNK_IMAGES))
+    # Whole batches per chunk, so chunking changes no batch of a fixed-ε attack (minimal attacks batch the correctly
+    # classified images of each chunk: the same per-image computations, in other batches).
+    valid = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
+    batch = batch_size if valid else DEFAULT_BATCH.get(device, CHUNK_IMAGES)  # run_attack refuses a bad one
+    chunk = batch * -(-CHUNK_IMAGES // batch)
     parts = []
     for i, (images, labels) in enumerate(data.test_chunks(indices, chunk)):
         # Seeded once: later chunks continue the random stream, so the run is the same whatever the chunk size.
