@@ -326,8 +326,8 @@ def test_incomplete_directory_names_missing_file(tmp_path):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ConfigError,
-                       match="unknown dataset 'cifar10'; choose one of: fashion-mnist, mnist, mnist-5k, cifar-10"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'cifar10': neither a built-in dataset \(fashion-mnist, "
+                                          r"mnist, mnist-5k, cifar-10\) nor an existing path to your own data"):
         load_dataset("cifar10")
 
 

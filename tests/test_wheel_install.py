@@ -120,7 +120,7 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
     rc, out = _run(pytest_ + ["-n", "2", f"--junitxml={junit}", "--labelflip-model-mismatch", "warn"], repo, env)
     assert rc == 1, out
     failed = re.findall(r"^FAILED \S+::(test_class_flip_rate\[mnist-5k-([a-z0-9.-]+?)-(\d)\])", out, re.M)
-    assert len(failed) >= 3, out
+    assert len(failed) >= 2, out  # as in test_gate_can_fail
     # Obtained files beside the baselines, in their schema; the terminal section; the JUnit properties.
     stems = {stem for _, stem, _ in failed}
     for stem in stems:
