@@ -175,3 +175,23 @@ def test_docs_table_is_current():
     documented = "".join(line + "\n" for line in section.group(1).splitlines() if line.startswith("|"))
     assert documented == table(), ("docs/gate.md's table of error rates is stale; replace it with the output of "
                                    "python -m labelflip_models.gate.characteristics")
+
+
+def test_min_norm_checks_hold_the_case_error_across_many_classes():
+    """100 classes of an unchanged model: checked each at 99%, some class fails in about 7% of runs; Bonferroni
+    across the classes keeps the case's false alarms under 1%, and a class whose norms fall to a quarter is still
+    caught."""
+    from labelflip_models.gate.baselines import _norm_floors
+    from labelflip_models.gate.decisions import check_min_norm, check_min_norms
+
+    rng = np.random.default_rng(0)
+    reps, k, n = 100, 100, 30
+    per_class = family = 0
+    for _ in range(reps):
+        floors = _norm_floors({str(c): rng.exponential(1.0, n) for c in range(k)})
+        rerun = {str(c): rng.exponential(1.0, n) for c in range(k)}
+        per_class += any(not check_min_norm(c, rerun[c], floors[c]).passed for c in rerun)
+        family += any(not d.passed for d in check_min_norms(rerun, floors).values())
+    assert per_class >= 4 and family <= 1, (per_class, family)
+    rerun["0"] = rng.exponential(0.25, n)
+    assert not check_min_norms(rerun, floors)["0"].passed

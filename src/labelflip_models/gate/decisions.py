@@ -193,15 +193,23 @@ def check_dominant_targets(matrix: np.ndarray, class_names: list[str], base: dic
     return Decision(not problems, "; ".join(problems) or f"{len(base)} strong dominant targets unchanged")
 
 
-def check_min_norm(name: str, norms: np.ndarray, floor: float) -> Decision:
+def check_min_norm(name: str, norms: np.ndarray, floor: float, confidence: float = GATE_CONFIDENCE) -> Decision:
     """A class regresses when even the upper bound of its median minimal norm lies below the baseline's floor."""
-    ci = median_ci(norms, 2 * GATE_CONFIDENCE - 1)
+    ci = median_ci(norms, 2 * confidence - 1)
     if ci is None:
         return Decision(False, f"class {name!r}: no attacked images")
     median, _, upper = ci
-    return Decision(upper >= floor, f"class {name!r}: median minimal norm {median:.4g} ({GATE_CONFIDENCE:.0%} upper "
+    return Decision(upper >= floor, f"class {name!r}: median minimal norm {median:.4g} ({100 * confidence:.6g}% upper "
                                     f"bound {upper:.4g}) vs baseline floor {floor:.4g}",
                     {"median": median, "upper_bound": upper, "floor": floor})
+
+
+def check_min_norms(norms: dict[str, np.ndarray], floors: dict[str, float | None],
+                    alpha: float = 1 - GATE_CONFIDENCE) -> dict[str, Decision]:
+    """check_min_norm for every class with a floor, each at level alpha/m (Bonferroni over the m classes gated), so
+    that a case's minimal-norm checks together fail an unchanged model with probability at most alpha."""
+    gated = [n for n in norms if floors.get(n) is not None]
+    return {n: check_min_norm(n, norms[n], floors[n], 1 - alpha / len(gated)) for n in gated}
 
 
 def _top(counts: list[int], class_names: list[str]) -> str:
