@@ -179,8 +179,8 @@ def test_docs_table_is_current():
 
 def test_min_norm_checks_hold_the_case_error_across_many_classes():
     """100 classes of an unchanged model: checked each at 99%, some class fails in about 7% of runs; Bonferroni
-    across the classes keeps the case's false alarms under 1%, and a class whose norms fall to a quarter is still
-    caught."""
+    across the classes keeps the case's false alarms under 1%, and a class whose norms fall twentyfold is still
+    caught (at n = 30 per class, a fourfold fall is not: Bonferroni over 100 classes costs power)."""
     from labelflip_models.gate.baselines import _norm_floors
     from labelflip_models.gate.decisions import check_min_norm, check_min_norms
 
@@ -193,5 +193,5 @@ def test_min_norm_checks_hold_the_case_error_across_many_classes():
         per_class += any(not check_min_norm(c, rerun[c], floors[c]).passed for c in rerun)
         family += any(not d.passed for d in check_min_norms(rerun, floors).values())
     assert per_class >= 4 and family <= 1, (per_class, family)
-    rerun["0"] = rng.exponential(0.25, n)
+    rerun["0"] = rng.exponential(0.05, n)
     assert not check_min_norms(rerun, floors)["0"].passed
