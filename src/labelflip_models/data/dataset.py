@@ -73,10 +73,7 @@ class Dataset:
         images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
         if indices is not None:
             images, labels = images[indices], labels[indices]
-        x = torch.from_numpy(np.ascontiguousarray(images))
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-        return x, torch.from_numpy(labels.astype(np.int64))
+        return _as_tensors(images, labels)
 
 
     def test_chunks(self, indices: np.ndarray, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -110,7 +107,10 @@ class Dataset:
 
 
 def _as_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(images).float().div_(255.0)
+    """uint8 or [0, 1] float images (N, H, W[, C]) as float (N, C, H, W) in [0, 1], never sharing the arrays'
+    memory; labels as int64."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
     return (x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous(),
             torch.from_numpy(labels.astype(np.int64)))
 

@@ -29,7 +29,12 @@ KEEP_BYTES = 1 << 30
 def pixel_images(data: Dataset, indices: np.ndarray, bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images mapped from [0, 1] onto the model's pixel range, and their labels."""
     images, labels = data.tensors("test", indices)
-    return bounds.lower + images * (bounds.upper - bounds.lower), labels
+    return to_pixels(images, bounds), labels
+
+
+def to_pixels(images: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """Images in [0, 1] mapped onto the model's pixel range."""
+    return bounds.lower + images * (bounds.upper - bounds.lower)
 
 
 def load_user_model(path: Path, data: Dataset, bounds: Bounds, *, arch: str | None,
@@ -69,7 +74,7 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     parts = []
     for i, (images, labels) in enumerate(data.test_chunks(indices, chunk)):
         # Seeded once: later chunks continue the random stream, so the run is the same whatever the chunk size.
-        part = run_attack(model, bounds.lower + images * (bounds.upper - bounds.lower), labels, attack, epsilon,
+        part = run_attack(model, to_pixels(images, bounds), labels, attack, epsilon,
                           bounds=bounds, batch_size=batch_size, seed=seed if i == 0 else None, progress=progress,
                           engine=engine)
         del images
