@@ -240,8 +240,10 @@ CLI_CASES = [
          r"--dataset: unknown dataset 'cifar-100': neither a built-in dataset \(fashion-mnist, .*\) nor an "
          r"existing path",
          "unknown-dataset"),
-    case(argv_only(attack_argv(attack="cw")), SystemExit, r"argument --attack: invalid choice: 'cw'",
+    case(argv_only(attack_argv(attack="jsma")), SystemExit, r"argument --attack: invalid choice: 'jsma'",
          "unknown-attack"),
+    case(argv_only(attack_argv(attack="square")), ConfigError,
+         r"--attack/--norm: attack 'square' needs a norm: one of linf, l2", "attack-without-norm"),
     case(argv_only(attack_argv("--engine", "turbo")), SystemExit, r"argument --engine: invalid choice: 'turbo'",
          "unknown-engine"),
     case(saved_case(lambda: mlp().state_dict(), "--arch", "resnet18"), ConfigError,
@@ -413,8 +415,8 @@ CLI_CASES = [
          r"attack 'linf-pgd': steps must be a whole number >= 1, got 2.5", "param-not-whole"),
     case(argv_only(attack_argv("--param", "random_start=maybe")), ConfigError,
          r"attack 'fgsm': random_start must be true or false, got 'maybe'", "param-wrong-type"),
-    case(argv_only(attack_argv("--engine", "native", attack="l2-deepfool", epsilon=None)), ConfigError,
-         r"engine 'native' has no kernel for this attack; use --engine foolbox or auto", "engine-without-kernel"),
+    case(argv_only(attack_argv("--engine", "native", attack="l1-bb", epsilon=None)), ConfigError,
+         r"engine 'native' has no kernel for this attack; use --engine reference or auto", "engine-without-kernel"),
     # A user's own test set (--dataset PATH)
     *OWN_DATA_CASES,
     # report

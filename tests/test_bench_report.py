@@ -61,6 +61,19 @@ def test_table_has_one_row_per_kernel_with_missing_impls_dashed(tmp_path):
     assert fgsm == "| fgsm | cpu | 90,000 | 0.50 (2.0× faster) | – | – | – | – |"
 
 
+def test_table_has_a_pair_of_columns_per_other_implementation_timed(tmp_path):
+    entries = [entry("l2-cw", "labelflip", 0.8, 500.0), entry("l2-cw", "foolbox", 1.6, 250.0),
+               entry("linf-apgd-ce", "labelflip", 0.9, 100.0), entry("linf-apgd-ce", "pyautoattack", 1.1, 80.0),
+               entry("linf-apgd-ce", "torchattacks", 1.0, 90.0)]
+    _, _, header, rule, cw, apgd = markdown_table(load_report(write_report(tmp_path, entries))).splitlines()
+    assert header == ("| kernel | device | labelflip images/s | labelflip ratio_to_reference | foolbox images/s "
+                      "| foolbox ratio | pyautoattack images/s | pyautoattack ratio | torchattacks images/s "
+                      "| torchattacks ratio | reference images/s | labelflip GFLOP/s |")
+    assert rule.count("|") == header.count("|")
+    assert cw == "| l2-cw | cpu | 500 | 0.80 (1.2× faster) | 250 | 1.60 (1.6× slower) | – | – | – | – | – | – |"
+    assert apgd.split(" | ")[4:10] == ["–", "–", "80", "1.10 (1.1× slower)", "90", "1.00 (same)"]
+
+
 def test_baseline_round_trip(tmp_path):
     report = load_report(write_report(tmp_path, standard_entries()))
     baseline = make_baseline(report)

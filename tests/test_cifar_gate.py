@@ -17,7 +17,8 @@ def test_cifar_cases_cover_both_reference_models_and_keep_other_ids():
     ids = [c.id for c in cases(get_profile("cifar"))]
     assert REFERENCE_ARCHS["cifar-10"] == ("cw-cifar", "preact-resnet18")
     assert "cifar-10-fgsm-eps0.02" in ids and "cifar-10-preact-resnet18-fgsm-eps0.02" in ids
-    assert len(ids) == 2 * (4 + 4 + 1) and len(set(ids)) == len(ids)
+    # Per model: FGSM, L∞ PGD and L∞ AutoAttack at 4 ε each, and L2 DeepFool.
+    assert len(ids) == 2 * (4 + 4 + 4 + 1) and len(set(ids)) == len(ids)
     resnet = next(c for c in cases(get_profile("cifar")) if c.arch == "preact-resnet18" and c.minimal)
     assert resnet.baseline_path(Path("b"), ".json") == Path("b/cifar/cifar-10-preact-resnet18/l2-deepfool-min.json")
     # A user's model stands in for the dataset's default model only.

@@ -18,7 +18,11 @@ ATTACK = ["attack", "--dataset", "mnist-5k", "--attack", "fgsm"]
 @pytest.mark.parametrize("argv, message", [
     (["attack", "--dataset", "cifar-100", "--attack", "fgsm", "--epsilon", "0.1", "--out", "x"],
      "unknown dataset 'cifar-100'"),
-    (["attack", "--dataset", "mnist-5k", "--attack", "cw", "--epsilon", "0.1", "--out", "x"], "invalid choice"),
+    (["attack", "--dataset", "mnist-5k", "--attack", "jsma", "--epsilon", "0.1", "--out", "x"], "invalid choice"),
+    (["attack", "--dataset", "mnist-5k", "--attack", "autoattack", "--epsilon", "0.1", "--out", "x"],
+     "--attack/--norm: attack 'autoattack' needs a norm: one of linf, l2"),
+    (["attack", "--dataset", "mnist-5k", "--attack", "l2-autoattack", "--norm", "linf", "--epsilon", "0.1", "--out",
+      "x"], "--attack/--norm: attack 'l2-autoattack' is an l2 attack, not linf"),
     (ATTACK + ["--epsilon", "-0.1", "--out", "x"], "epsilon must be a positive"),
     (ATTACK + ["--epsilon", "0", "--out", "x"], "epsilon must be a positive"),
     (ATTACK + ["--epsilon", "nan", "--out", "x"], "epsilon must be a positive"),
@@ -122,7 +126,7 @@ def test_engine_is_chosen_and_recorded(capsys, tmp_path, reference):
     ref, _ = attack_matrix(capsys, tmp_path, "foolbox", "--epsilon", "0.1", "--engine", "foolbox")
     assert auto["attack"]["engine"].startswith("labelflip native") and ref["attack"]["engine"].startswith("foolbox")
     assert exact["flip_matrix"] == ref["flip_matrix"]  # same algorithm, same precision, same draws
-    rc, _, err = run_cli(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "l2-deepfool", "--limit", "5",
+    rc, _, err = run_cli(capsys, ["attack", "--dataset", "mnist-5k", "--attack", "l1-bb", "--limit", "5",
                               "--engine", "native", "--out", str(tmp_path / "df")])
     assert rc == 2 and "no kernel for this attack" in err and not (tmp_path / "df").exists()
 

@@ -68,12 +68,13 @@ def test_engine_choice(tiny):
         choose_engine("fast", True, model, CPU)
 
 
-def test_minimal_attacks_run_through_foolbox_even_under_auto(tiny):
+def test_minimal_attacks_without_a_kernel_run_through_foolbox_even_under_auto(tiny):
     model, x, y = tiny
-    result = run_attack(model, x[:8], y[:8], make_attack("l2-deepfool", steps=5))
-    assert result.params["engine"].startswith("foolbox")
+    assert run_attack(model, x[:8], y[:8], make_attack("l2-deepfool", steps=5)).params["engine"].startswith(
+        "labelflip native")
+    assert not make_attack("l1-bb").native_kernel
     with pytest.raises(ConfigError, match="no kernel"):
-        run_attack(model, x[:8], y[:8], make_attack("l2-deepfool", steps=5), engine="native")
+        run_attack(model, x[:8], y[:8], make_attack("l1-bb", steps=5), engine="native")
 
 
 def test_fast_copy_leaves_the_callers_model_alone(tiny):

@@ -97,8 +97,9 @@ def test_missing_baseline_says_how_to_create_it(tmp_path):
 
 def test_profiles():
     smoke = cases(get_profile("smoke"))
-    assert len(smoke) == len(set(c.id for c in smoke)) == 2 * (2 * 4 + 1 + 4)
-    assert {c.id for c in smoke} >= {"mnist-5k-l2-cw-min", "fashion-mnist-linf-pgd-eps0.2", "mnist-5k-l1-bb-min"}
+    assert len(smoke) == len(set(c.id for c in smoke)) == 2 * (2 * 4 + 1 + 4 + 3)
+    assert {c.id for c in smoke} >= {"mnist-5k-l2-cw-min", "fashion-mnist-linf-pgd-eps0.2", "mnist-5k-l1-bb-min",
+                                   "mnist-5k-linf-autoattack-eps0.2", "fashion-mnist-l2-autoattack-eps1"}
     paper = get_profile("paper")
     assert paper.spec("linf-pgd").epsilons == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
     assert paper.spec("l2-cw").params == ()  # the paper profile keeps Foolbox's defaults

@@ -93,7 +93,7 @@ def test_every_combination_through_the_cli(capsys, tmp_path, model_files, norm, 
             rc, _, err = run_cli(capsys, argv)
             if _refused(fmt, engine):
                 assert rc == 2 and err.count("labelflip: error:") == 1 and "Traceback" not in err, err
-                assert "engine 'native'" in err and "use native-fp32, foolbox or auto" in err, err
+                assert "engine 'native'" in err and "use native-fp32, reference or auto" in err, err
                 assert not out.exists()
                 continue
             assert rc == 0, f"{fmt} {norm} {bounds} {engine}: {err}"
@@ -148,11 +148,11 @@ def test_whole_gate_session_with_mean_std_and_0_255(pytester_gate, model_files, 
            "--labelflip-baselines", str(tmp_path / "b"), "-k", "fgsm", "-p", "no:xdist", "-p", "no:cacheprovider",
            *[o.replace("--", "--labelflip-") for o in extra]]
     pytester_gate.makepyfile(test_gate=GATE_TESTS)
-    pytester_gate.runpytest_subprocess(*own, "--labelflip-regen").assert_outcomes(passed=1, skipped=11)
+    pytester_gate.runpytest_subprocess(*own, "--labelflip-regen").assert_outcomes(passed=1, skipped=12)
     recorded = json.loads((tmp_path / "b" / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
     assert recorded["case"]["epsilon"] == 0.1 and recorded["result"]["attack"]["epsilon"] == pytest.approx(25.5)
     assert np.isclose(recorded["result"]["perturbation_linf"]["max"], 25.5, rtol=1e-4)
-    pytester_gate.runpytest_subprocess(*own).assert_outcomes(passed=12)
+    pytester_gate.runpytest_subprocess(*own).assert_outcomes(passed=12, skipped=1)
 
 
 def test_own_model_with_mean_std_bounds_and_class_names(capsys, tmp_path, model_files):

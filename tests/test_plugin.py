@@ -21,17 +21,17 @@ def gate(pytester_gate, baselines, *args):
 def test_missing_then_regenerated_then_passing(pytester_gate, tmp_path):
     baselines = tmp_path / "baselines"
     missing = gate(pytester_gate, baselines, "-p", "no:xdist")
-    missing.assert_outcomes(passed=1, errors=11)  # the baseline fixture fails in setup
+    missing.assert_outcomes(passed=1, errors=11, skipped=1)  # the baseline fixture fails in setup
     missing.stdout.fnmatch_lines(["*no baseline for mnist-5k-fgsm-eps0.1*--labelflip-regen --labelflip-profile quick*"])
 
     regen = gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen")
-    regen.assert_outcomes(passed=1, skipped=11)
+    regen.assert_outcomes(passed=1, skipped=12)
     written = sorted(p.name for p in (baselines / "quick" / "mnist-5k").iterdir())
     assert written == ["fgsm-eps0.1.csv", "fgsm-eps0.1.json"]
 
     # Same model, same seed: the gate passes, with and without xdist.
     for mode in (["-p", "no:xdist"], ["-n", "0"], ["-n", "2"]):
-        gate(pytester_gate, baselines, *mode).assert_outcomes(passed=12)
+        gate(pytester_gate, baselines, *mode).assert_outcomes(passed=12, skipped=1)
 
 
 @pytest.mark.parametrize("option, message", [
@@ -107,10 +107,10 @@ def test_own_model_gets_its_own_baselines_and_passes(pytester_gate, tmp_path, mn
     torch.jit.script(mnist5k_reference).save(str(model))
     own = ["--labelflip-model", str(model), "--labelflip-dataset", "mnist-5k"]
     baselines = tmp_path / "mine"
-    gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=11)
+    gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=12)
     recorded = json.loads((baselines / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
     assert recorded["result"]["model"]["path"] == str(model)
-    gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=12)
+    gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=12, skipped=1)
 
 
 @pytest.mark.slow

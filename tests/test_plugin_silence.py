@@ -129,7 +129,7 @@ def test_case_scheduling_only_when_a_setting_asks_for_labelflip(pytester, asked,
     """Gate tests run under xdist either way; the case-aware scheduler comes with a labelflip setting."""
     pytester.makepyfile(test_cases=CASE_IDS_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "-v", *asked)
-    result.assert_outcomes(passed=3 if asked else 26)  # quick: 3 cases; smoke: 13 per dataset, two datasets
+    result.assert_outcomes(passed=3 if asked else 32)  # quick: 3 cases; smoke: 16 per dataset, two datasets
     result.stdout.fnmatch_lines([f"scheduling tests via {scheduler}"])
 
 

@@ -289,6 +289,18 @@ def test_markdown_details_come_from_the_largest_epsilon_and_the_other_probes(rep
     assert [r[:2] for r in top[1:3]] == [["Coat", "900"], ["Shirt", "40"]]
 
 
+def test_markdown_tables_which_autoattack_component_broke_the_images() -> None:
+    ensemble = make_result(flip_matrix(0.1), FASHION, attack="linf-autoattack")
+    ensemble["autoattack"] = {"components": ["apgd-ce", "apgd-t", "fab-t", "square"],
+                              "broken_by": {"apgd-ce": 700, "apgd-t": 12, "fab-t": 0, "square": 1}}
+    square = make_result(flip_matrix(0.03), FASHION, attack="linf-square", epsilon=0.03)
+    square["autoattack"] = {"components": ["square"], "broken_by": {"square": 40}}
+    rows = _md_tables(summary_markdown([square, ensemble], []))["AutoAttack: images broken first by each component"]
+    assert rows[1:] == [["linf-autoattack", "0.1", "700", "12", "0", "1"], ["linf-square", "0.03", "—", "—", "—", "40"]]
+    # Runs of other attacks have no such table.
+    assert "AutoAttack: images broken" not in summary_markdown(fixed_runs(), [])
+
+
 def test_markdown_escapes_names_that_would_be_markup_or_break_tables() -> None:
     names = ["<b>", "a|b", *FASHION[2:]]
     text = summary_markdown([make_result(flip_matrix(0.1), names)], [])
@@ -361,3 +373,67 @@ def test_write_report_refuses_bad_output_and_empty_input(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="nothing to report"):
         write_report(tmp_path / "out", [], [])
     assert not (tmp_path / "out").exists()
+
+
+# --- attack strength vs AutoAttack ---------------------------------------------------------------------------
+
+def strength_record(attack: str, epsilon: float, n: int = 20, case_flips: int = 8, aa_flips: int = 15,
+                    missed: int = 7, only_case: int = 0, p_value: float = 0.0078, subject: str = "fashion-mnist",
+                    **kw: Any) -> dict[str, Any]:
+    """An attack_strength.json as test_attack_strength writes it (gate/strength.py)."""
+    case = f"{subject}-{attack}-eps{epsilon:g}"
+    record = {"schema": "labelflip.attack-strength/1", "case": case, "subject": subject, "dataset": subject,
+              "attack": attack, "epsilon": epsilon}
+    if kw.get("reason"):
+        return {**record, "compared": False, "reason": kw["reason"]}
+    return {**record, "compared": True, "autoattack_case": f"{subject}-linf-autoattack-eps{epsilon:g}", "n": n,
+            "case_flips": case_flips, "autoattack_flips": aa_flips, "missed": missed, "only_case": only_case,
+            "p_value": p_value, "alpha": 0.01, "weak": p_value < 0.01, "message": "…"}
+
+
+def strength_records() -> list[dict[str, Any]]:
+    return [strength_record("linf-pgd", 0.1, case_flips=15, missed=1, only_case=1, p_value=0.75),
+            strength_record("linf-pgd", 0.03),
+            strength_record("l2-pgd", 1.0, reason="profile 'smoke' has no l2-autoattack case at ε=1"),
+            strength_record("linf-pgd", 0.1, subject="mnist-5k")]  # another subject: not in this section
+
+
+def test_markdown_tables_attack_strength_per_case_in_its_datasets_section(report_input: Any) -> None:
+    results, noise = report_input
+    text = summary_markdown(results, noise, strength_records())
+    rows = _md_tables(text)["Attack strength vs AutoAttack"]
+    assert rows[0] == ["attack", "ε", "n", "flipped", "AutoAttack flipped", "missed", "only by attack", "p", "weaker"]
+    assert rows[1:] == [["linf-pgd", "0.03", "20", "40.0%", "75.0%", "7", "0", "0.008", "yes"],
+                        ["linf-pgd", "0.1", "20", "75.0%", "75.0%", "1", "1", "0.750", "no"]]
+    note = text[text.index("#### Attack strength vs AutoAttack"):]
+    assert "exact one-sided McNemar" in note and "weaker when p < 0.01" in note
+    assert "Not compared: l2-pgd at ε = 1: profile 'smoke' has no l2-autoattack case at ε=1." in note
+    # Without records (runs made outside a gate session) there is no such table.
+    assert "Attack strength" not in summary_markdown(results, noise)
+
+
+def test_html_and_report_json_carry_the_attack_strength_table(tmp_path: Path, report_input: Any) -> None:
+    results, noise = report_input
+    page = report_html(results, noise, {}, strength_records())
+    assert "<h3>Attack strength vs AutoAttack</h3>" in page and "<td>0.008</td><td>yes</td>" in page
+    files = write_report(tmp_path / "report", results, noise, strength_records())
+    assert files["summary.md"].read_text() == summary_markdown(results, noise, strength_records())
+    index = json.loads(files["report.json"].read_text())
+    assert [(r["case"], r["compared"]) for r in index["attack_strength"]] == [
+        ("fashion-mnist-linf-pgd-eps0.1", True), ("fashion-mnist-linf-pgd-eps0.03", True),
+        ("fashion-mnist-l2-pgd-eps1", False), ("mnist-5k-linf-pgd-eps0.1", True)]
+
+
+def test_load_strength_finds_the_gate_sessions_records_and_rejects_others(tmp_path: Path) -> None:
+    from labelflip_models.reports.load import load_strength
+
+    runs = tmp_path / "gate-runs"
+    for record in strength_records():
+        _dump(runs / record["case"] / "attack_strength.json", record)
+        _dump(runs / record["case"] / "result.json", make_result(flip_matrix(0.1), FASHION))
+    found = load_strength([runs])
+    assert [r["case"] for r in found] == sorted(r["case"] for r in strength_records())
+    assert load_strength([runs / "fashion-mnist-linf-pgd-eps0.1" / "result.json"]) == []
+    _dump(runs / "bad" / "attack_strength.json", {"schema": "labelflip.attack-strength/0"})
+    with pytest.raises(ConfigError, match="expected 'labelflip.attack-strength/1'"):
+        load_strength([runs])

@@ -1,8 +1,9 @@
 """The reference every benchmark is measured against: each attack (and a training step) as a plain eager fp32
 PyTorch loop on the model as given (NCHW, weights requiring grad), written the obvious way.
 
-These are the algorithms of Foolbox 3.3.4 with its defaults, so they do the same work as the kernels they time;
-they are benchmark code, not product code, and check nothing beyond the ε-ball and the bounds.
+These are the algorithms of Foolbox 3.3.4 with its defaults, and APGD's of the official AutoAttack code
+(pyautoattack 0.2.0), so they do the same work as the kernels they time; they are benchmark code, not product
+code, and check nothing beyond the ε-ball and the bounds.
 """
 
 from __future__ import annotations
@@ -106,3 +107,78 @@ def train_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
         loss.backward()
         opt.step()
     model.eval()
+
+
+def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_iter: int, rho: float = 0.75,
+         targets: int | None = None) -> torch.Tensor:
+    """APGD-CE (`targets` None; one restart) or APGD-T towards each of the `targets` most likely other classes in
+    turn, L∞ or L2: each run attacks only the images still classified correctly, as the official code does."""
+    adv = x.clone()
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+    for r in [None] if targets is None else range(2, targets + 2):
+        rows = robust.nonzero().squeeze(1)
+        if not len(rows):
+            break
+        target = None
+        if r is not None:
+            with torch.no_grad():
+                target = model(x[rows]).sort(dim=1).indices[:, -r]
+        found, out = _apgd_run(model, x[rows], y[rows], eps, norm, n_iter, rho, target)
+        adv[rows[found]], robust[rows[found]] = out[found], False
+    return adv
+
+
+def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_iter: int, rho: float,
+              target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One APGD run: momentum 0.75, a step of 2ε halved at checkpoints where the loss oscillated or stalled."""
+    rows = torch.arange(len(x))
+
+    def project(p: torch.Tensor) -> torch.Tensor:
+        if norm == "linf":
+            return torch.min(torch.max(p, x - eps), x + eps).clamp(0, 1)
+        size = _flat_norm(p - x)
+        return (x + (p - x) / (size + 1e-12) * size.clamp_max(eps)).clamp(0, 1)
+
+    def loss_and_grad(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = p.clone().requires_grad_(True)
+        logits = model(p)
+        if target is None:
+            loss = F.cross_entropy(logits, y, reduction="none")
+        else:  # the targeted DLR loss
+            ordered = logits.sort(dim=1).values
+            loss = -(logits[rows, y] - logits[rows, target]) / (ordered[:, -1] - 0.5 * (ordered[:, -3]
+                                                                                       + ordered[:, -4]) + 1e-12)
+        (grad,) = torch.autograd.grad(loss.sum(), p)
+        return loss.detach(), grad, logits.argmax(1) != y
+
+    start = 2 * torch.rand_like(x) - 1 if norm == "linf" else torch.randn_like(x)
+    size = start.flatten(1).abs().amax(1).view(-1, 1, 1, 1) if norm == "linf" else _flat_norm(start)
+    adv = (x + eps * start / (size + 1e-12)).clamp(0, 1)
+    loss, grad, found = loss_and_grad(adv)
+    out, previous = adv.clone(), adv.clone()
+    best, best_grad, best_loss = adv.clone(), grad.clone(), loss.clone()
+    step = torch.full((len(x), 1, 1, 1), 2 * eps)
+    losses = torch.zeros(n_iter, len(x))
+    checkpoint, since = max(int(0.22 * n_iter), 1), 0
+    last_best, last_reduced = best_loss.clone(), torch.ones(len(x), dtype=torch.bool)
+    for i in range(n_iter):
+        with torch.no_grad():
+            a = 0.75 if i > 0 else 1.0
+            direction = grad.sign() if norm == "linf" else grad / (_flat_norm(grad) + 1e-12)
+            moved = project(adv + step * direction)
+            adv, previous = project(adv + (moved - adv) * a + (adv - previous) * (1 - a)), adv
+        loss, grad, broken = loss_and_grad(adv)
+        out[broken], found = adv[broken], found | broken
+        losses[i] = loss
+        better = loss > best_loss
+        best[better], best_grad[better], best_loss[better] = adv[better], grad[better], loss[better]
+        since += 1
+        if since == checkpoint:  # before step `checkpoint` the comparison wraps to the buffer's zero rows
+            rises = sum((losses[i - c] > losses[i - c - 1]).float() for c in range(checkpoint))
+            reduce = (rises <= checkpoint * rho) | (~last_reduced & (last_best >= best_loss))
+            last_reduced, last_best = reduce, best_loss.clone()
+            step[reduce] /= 2
+            adv[reduce], grad[reduce] = best[reduce], best_grad[reduce]
+            checkpoint, since = max(checkpoint - max(int(0.03 * n_iter), 1), max(int(0.06 * n_iter), 1)), 0
+    return found, out

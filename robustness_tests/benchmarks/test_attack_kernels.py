@@ -14,15 +14,18 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from importlib.metadata import version
 from typing import Any
 
 import pytest
 import torch
 
 import reference_loops as ref  # robustness_tests/benchmarks is on sys.path (pytest rootdir-relative import)
-from labelflip_models.attacks import NORMS, make_attack, run_attack
+from labelflip_models.attacks import ATTACKS, NORMS, make_attack, run_attack
+from labelflip_models.attacks.autoattack import MAX_TARGETS
 from labelflip_models.attacks.engine import choose_engine, fast_copy
-from labelflip_models.attacks.run import fixed_adversarials
+from labelflip_models.attacks.run import autoattack_adversarials, fixed_adversarials
 from labelflip_models.bench.throughput import step_flops
 from labelflip_models.devices import device_class
 from labelflip_models.models.architectures import predict
@@ -43,6 +46,7 @@ class Kernel:
     # Whether each step is one forward and one input-gradient pass, so GFLOP/s follows from image-steps/s;
     # DeepFool's steps take one backward pass per candidate class and stop when every image is adversarial.
     flops_per_step: bool = True
+    pyautoattack: Callable[[Any], Any] | None = None  # (model) -> (x, y) -> adversarials, the official AutoAttack code
 
 
 def _pgd(norm, eps, steps, rel, start):
@@ -73,6 +77,44 @@ KERNELS = {
                             flops_per_step=False),
 }
 TRAIN_SLICE = 2048  # images of one training-epoch slice (8 steps of the Fashion-MNIST recipe's batch)
+
+
+def _official(component, eps, n_iter):
+    """pyautoattack's APGD-CE or APGD-T as `AutoAttack(version="standard")` configures it (one restart, 9 target
+    classes), with `n_iter` steps, called as its `run_standard_evaluation` calls it."""
+    def make(model):
+        from pyautoattack import AutoAttack
+
+        aa = AutoAttack(model, norm="Linf", eps=eps, seed=0, version="standard", device=next(model.parameters()).device)
+        attack = aa.apgd if component == "apgd-ce" else aa.apgd_targeted
+        attack.n_iter = attack.n_iter_orig = n_iter
+        # The constructor derived the step-size checkpoints from its n_iter of 100.
+        attack.n_iter_2, attack.n_iter_min, attack.size_decr = (max(int(f * n_iter), 1) for f in (0.22, 0.06, 0.03))
+
+        def run(x, y):
+            with torch.no_grad():  # each attack enables gradients where it needs them
+                return attack.perturb(x, y)
+        return run
+    return make
+
+
+# APGD-CE and APGD-T (L∞, ε = 0.1) as AutoAttack's standard version runs them, on one batch, with a quarter of its
+# 100 steps so a round takes seconds. Only the images classified correctly are attacked, and APGD-T's later target
+# classes only those still robust, so the work per image is not fixed: no GFLOP/s.
+APGD_STEPS, APGD_EPS = 25, 0.1
+APGD_KERNELS = {
+    "linf-apgd-ce": Kernel("linf-apgd-ce", {"n_iter": APGD_STEPS}, APGD_EPS, 64,
+                           lambda m, x, y: ref.apgd(m, x, y, APGD_EPS, "linf", APGD_STEPS),
+                           _ta("APGD", norm="Linf", eps=APGD_EPS, steps=APGD_STEPS, n_restarts=1, loss="ce", rho=0.75),
+                           steps=APGD_STEPS, flops_per_step=False,
+                           pyautoattack=_official("apgd-ce", APGD_EPS, APGD_STEPS)),
+    "linf-apgd-t": Kernel("linf-apgd-t", {"n_iter": APGD_STEPS}, APGD_EPS, 64,
+                          lambda m, x, y: ref.apgd(m, x, y, APGD_EPS, "linf", APGD_STEPS, targets=MAX_TARGETS),
+                          _ta("APGDT", norm="Linf", eps=APGD_EPS, steps=APGD_STEPS, n_restarts=1, rho=0.75,
+                              n_classes=MAX_TARGETS + 1),
+                          steps=APGD_STEPS, flops_per_step=False,
+                          pyautoattack=_official("apgd-t", APGD_EPS, APGD_STEPS)),
+}
 
 
 @pytest.fixture(scope="module")
@@ -120,10 +162,10 @@ def test_labelflip_kernel(benchmark, setup, name):
     k = KERNELS[name]
     x, y = _batch(data, model, k.batch)
     attack = make_attack(k.attack, **k.params)
-    engine = choose_engine("auto", not attack.minimal, model, x.device)
+    engine = choose_engine("auto", attack.native_kernel, model, x.device, attack.reference)
 
     def run():
-        if attack.minimal:  # Foolbox's minimal attacks, plus the fp32 check of each candidate
+        if attack.minimal:  # the engine `auto` picks (native where there is a kernel), plus the fp32 verdicts
             return run_attack(model, x, y, attack, batch_size=k.batch).clipped
         # The fixed-ε kernel alone, like the reference loop: no clean or adversarial verdicts around it.
         return fixed_adversarials(fast_copy(model), x, y, attack, k.epsilon, engine, batch_size=k.batch)[1]
@@ -135,6 +177,23 @@ def test_labelflip_kernel(benchmark, setup, name):
         norms = torch.linalg.vector_norm((adv - x.cpu()).flatten(1), ord=NORMS[attack.norm], dim=1)
         assert norms.max() <= k.epsilon * (1 + 1e-5)
     assert (predict(model, adv) != y.cpu()).any(), f"{name} found no adversarial on a batch of {k.batch}"
+
+
+@pytest.mark.parametrize("name", [n for n, k in KERNELS.items()
+                                  if ATTACKS[k.attack].minimal and ATTACKS[k.attack].native_kernel])
+def test_foolbox_kernel(benchmark, setup, name):
+    """The minimal attacks labelflip has its own kernel for, through the reference engine (Foolbox), as
+    `run_attack` runs them: what `auto` is measured against."""
+    data, model = setup
+    k = KERNELS[name]
+    x, y = _batch(data, model, k.batch)
+    attack = make_attack(k.attack, **k.params)
+    adv, reference_s = side_by_side(
+        benchmark, lambda: run_attack(model, x, y, attack, batch_size=k.batch, engine="reference").clipped,
+        lambda: k.reference(model, x, y))
+    _record(benchmark, name, "foolbox", f"foolbox {version('foolbox')} (eager fp32)", x.device, k.batch, k.steps,
+            reference_s, k.flops_per_step and step_flops(model, x, y, grad="input"))
+    assert (predict(model, adv) != y.cpu()).any(), f"foolbox {name} found no adversarial on a batch of {k.batch}"
 
 
 @pytest.mark.parametrize("name", [n for n, k in KERNELS.items() if k.torchattacks])
@@ -173,3 +232,30 @@ def test_training_slice(benchmark, setup):
     _record(benchmark, "train-step", "labelflip", engine, device, TRAIN_SLICE, 1, reference_s,
             step_flops(model, x[:8], y[:8], grad="weights"))
     assert all(torch.isfinite(p).all() for p in fast.parameters()), "bf16 training steps produced non-finite weights"
+
+
+@pytest.mark.parametrize("impl", ["labelflip", "pyautoattack", "torchattacks"])
+@pytest.mark.parametrize("name", list(APGD_KERNELS))
+def test_apgd_kernel(benchmark, setup, name, impl):
+    """APGD-CE and APGD-T: labelflip's native kernel (as `run_attack` calls it, without the verdicts), the official
+    code (pyautoattack) and torchattacks, each side by side with the plain loop on the same batch."""
+    if impl == "torchattacks":
+        pytest.importorskip("torchattacks", reason="torchattacks is a benchmark-only dependency: pip install .[bench]")
+    data, model = setup
+    k = APGD_KERNELS[name]
+    x, y = _batch(data, model, k.batch)
+    if impl == "labelflip":
+        attack = make_attack(k.attack, **k.params)
+        engine = choose_engine("auto", attack.native_kernel, model, x.device, attack.reference)
+        described = engine.describe()
+
+        def run():
+            return autoattack_adversarials(fast_copy(model), x, y, attack, k.epsilon, engine, batch_size=k.batch)[0]
+    else:
+        run = partial(k.pyautoattack(model) if impl == "pyautoattack" else k.torchattacks(model), x, y)
+        described = f"{impl} {version(impl)} (eager fp32)"
+    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y))
+    _record(benchmark, name, impl, described, x.device, k.batch, k.steps, reference_s, False)
+    adv = adv.cpu()
+    assert (adv - x.cpu()).abs().amax() <= k.epsilon * (1 + 1e-5) and 0 <= adv.min() and adv.max() <= 1
+    assert (predict(model, adv) != y.cpu()).any(), f"{impl} {name} found no adversarial on a batch of {k.batch}"

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .attacks import ATTACKS, Bounds, check_epsilon_for, make_attack
+from .attacks import ATTACKS, NORMS, Bounds, check_epsilon_for, make_attack
 from .attacks.engine import ENGINES, check_engine
+from .attacks.registry import FAMILIES, attack_name
 from .bench.report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
 from .bench.throughput import ARCHS as THROUGHPUT_ARCHS
 from .bench.throughput import measure as measure_throughput
@@ -27,7 +28,7 @@ from .gate.profiles import PROFILES
 from .gate.scaffold import config_section, write_test_file
 from .models.cache import load_or_train
 from .models.io import parse_bounds, parse_channel_values, parse_class_names
-from .reports import load_runs, write_report
+from .reports import load_runs, load_strength, write_report
 from .runs.evaluate import attack_images, load_user_model, probe_noise
 from .runs.results import model_block, write_noise, write_run
 from .storage.out_dir import check_out_dir
@@ -79,18 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
                                            "classes) and result.json")
     _common(attack)
     _model_options(attack)
-    attack.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    attack.add_argument("--attack", required=True, choices=sorted([*ATTACKS, *FAMILIES]),
+                        help="the attack; names without a norm (autoattack, apgd-ce, apgd-t, fab-t, square, pgd, "
+                             "deepfool) take it from --norm")
+    attack.add_argument("--norm", choices=sorted(NORMS), help="the norm of an --attack named without one")
     attack.add_argument("--epsilon", type=float,
                         help="budget of a fixed-ε attack, in the attack's norm and pixel space (omit for minimal "
                              "attacks: l2-cw, l0-bb, l1-bb, l2-deepfool, linf-deepfool)")
     attack.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="override one of the attack's Foolbox parameters, e.g. --param steps=100 (repeatable)")
+                        help="override one of the attack's parameters (its reference's names and defaults: "
+                             "Foolbox's or pyautoattack's), e.g. --param steps=100 (repeatable)")
     attack.add_argument("--limit", type=int, help="attack only the first N test images (dataset order)")
     attack.add_argument("--batch-size", type=int, help="images per batch (default: 256 on a CPU, 4096 on a GPU)")
     attack.add_argument("--engine", default="auto", choices=ENGINES,
-                        help="auto (default): labelflip's native kernels for fgsm/linf-pgd/l2-pgd, in bf16 where the "
-                             "hardware runs it natively, Foolbox for the rest; foolbox: Foolbox for every attack "
-                             "(the reference); native / native-fp32: native kernels in bf16 / fp32")
+                        help="auto (default): labelflip's native kernels where it has one, in bf16 where the "
+                             "hardware runs it natively, else the reference; reference (or foolbox): the attack's "
+                             "reference implementation, Foolbox or pyautoattack; native / native-fp32: native "
+                             "kernels in bf16 / fp32")
     attack.add_argument("--out", required=True, help="output directory")
     noise = sub.add_parser("noise", help="white-noise probe: classify uniform-noise images, write noise.json")
     _common(noise)
@@ -215,14 +221,18 @@ def _user_data(args: argparse.Namespace) -> Dataset:
 
 def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     out = check_out_dir(args.out)
-    attack = make_attack(args.attack, **_parse_params(args.param))
+    try:
+        name = attack_name(args.attack, args.norm)
+    except ConfigError as e:
+        raise ConfigError(f"--attack/--norm: {e}") from None
+    attack = make_attack(name, **_parse_params(args.param))
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be a positive number of images, got {args.limit}")
     if args.batch_size is not None and args.batch_size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     # Checked before any model is loaded or trained.
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
-    check_engine(args.engine, not attack.minimal)
+    check_engine(args.engine, attack.native_kernel)
     data, model, info, bounds = _model_and_data(args, progress)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     summary, _ = attack_images(data, model, info, indices, f"first {len(indices)} test images", attack, args.epsilon,
@@ -232,11 +242,16 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     frac = summary["flip_fraction"]
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
     sym = summary["analysis"]["symmetry"]
-    print(f"{data.name} {args.attack} {budget}: {frac['count']}/{frac['n']} images flipped "
+    print(f"{data.name} {name} {budget}: {frac['count']}/{frac['n']} images flipped "
           f"({_rate(frac)}), clean accuracy {_rate(summary['clean_accuracy'])}, "
           f"attack success {_rate(summary['attack_success'])}")
     print(f"symmetry: entrywise {_score(sym['entrywise'])}, induced {_score(sym['induced'])}; catch-all classes: "
           f"{', '.join(summary['analysis']['catch_all']['classes']) or 'none'}")
+    if "autoattack" in summary:
+        robust = summary["robust_accuracy"]["overall"]
+        broken = ", ".join(f"{k} {v}" for k, v in summary["autoattack"]["broken_by"].items())
+        print(f"robust accuracy {_rate(robust)} (95% interval {robust['ci'][0]:.3f}-{robust['ci'][1]:.3f}); "
+              f"images broken first by: {broken}")
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
@@ -273,7 +288,8 @@ def cmd_noise(args: argparse.Namespace, progress: bool) -> None:
 def cmd_report(args: argparse.Namespace, progress: bool) -> None:
     out = check_out_dir(args.out)
     results, noise = load_runs([Path(r) for r in args.runs])
-    written = write_report(out, results, noise)
+    # A gate session's gate-runs/ folder also holds its attack-strength comparisons: the report tables them too.
+    written = write_report(out, results, noise, load_strength([Path(r) for r in args.runs]))
     print(f"report of {len(results)} attack runs and {len(noise)} noise probes:")
     for what, path in written.items():
         print(f"  {what}: {path}")

@@ -7,6 +7,7 @@ relative to ε, so one setting serves every ε of a profile.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -17,9 +18,14 @@ from .base import FLAG, POSITIVE, AttackBase, at_least, param
 
 class FixedAttack(AttackBase):
     minimal: ClassVar[bool] = False
+    native_kernel: ClassVar[bool] = True
     steps: int
     rel_stepsize: float
     random_start: bool
+
+    @abstractmethod
+    def foolbox(self) -> fb.attacks.base.FixedEpsilonAttack:
+        """A fresh Foolbox attack with these parameters."""
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,33 @@
 """Minimal-perturbation attacks: each looks for the smallest adversarial it can find in its norm, with no ε.
 
-Fields and defaults are Foolbox 3.3.4's; profiles override them (e.g. fewer steps for a CPU smoke run).
+Fields and defaults are Foolbox 3.3.4's; profiles override them (e.g. fewer steps for a CPU smoke run). DeepFool and
+Carlini-Wagner also run through labelflip's own kernels (`minimal_kernels`), Foolbox's algorithms batched and
+stopped per image; Brendel-Bethge runs through Foolbox only.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import foolbox as fb
 import torch
 from foolbox.criteria import Misclassification
+from torch import nn
 
 from .base import FLAG, NON_NEGATIVE, POSITIVE, AttackBase, Rule, at_least, one_of, param
+from .bounds import Bounds
+from .minimal_kernels import carlini_wagner, deepfool
 from .starts import STRATEGY, starting_points
 
 
 class MinimalAttack(AttackBase):
     minimal: ClassVar[bool] = True
+
+    @abstractmethod
+    def foolbox(self) -> fb.attacks.base.MinimizationAttack:
+        """A fresh Foolbox attack with these parameters."""
 
     def minimize(self, engine: fb.attacks.base.MinimizationAttack, fmodel: fb.PyTorchModel,
                  x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,6 +36,12 @@ class MinimalAttack(AttackBase):
         raw, _, success = engine(fmodel, x, Misclassification(y), epsilons=None)
         return raw, success
 
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
+               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(adversarials, success) from labelflip's kernel, for attacks with `native_kernel`; `model` is
+        `engine.fast_copy(model)`, `x` channels_last on its device."""
+        raise NotImplementedError(f"{self.name} has no native kernel")
+
 
 @dataclass(frozen=True)
 class L2CarliniWagner(MinimalAttack):
@@ -33,6 +49,7 @@ class L2CarliniWagner(MinimalAttack):
 
     name: ClassVar[str] = "l2-cw"
     norm: ClassVar[str] = "l2"
+    native_kernel: ClassVar[bool] = True
     binary_search_steps: int = param(9, at_least(1))
     steps: int = param(10000, at_least(1))
     stepsize: float = param(0.01, POSITIVE)
@@ -45,6 +62,19 @@ class L2CarliniWagner(MinimalAttack):
             binary_search_steps=self.binary_search_steps, steps=self.steps, stepsize=self.stepsize,
             confidence=self.confidence, initial_const=self.initial_const, abort_early=self.abort_early)
 
+    def minimize(self, engine: fb.attacks.base.MinimizationAttack, fmodel: fb.PyTorchModel,
+                 x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foolbox's C&W, with its failures reported as failures: where it found no adversarial it returns its
+        best-so-far's initial value, an all-zero image, which its verdict counts as a success wherever the model
+        misclassifies a blank image (at a norm as large as the image's)."""
+        raw, success = super().minimize(engine, fmodel, x, y)
+        blank = (raw.flatten(1) == 0).all(1) & (x.flatten(1) != 0).any(1)
+        return torch.where(blank.view(-1, *[1] * (x.dim() - 1)), x, raw), success & ~blank
+
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
+               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return carlini_wagner(model, x, y, **asdict(self), bounds=bounds, bf16=bf16)
+
 
 @dataclass(frozen=True)
 class _DeepFool(MinimalAttack):
@@ -54,6 +84,11 @@ class _DeepFool(MinimalAttack):
     candidates: int = param(10, at_least(2))
     overshoot: float = param(0.02, NON_NEGATIVE)
     loss: str = param("logits", one_of("logits", "crossentropy"))
+    native_kernel: ClassVar[bool] = True
+
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
+               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return deepfool(model, x, y, norm=self.norm, **asdict(self), bounds=bounds, bf16=bf16)
 
 
 @dataclass(frozen=True)

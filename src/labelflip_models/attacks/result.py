@@ -35,6 +35,8 @@ class AttackResult:
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
     measured: dict[str, torch.Tensor] | None = None  # "norms", "linf_norms", "range" of a reduced run
+    # AutoAttack-family runs: per image, the index into params["components"] of the component that broke it, or −1.
+    broken_by: torch.Tensor | None = None
 
     @property
     def landed(self) -> torch.Tensor:
@@ -92,5 +94,6 @@ class AttackResult:
             ranges = torch.stack([p.measured["range"] for p in parts])
             measured = {"norms": cat("norms"), "linf_norms": cat("linf_norms"),
                         "range": torch.stack([ranges[:, 0].min(), ranges[:, 1].max()])}
+        broken_by = None if first.broken_by is None else cat("broken_by")
         return cls(epsilon=first.epsilon, norm=first.norm, **images, **tensors,
-                   seconds=sum(p.seconds for p in parts), params=params, measured=measured)
+                   seconds=sum(p.seconds for p in parts), params=params, measured=measured, broken_by=broken_by)

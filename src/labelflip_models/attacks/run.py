@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..models.architectures import predict
+from .autoattack import AutoAttackFamily
 from .bounds import Bounds, check_epsilon_for
 from .engine import Engine, choose_engine, fast_copy
 from .fixed import FixedAttack
@@ -43,7 +44,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if model.training:
         raise ConfigError("the model is in training mode; call model.eval() before attacking it")
-    chosen = choose_engine(engine, isinstance(attack, FixedAttack), model, device)
+    chosen = choose_engine(engine, attack.native_kernel, model, device, attack.reference)
     images, labels = images.cpu(), labels.cpu()
     fast = fast_copy(model)
     clean_pred = predict(model, images)
@@ -54,9 +55,17 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     start = time.perf_counter()
     if isinstance(attack, MinimalAttack):
         attacked = clean_pred == labels
-        fmodel = fb.PyTorchModel(fast, bounds=(bounds.lower, bounds.upper), device=device)
-        raw, clipped, success, adv_pred = _minimal(attack, model, fmodel, images, labels, clean_pred, attacked,
-                                                   batch_size, progress)
+        raw, clipped, success, adv_pred = _minimal(attack, model, fast, chosen, bounds, images, labels, clean_pred,
+                                                   attacked, batch_size, progress)
+    elif isinstance(attack, AutoAttackFamily):
+        attacked = clean_pred == labels
+        raw, broken_by = autoattack_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size,
+                                                 progress)
+        clipped = raw
+        adv_pred = predict(model, clipped)
+        success = attacked & (adv_pred != labels)
+        # The caller's fp32 model has the last word: a component's verdict it does not confirm is no break.
+        broken_by = torch.where(success, broken_by, -1)
     else:
         attacked = torch.ones(len(images), dtype=torch.bool)
         raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size, progress)
@@ -68,7 +77,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
                               "batch_size": batch_size, "seed": seed}
     return AttackResult(epsilon=epsilon, norm=attack.norm, images=images, labels=labels, raw=raw, clipped=clipped,
                         success=success, attacked=attacked, clean_pred=clean_pred, adv_pred=adv_pred,
-                        seconds=seconds, params=params)
+                        seconds=seconds, params=params,
+                        broken_by=broken_by if isinstance(attack, AutoAttackFamily) else None)
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:
@@ -104,18 +114,50 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
     return (torch.cat(raws).contiguous().cpu(), torch.cat(clips).contiguous().cpu())
 
 
-def _minimal(attack: MinimalAttack, model: nn.Module, fmodel: fb.PyTorchModel, images: torch.Tensor,
-             labels: torch.Tensor, clean_pred: torch.Tensor, attacked: torch.Tensor, batch_size: int, progress: bool,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def autoattack_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: AutoAttackFamily,
+                            epsilon: float, engine: Engine, bounds: Bounds = Bounds(), batch_size: int = 256,
+                            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """An AutoAttack-family attack batch by batch: (adversarials, per image the index of the component that broke
+    it, or −1), on the CPU. Each batch's components are seeded from torch's global stream, which the caller seeded,
+    as the official evaluation seeds every batch."""
+    device = next(fast.parameters()).device
+    images_on, labels_on = images.to(device), labels.to(device)
+    adversarials, broken_by = [], []
+    for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
+        x = images_on[i:i + batch_size].contiguous(memory_format=torch.channels_last)
+        seed = int(torch.randint(2**31 - 1, ()))
+        adv, broken = attack.run(fast, x, labels_on[i:i + batch_size], epsilon=epsilon, bounds=bounds,
+                                 native=engine.name == "native", bf16=engine.bf16, seed=seed)
+        adversarials.append(adv.detach())
+        broken_by.append(broken)
+    if not adversarials:
+        return images.clone(), torch.full((0,), -1, dtype=torch.int64)
+    return torch.cat(adversarials).contiguous().cpu(), torch.cat(broken_by).cpu()
+
+
+def _minimal(attack: MinimalAttack, model: nn.Module, fast: nn.Module, engine: Engine, bounds: Bounds,
+             images: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor, attacked: torch.Tensor,
+             batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(raw, clipped, success, adv_pred): the attack's output for the attacked images (the image elsewhere), and
-    that output where it is a confirmed adversarial, else the image."""
-    engine = attack.foolbox()
+    that output where it is a confirmed adversarial, else the image.
+
+    `fast` (`engine.fast_copy(model)`) runs the attack, natively or through Foolbox as `engine` says; `model`, the
+    caller's fp32 model, confirms every adversarial."""
+    device = next(fast.parameters()).device
+    native = engine.name == "native"
+    if not native:
+        fmodel = fb.PyTorchModel(fast, bounds=(bounds.lower, bounds.upper), device=device)
+        foolbox_attack = attack.foolbox()
     index = attacked.nonzero().squeeze(1)
     raw, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
     for i in _batches(len(index), batch_size, attack.name, progress):
         chunk = index[i:i + batch_size]
-        adversarials, ok = attack.minimize(engine, fmodel, images[chunk].to(fmodel.device),
-                                           labels[chunk].to(fmodel.device))
+        x, y = images[chunk].to(device), labels[chunk].to(device)
+        if native:
+            adversarials, ok = attack.native(fast, x.contiguous(memory_format=torch.channels_last), y, bounds,
+                                             engine.bf16)
+        else:
+            adversarials, ok = attack.minimize(foolbox_attack, fmodel, x, y)
         raw[chunk], found[chunk] = adversarials.detach().cpu(), ok.detach().cpu()
     candidate = torch.where(_per_image(found, images), raw, images)
     candidate_pred = predict(model, candidate)

@@ -26,9 +26,11 @@ RUN_HINT = "run: pytest robustness_tests/benchmarks -p no:xdist --benchmark-json
 DASH = "–"
 
 OK, IMPROVED, REGRESSED, MISSING, NEW = "ok", "improved", "regressed", "missing", "new"
-# Only labelflip's own kernels are gated; other implementations (torchattacks) are timed for comparison, and a
-# change of their speed is not a regression of ours.
+# Only labelflip's own kernels are gated; other implementations are timed for comparison, and a change of their
+# speed is not a regression of ours.
 GATED_IMPL = "labelflip"
+# The other implementations' columns of the table, in this order, where a report has them.
+OTHER_IMPLS = ("foolbox", "pyautoattack", "torchattacks")
 
 
 @dataclass(frozen=True)
@@ -125,21 +127,25 @@ def _ratio(row: BenchRow | None) -> str:
 
 
 def markdown_table(report: BenchReport) -> str:
-    """One row per kernel: labelflip, torchattacks and the plain reference loop side by side."""
+    """One row per kernel: labelflip, the other implementations the report timed (OTHER_IMPLS; torchattacks at
+    least) and the plain reference loop side by side."""
+    present = {r.impl for r in report.rows}
+    others = [i for i in OTHER_IMPLS if i in present or i == "torchattacks"]
     lines = [f"### Benchmarks on {report.machine}, {report.device_class}, {report.datetime}", "",
-             "| kernel | device | labelflip images/s | labelflip ratio_to_reference | torchattacks images/s "
-             "| torchattacks ratio | reference images/s | labelflip GFLOP/s |",
-             "|---|---|--:|--:|--:|--:|--:|--:|"]
+             "| kernel | device | labelflip images/s | labelflip ratio_to_reference | "
+             + "".join(f"{i} images/s | {i} ratio | " for i in others) + "reference images/s | labelflip GFLOP/s |",
+             "|---|---|--:|--:|" + "--:|--:|" * len(others) + "--:|--:|"]
     for kernel in sorted({r.kernel for r in report.rows}):
         by_impl = {r.impl: r for r in report.rows if r.kernel == kernel}
-        ours, theirs, ref = by_impl.get("labelflip"), by_impl.get("torchattacks"), by_impl.get(REFERENCE)
+        ours, ref = by_impl.get(GATED_IMPL), by_impl.get(REFERENCE)
+        theirs = [by_impl.get(i) for i in others]
         device = (ours or next(iter(by_impl.values()))).device
         gflops = DASH if ours is None or ours.gflops_per_s is None else f"{ours.gflops_per_s:,.1f}"
-        timed_alongside = next((r.reference_images_per_s for r in (ours, theirs) if r and r.reference_images_per_s),
+        timed_alongside = next((r.reference_images_per_s for r in (ours, *theirs) if r and r.reference_images_per_s),
                                None)
         ref_speed = _speed(ref) if ref or timed_alongside is None else f"{timed_alongside:,.0f}"
-        cells = [kernel, device, _speed(ours), _ratio(ours), _speed(theirs), _ratio(theirs), ref_speed, gflops]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [kernel, device, _speed(ours), _ratio(ours)] + [c for r in theirs for c in (_speed(r), _ratio(r))]
+        lines.append("| " + " | ".join(cells + [ref_speed, gflops]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,10 +43,12 @@ def _norm_floors(norms: dict[str, np.ndarray]) -> dict[str, float | None]:
 
 
 def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.ndarray] | None = None,
-                  ) -> dict[str, Any]:
+                  attack_strength: dict[str, Any] | None = None) -> dict[str, Any]:
     """The committed baseline: the run itself plus the thresholds derived from it.
 
     `class_norms` (minimal attacks only): per class, the minimal norms of the attacked images (inf = attack failed).
+    `attack_strength` (fixed-ε attacks only): the run's attack against AutoAttack at its ε (gate/strength.py,
+    Comparison.entry), so that a baseline made with a weak attack says so; None records it as not compared.
     """
     names = result["class_names"]
     per_class = result["per_class_flip_rate"]
@@ -73,28 +75,34 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
     }
     if class_norms is not None:
         gate["min_norm_floor"] = _norm_floors(class_norms)
+    # Provenance, not a threshold: the gate reads nothing from it, so baselines without it still load.
+    strength = {} if case.minimal else {"attack_strength": attack_strength or {
+        "compared": False, "reason": "not compared with AutoAttack when this file was written"}}
     return {
         "schema": BASELINE_SCHEMA,
         "case": {"profile": case.profile, "dataset": case.dataset, "attack": case.attack, "epsilon": case.epsilon,
                  **({"arch": case.arch} if case.arch else {})},
         "regenerate_with": REGEN_HINT.format(profile=case.profile),
+        **strength,
         "gate": gate,
         "result": result,
     }
 
 
 def write_baseline(case: Case, root: Path, result: dict[str, Any],
-                   class_norms: dict[str, np.ndarray] | None = None, obtained: bool = False) -> Path:
+                   class_norms: dict[str, np.ndarray] | None = None, obtained: bool = False,
+                   attack_strength: dict[str, Any] | None = None) -> Path:
     """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete.
 
     `obtained`: the run of a failing case, written beside its baseline as <stem>.obtained.json/.csv in the same
     schema, for a reviewer to diff (and to promote with the regen flag if the change was intended). A regenerated
-    baseline replaces what was obtained before it."""
+    baseline replaces what was obtained before it. `attack_strength`: as make_baseline's."""
     infix = OBTAINED if obtained else ""
     json_path = case.baseline_path(root, f"{infix}.json")
+    baseline = make_baseline(case, result, class_norms, attack_strength)
     atomic_write_files({case.baseline_path(root, f"{infix}.csv"):
                         matrix_csv(matrix_from_json(result["flip_matrix"]), result["class_names"]).encode(),
-                        json_path: (json.dumps(make_baseline(case, result, class_norms), indent=1) + "\n").encode()})
+                        json_path: (json.dumps(baseline, indent=1) + "\n").encode()})
     if not obtained:
         for suffix in (".json", ".csv"):
             case.baseline_path(root, OBTAINED + suffix).unlink(missing_ok=True)

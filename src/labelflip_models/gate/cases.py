@@ -22,17 +22,24 @@ def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False)
     return indices, f"first {'up to ' if data.own else ''}{per_class} test images of each class"
 
 
+def case_images(case: Case, data: Dataset, uncapped: bool = False) -> tuple[np.ndarray, str]:
+    """The test images `case` attacks (indices into the test set) and how to say which: run_case attacks these,
+    and the gate pairs two cases' images by them (gate/strength.py)."""
+    return select(get_profile(case.profile), data, case.attack, uncapped)
+
+
 def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
              bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto",
              ) -> tuple[dict[str, Any], AttackResult]:
     """Attack the case's images; return result.json's content and the adversarials.
 
     Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
+    The images attacked are case_images(case, data, uncapped), in that order.
     """
     profile = get_profile(case.profile)
-    indices, selection = select(profile, data, case.attack, uncapped)
+    indices, selection = case_images(case, data, uncapped)
     attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
     epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
-    # The gate's engine option picks how fixed-ε attacks run; minimal attacks have one engine (Foolbox).
+    # The gate's engine option applies where the attack has that engine: native kernels exist for some attacks only.
     return attack_images(data, model, model_info, indices, selection, attack, epsilon, bounds=bounds, seed=seed,
-                         engine="auto" if attack.minimal else engine)
+                         engine=engine if attack.native_kernel or not engine.startswith("native") else "auto")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, LabelflipError
-from .profiles import PROFILES, get_profile
+from .profiles import PROFILES, Case, cases, get_profile
 
 # The reference models' baselines ship inside the package (package data).
 REFERENCE_BASELINES = Path(__file__).with_name("reference_baselines")
@@ -103,6 +103,10 @@ class GateConfig:
         from ..data.names import CLASS_NAMES
 
         return self.dataset_classes or self.class_names or CLASS_NAMES[dataset]
+
+    def profile_cases(self) -> list[Case]:
+        """Every case of the profile for the session's datasets and model, whatever `-k` selects."""
+        return cases(get_profile(self.profile), self.datasets, own_model=self.model is not None)
 
 
 MODEL_MISMATCH = ("warn", "error")

@@ -1,14 +1,19 @@
 """What a failing gate tells its reviewer: the observed run beside the baseline ("obtained" files), a terminal
-section of the regressions, worst first, and GitHub Actions annotations. Cheap to import (no torch)."""
+section of the regressions, worst first, GitHub Actions annotations, and a library error as one failed test.
+Cheap to import (no torch)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import REFERENCE_BASELINES, GateConfig, in_source_checkout
+import pytest
+
+from ..errors import LabelflipError
+from .config import OPTION_NAMES, REFERENCE_BASELINES, GateConfig, in_source_checkout
 from .profiles import Case, cases, get_profile, noise_baseline_path
 
 if TYPE_CHECKING:
@@ -19,6 +24,15 @@ PROPERTY_PREFIX = "labelflip_"
 FLIP_RATE = "flip_rate"
 # Under the rootdir: the observed runs of cases that failed against the installed reference baselines.
 INSTALLED_OBTAINED = "labelflip-obtained"
+
+
+@contextmanager
+def failing_the_test(prefix: str = "") -> Iterator[None]:
+    """A library error inside the block fails the current test with its message alone (no traceback)."""
+    try:
+        yield
+    except LabelflipError as exc:
+        raise pytest.fail.Exception(prefix + exc.phrased(OPTION_NAMES), pytrace=False) from None
 
 
 def record_decision(record: Callable[[str, object], None], check: str, decision: Decision,

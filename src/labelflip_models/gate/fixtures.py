@@ -6,17 +6,16 @@ Every factory turns a library error into one failed test whose message names the
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..errors import DataNotFound, LabelflipError
+from ..errors import DataNotFound
 from .config import OPTION_NAMES, RUNS_DIR, GateConfig
-from .failures import record_decision
+from .failures import failing_the_test, record_decision
 from .profiles import Case, get_profile, noise_baseline_path, noise_scope
 from .session import gate_config
 
@@ -27,15 +26,6 @@ if TYPE_CHECKING:
     from .decisions import Decision
     from .models_under_test import ModelsUnderTest
     from .shared_runs import CaseRun
-
-
-@contextmanager
-def failing_the_test(prefix: str = "") -> Iterator[None]:
-    """A library error inside the block fails the current test with its message alone (no traceback)."""
-    try:
-        yield
-    except LabelflipError as exc:
-        raise pytest.fail.Exception(prefix + exc.phrased(OPTION_NAMES), pytrace=False) from None
 
 
 @pytest.fixture(scope="session")
@@ -188,20 +178,35 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
     from ..attacks import Bounds
     from ..runs.results import write_run
     from .baselines import write_baseline
-    from .cases import run_case
+    from .cases import case_images, run_case
     from .shared_runs import CaseRun, computed_once, load_run, save_run
 
     cfg = labelflip_config
     runs: dict[Case, CaseRun] = {}
     shared = _shared_dir(request, tmp_path_factory)
 
+    def regenerated(case: Case) -> bool:
+        """Whether --labelflip-regen rewrites this case's baseline: it is a case of the session's selection (after
+        -k), not a run computed only for another case's comparison (its AutoAttack run)."""
+        selected = {item.callspec.params["labelflip_case"] for item in request.session.items
+                    if "labelflip_case" in getattr(getattr(item, "callspec", None), "params", {})}
+        return not selected or case in selected
+
     def compute(case: Case, data: Dataset) -> CaseRun:
         model = labelflip_case_model(case)
         result, attacked = run_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
                                     Bounds(*cfg.bounds), cfg.uncapped, cfg.engine)
-        run = CaseRun.from_attack(case, result, attacked)
-        if cfg.regen:
-            write_baseline(case, cfg.baselines, result, run.class_norms() if case.minimal else None)
+        run = CaseRun.from_attack(case, result, attacked, case_images(case, data, cfg.uncapped)[0])
+        if cfg.regen and regenerated(case):
+            strength = None
+            if not case.minimal:
+                from .strength import compare_with_autoattack
+
+                # The AutoAttack run comes through `get`, once per session like any run; it needs no other run,
+                # so waiting for its lock while holding this case's cannot deadlock two workers.
+                strength = compare_with_autoattack(run, cfg.profile_cases(), get).entry()
+            write_baseline(case, cfg.baselines, result, run.class_norms() if case.minimal else None,
+                           attack_strength=strength)
         if cfg.report is not None:
             write_run(cfg.report / RUNS_DIR / case.id, result)
         return run

@@ -16,7 +16,7 @@ import pytest
 
 from ..errors import LabelflipError
 from .config import FLAGS, OPTION_NAMES, OPTIONS, PER_CLASS_ITEMS, RUNS_DIR
-from .profiles import COMPILED_PER_PROCESS, cases, get_profile, noise_scope
+from .profiles import CASE_KINDS, COMPILED_PER_PROCESS, cases, get_profile, noise_scope
 from .session import (
     GATE_TAG,
     asked,
@@ -47,7 +47,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "labelflip: an adversarial-robustness gate test (labelflip)")
     config.addinivalue_line("markers", "labelflip_cases(kind): parameterise over the profile's gate cases; kind is "
-                                       "'all', 'fixed' (fixed-ε attacks) or 'minimal' (minimal-perturbation attacks)")
+                                       "'all', 'fixed' (fixed-ε attacks), 'minimal' (minimal-perturbation attacks) "
+                                       "or 'compared' (fixed-ε attacks outside the AutoAttack family)")
     start_outcomes(config)  # records gate test reports; nothing else
     if asked_on_command_line(config):
         gate_config(config)  # bad options fail here, before any collection
@@ -86,10 +87,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")
     kind = marker.args[0] if marker and marker.args else "all"
-    if kind not in ("all", "fixed", "minimal"):
-        raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be 'all', 'fixed' or 'minimal'")
+    if kind not in CASE_KINDS:
+        raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be one of {', '.join(map(repr, CASE_KINDS))}")
     selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
-                if kind == "all" or c.minimal == (kind == "minimal")]
+                if CASE_KINDS[kind](c)]
     if "labelflip_class" in fixtures:
         names = {d: cfg.class_names_of(d) for d in cfg.datasets}
         # Beyond PER_CLASS_ITEMS classes, one test per case (class None) lists the failing classes.
@@ -137,11 +138,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if cfg.report is None or not (cfg.report / RUNS_DIR).is_dir():
         return  # no report asked for, or no gate case ran
-    from ..reports import load_runs, write_report
+    from ..reports import load_runs, load_strength, write_report
 
     try:
         results, noise = load_runs([cfg.report / RUNS_DIR])
-        written = write_report(cfg.report, results, noise)
+        written = write_report(cfg.report, results, noise, load_strength([cfg.report / RUNS_DIR]))
     except LabelflipError as exc:
         _write_line(config, f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}", red=True)
         return

@@ -5,6 +5,7 @@ Cheap to import (no torch): the pytest plugin parameterises tests from these at 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ BB_SMOKE = (("steps", 100),)
 COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
 # The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
 PAPER_BB_PER_CLASS = 100
+# AutoAttack's APGD-T and FAB-T try 9 target classes of 100 steps and Square 5,000 queries on every image still
+# robust (10-20 s of this CPU per image): one image per class is what a smoke run affords.
+AUTOATTACK_SMOKE = 1
+PAPER_AUTOATTACK_PER_CLASS = 100
 
 PROFILES = {
     # A minute-long pre-commit check; also what the test that proves the gate can fail runs.
@@ -80,6 +85,10 @@ PROFILES = {
         AttackSpec("linf-deepfool", None, per_class=10),
         AttackSpec("l2-cw", None, CW_SMOKE, per_class=5),
         AttackSpec("l1-bb", None, BB_SMOKE, per_class=5),
+        # AutoAttack on the first image of each class, what the other attacks' strength is measured against
+        # (test_attack_strength); at the smaller ε most images stay robust, which costs AutoAttack its most.
+        AttackSpec("linf-autoattack", (0.1, 0.2), per_class=AUTOATTACK_SMOKE),
+        AttackSpec("l2-autoattack", (1.0,), per_class=AUTOATTACK_SMOKE),
     ), per_class=100, noise_samples=2000),
     # CIFAR-10 on both reference models, for a GPU machine with the real data (training them on a CPU takes hours);
     # without the data every case skips and says how to provide it.
@@ -87,6 +96,7 @@ PROFILES = {
         AttackSpec("fgsm", SMOKE_EPSILONS),
         AttackSpec("linf-pgd", SMOKE_EPSILONS),
         AttackSpec("l2-deepfool", None, per_class=20),
+        AttackSpec("linf-autoattack", SMOKE_EPSILONS, per_class=20),
     ), per_class=100, noise_samples=2000),
     # The paper's grid on full test sets, meant for a GPU machine; Foolbox's default attack settings.
     "paper": Profile("paper", ("fashion-mnist", "mnist", "cifar-10"), (
@@ -97,6 +107,7 @@ PROFILES = {
         AttackSpec("l2-cw", None),
         AttackSpec("l0-bb", None, per_class=PAPER_BB_PER_CLASS),
         AttackSpec("l1-bb", None, per_class=PAPER_BB_PER_CLASS),
+        AttackSpec("linf-autoattack", PAPER_EPSILONS, per_class=PAPER_AUTOATTACK_PER_CLASS),
     ), per_class=None, noise_samples=10000),
 }
 
@@ -136,6 +147,27 @@ class Case:
     def baseline_path(self, root: Path, suffix: str) -> Path:
         # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
         return Path(root) / self.profile / self.model_key / f"{self.stem}{suffix}"
+
+
+AUTOATTACK = "autoattack"
+
+
+def is_autoattack(attack: str) -> bool:
+    """Whether `attack` is AutoAttack or one of its components (the reference the others are compared with)."""
+    from ..attacks import make_attack
+    from ..attacks.autoattack import AutoAttackFamily
+
+    return attack.endswith(AUTOATTACK) or isinstance(make_attack(attack), AutoAttackFamily)
+
+
+# The marker labelflip_cases(kind): which of the profile's cases a gate test is parameterised over.
+CASE_KINDS: dict[str, Callable[[Case], bool]] = {
+    "all": lambda case: True,
+    "fixed": lambda case: not case.minimal,
+    "minimal": lambda case: case.minimal,
+    # The cases test_attack_strength compares with AutoAttack at their ε.
+    "compared": lambda case: not case.minimal and not is_autoattack(case.attack),
+}
 
 
 def noise_scope(dataset: str) -> str:

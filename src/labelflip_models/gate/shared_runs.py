@@ -23,7 +23,8 @@ from ..storage.locks import lock_timeout_error, lock_timeout_s
 from .profiles import Case
 
 T = TypeVar("T")
-_TENSORS = ("images", "clipped", "labels", "adv_pred", "success", "attacked", "norms", "range")
+_TENSORS = ("images", "clipped", "labels", "adv_pred", "success", "attacked", "norms", "range", "clean_pred",
+            "indices")
 
 
 @dataclass
@@ -39,11 +40,20 @@ class CaseRun:
     attacked: torch.Tensor
     norms: torch.Tensor  # per image, in the attack's norm, as the run reported them
     range: torch.Tensor  # smallest and largest value of any adversarial
+    # The model's prediction on each clean image: a fixed-ε attack "succeeds" on an image it never had to move.
+    clean_pred: torch.Tensor
+    # Each image's index in the dataset's test set, so that two runs' images pair up (gate/strength.py).
+    indices: torch.Tensor
 
     @classmethod
-    def from_attack(cls, case: Case, result: dict[str, Any], attacked: AttackResult) -> CaseRun:
+    def from_attack(cls, case: Case, result: dict[str, Any], attacked: AttackResult,
+                    indices: np.ndarray) -> CaseRun:
+        """`indices`: the test images the run attacked, in its order (gate/cases.py, case_images)."""
+        if len(indices) != len(attacked.labels):
+            raise ValueError(f"{len(indices)} test indices for a run of {len(attacked.labels)} images")
         return cls(case, result, attacked.images, attacked.clipped, attacked.labels, attacked.adv_pred,
-                   attacked.success, attacked.attacked, attacked.norms, torch.tensor(attacked.adversarial_range))
+                   attacked.success, attacked.attacked, attacked.norms, torch.tensor(attacked.adversarial_range),
+                   attacked.clean_pred, torch.as_tensor(np.asarray(indices, dtype=np.int64)))
 
     def class_norms(self) -> dict[str, np.ndarray]:
         """Per class, the minimal norms of the images the attack had to move; a failed attack counts as inf."""

@@ -5,7 +5,7 @@ One job per module: `load` finds and validates run files, `group` organises them
 `markdown`/`html` render, `write` puts everything on disk.
 """
 
-from .load import load_runs
+from .load import load_runs, load_strength
 from .write import write_report
 
-__all__ = ["load_runs", "write_report"]
+__all__ = ["load_runs", "load_strength", "write_report"]

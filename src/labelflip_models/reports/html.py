@@ -48,12 +48,12 @@ def _figure_names(ds: DatasetRuns) -> list[str]:
 
 
 def report_html(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],
-                images: Mapping[str, bytes]) -> str:
+                images: Mapping[str, bytes], strength: Sequence[dict[str, Any]] = ()) -> str:
     """The Markdown summary's tables plus every image in `images` (keyed by their report file names)."""
     body, placed = ["<h1>labelflip: where adversarial examples land</h1>"], set()
     for ds in group_runs(results, noise):
         body += [f"<h2>{escape(ds.name)}</h2>", f"<p>{escape(dataset_intro(ds))}</p>"]
-        body += [_table(t) for t in dataset_tables(ds)]
+        body += [_table(t) for t in dataset_tables(ds, strength)]
         figures = [n for n in _figure_names(ds) if n in images]
         placed.update(figures)
         if figures:

@@ -9,17 +9,17 @@ from typing import Any
 
 from ..analysis.flip_matrix import matrix_from_json
 from ..errors import ConfigError, DataError
-from ..runs.results import NOISE_SCHEMA, RESULT_SCHEMA
+from ..runs.results import NOISE_SCHEMA, RESULT_SCHEMA, STRENGTH_FILE, STRENGTH_SCHEMA
 
 RUN_FILES = ("result.json", "noise.json")
 # A run directory, a directory of runs (per dataset), or a directory of those (per model or CI job).
 SEARCH_DEPTH = 2
 
 
-def _run_files(directory: Path) -> list[Path]:
+def _run_files(directory: Path, names: Sequence[str] = RUN_FILES) -> list[Path]:
     found = []
     for depth in range(SEARCH_DEPTH + 1):
-        for name in RUN_FILES:
+        for name in names:
             found += directory.glob("/".join(["*"] * depth + [name]))
     return sorted(set(found))
 
@@ -112,3 +112,19 @@ def load_runs(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], list[dict[st
         else:
             raise ConfigError(f"{path}: schema {schema!r} is neither {RESULT_SCHEMA!r} nor {NOISE_SCHEMA!r}")
     return results, noise
+
+
+def load_strength(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The attack-strength comparisons (STRENGTH_FILE) found where load_runs looks, in case order. Optional input:
+    runs made outside a gate session have none, and a file of another schema is an error."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in map(Path, paths):
+        found = _run_files(path, (STRENGTH_FILE,)) if path.is_dir() else [path] if path.name == STRENGTH_FILE else []
+        for file in found:
+            data = _read(file)
+            if data.get("schema") != STRENGTH_SCHEMA:
+                raise ConfigError(f"{file}: schema {data.get('schema')!r}, expected {STRENGTH_SCHEMA!r}")
+            if not isinstance(data.get("case"), str) or not isinstance(data.get("subject"), str):
+                raise ConfigError(f"{file}: 'case' and 'subject' must be strings")
+            records[data["case"]] = data
+    return [records[case] for case in sorted(records)]

@@ -30,10 +30,12 @@ def render_table(table: Table) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]]) -> str:
+def summary_markdown(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],
+                     strength: Sequence[dict[str, Any]] = ()) -> str:
+    """`strength`: a gate session's attack-strength comparisons (reports.load.load_strength), if any."""
     lines = ["## labelflip: where adversarial examples land", ""]
     for ds in group_runs(results, noise):
         lines += [f"### {md_escape(ds.name)}", "", md_escape(dataset_intro(ds)), ""]
-        lines += [render_table(t) for t in dataset_tables(ds)]
+        lines += [render_table(t) for t in dataset_tables(ds, strength)]
         lines += [f"<sub>{md_escape(provenance_line(ds.all_runs))}</sub>", ""]
     return "\n".join(lines).rstrip() + "\n"

@@ -5,7 +5,7 @@ flipped, the least robust, the easiest to move), and the most frequent flips are
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +97,22 @@ def robust_table(ds: DatasetRuns) -> Table | None:
                  "Robust accuracy: images still in their true class after a fixed-ε attack (a clean "
                  "misclassification counts as not robust). Spread: over the classes' robust accuracies (std over "
                  "classes).")
+
+
+def autoattack_table(ds: DatasetRuns) -> Table | None:
+    """Per AutoAttack-family run, how many images each component broke first (result.json's "autoattack")."""
+    runs = [r for r in ds.runs if r.get("autoattack")]
+    if not runs:
+        return None
+    # The ensemble's components come in its official order; a single component's run adds its own column.
+    components = list(dict.fromkeys(c for r in sorted(runs, key=lambda r: -len(r["autoattack"]["components"]))
+                                    for c in r["autoattack"]["components"]))
+    rows = [[r["attack"]["name"], epsilon_label(r), *(str(r["autoattack"]["broken_by"].get(c, DASH))
+                                                     for c in components)] for r in runs]
+    return Table("AutoAttack: images broken first by each component", ["attack", "ε", *components], rows,
+                 "Components run in the official order, each on the images still robust; an image counts once, for "
+                 "the first component that flipped it. Images the model misclassified before the attack are not "
+                 "counted; those no component broke are the robust accuracy above.")
 
 
 def robust_classes_table(run: dict[str, Any]) -> Table | None:
@@ -192,9 +208,36 @@ def noise_table(noise: dict[str, Any]) -> Table:
                  f"Top classes only; a model without a noise preference would give each class {pct(1 / k)}.")
 
 
-def dataset_tables(ds: DatasetRuns) -> list[Table]:
+def strength_table(records: Sequence[dict[str, Any]]) -> Table | None:
+    """Each fixed-ε case's attack against AutoAttack at its ε (gate/strength.py), on the images both attacked."""
+    if not records:
+        return None
+    rows, skipped = [], []
+    for r in sorted(records, key=lambda r: (r["attack"], r.get("epsilon") or 0)):
+        if not r.get("compared"):
+            eps = r.get("epsilon")
+            at = f" at ε = {eps:g}" if isinstance(eps, (int, float)) else ""
+            skipped.append(f"{r['attack']}{at}: {r.get('reason') or 'no reason given'}")
+            continue
+        n = r["n"]
+        rows.append([r["attack"], f"{r['epsilon']:g}", str(n), pct(r["case_flips"] / n if n else None),
+                     pct(r["autoattack_flips"] / n if n else None), str(r["missed"]), str(r["only_case"]),
+                     pvalue(r["p_value"]), "yes" if r["weak"] else "no"])
+    alpha = next((r["alpha"] for r in records if r.get("compared")), None)
+    note = ("On the images both runs attacked that the model classifies correctly (n). missed: flips AutoAttack "
+            "finds and the attack does not; only by attack: the reverse. p: exact one-sided McNemar test of the "
+            "attack flipping as many images as AutoAttack"
+            + (f"; weaker when p < {alpha:g} (a warning, not a failure)." if alpha is not None else "."))
+    if skipped:
+        note += " Not compared: " + "; ".join(skipped) + "."
+    return Table("Attack strength vs AutoAttack", ["attack", "ε", "n", "flipped", "AutoAttack flipped", "missed",
+                                                   "only by attack", "p", "weaker"], rows, note)
+
+
+def dataset_tables(ds: DatasetRuns, strength: Sequence[dict[str, Any]] = ()) -> list[Table]:
+    """The tables of one subject's section; `strength`: attack-strength records (load_strength), of any subject."""
     tables = [runs_table(ds)] if ds.runs else []
-    tables += [t for t in (robust_table(ds),) if t is not None]
+    tables += [t for t in (robust_table(ds), autoattack_table(ds)) if t is not None]
     strongest = ds.strongest()
     if strongest is not None:
         # Above TOP_N classes significance against chance 1/(K-1) says little; the largest flips say more.
@@ -204,6 +247,7 @@ def dataset_tables(ds: DatasetRuns) -> list[Table]:
     tables += [t for t in map(norms_table, ds.minimal) if t is not None]
     if ds.noise is not None:
         tables.append(noise_table(ds.noise))
+    tables += [t for t in (strength_table([r for r in strength if r["subject"] == ds.name]),) if t is not None]
     return tables
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..analysis.noise import noise_probe
 from ..attacks import Attack, AttackResult, Bounds, run_attack
+from ..attacks.autoattack import AutoAttackFamily
 from ..attacks.run import DEFAULT_BATCH
 from ..data import Dataset
 from ..errors import DataError
@@ -63,6 +64,8 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     set; seeded once, a fixed-ε run's random starts are the same whatever the chunk size. A run whose
     images and adversarials would take more than KEEP_BYTES keeps only per-image figures (`AttackResult.reduced`).
     """
+    if isinstance(attack, AutoAttackFamily):
+        attack.check_classes(data.num_classes)
     start = time.perf_counter()
     keep = len(indices) * int(np.prod(data.test_images.shape[1:])) * 3 * 4 <= KEEP_BYTES
     device = next(model.parameters()).device.type

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..analysis.flip_matrix import (
@@ -36,6 +37,10 @@ from ..storage.out_dir import check_out_dir
 # /2: one "model" block for the CLI and the gate (model_block).
 RESULT_SCHEMA = "labelflip.result/2"
 NOISE_SCHEMA = "labelflip.noise/2"
+# A gate session's comparison of a fixed-ε case's attack with AutoAttack, written by gate/strength.py beside the
+# case's result.json in the report's gate-runs/ folder, read by the reports.
+STRENGTH_FILE = "attack_strength.json"
+STRENGTH_SCHEMA = "labelflip.attack-strength/1"
 CONFIDENCE = 0.95
 
 
@@ -94,7 +99,17 @@ def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> di
         "confidence": {"method": "wilson", "level": CONFIDENCE},
         "analysis": analyse(matrix, class_names, seed),
         **({"minimal_norms": _minimal_norms(result, class_names)} if result.epsilon is None else {}),
+        **({"autoattack": _broken_by(result)} if result.broken_by is not None else {}),
     }
+
+
+def _broken_by(result: AttackResult) -> dict[str, Any]:
+    """How many images each component of an AutoAttack-family run broke first, and every image's component
+    (None: not broken, or misclassified before the attack)."""
+    components = result.params["components"]
+    counts = torch.bincount(result.broken_by + 1, minlength=len(components) + 1).tolist()
+    return {"components": components, "broken_by": dict(zip(components, counts[1:])),
+            "per_image": [components[i] if i >= 0 else None for i in result.broken_by.tolist()]}
 
 
 def _minimal_norms(result: AttackResult, class_names: list[str]) -> dict[str, Any]:

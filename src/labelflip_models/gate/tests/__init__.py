@@ -16,7 +16,8 @@ GATE_MARKS = (
 
 
 def gate_test(cases: str | None = None) -> Callable[[T], T]:
-    """Mark a gate test; `cases` ("all", "fixed", "minimal") parameterises it over the profile's gate cases."""
+    """Mark a gate test; `cases` (a key of gate/profiles.py's CASE_KINDS) parameterises it over the profile's gate
+    cases of that kind."""
     marks = GATE_MARKS + ((pytest.mark.labelflip_cases(cases),) if cases else ())
 
     def mark(test: T) -> T:

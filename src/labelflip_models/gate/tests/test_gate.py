@@ -5,16 +5,25 @@ its baseline, no class got significantly easier to flip, and the attack is not w
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 
+from labelflip_models.gate.config import RUNS_DIR
 from labelflip_models.gate.decisions import Decision, check_attack_success, check_flip_rates, check_min_norms
+from labelflip_models.gate.failures import failing_the_test
+from labelflip_models.gate.strength import (
+    Comparison,
+    compare_with_autoattack,
+    comparison_case,
+    write_strength,
+)
 from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict
 
-__all__ = ["test_attack_success", "test_class_flip_rate", "test_class_min_norm", "test_epsilon_bound",
-           "test_minimal_adversarials"]
+__all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
+           "test_epsilon_bound", "test_minimal_adversarials"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -156,3 +165,24 @@ def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline, label
                      robust_accuracy_spread=spread.get("max_minus_min"))
     assert decision.passed, (f"{labelflip_case.id}: the attack got weaker, which would hide regressions: "
                              f"{decision.message}")
+
+
+@gate_test("compared")
+def test_attack_strength(labelflip_case, labelflip_config, labelflip_run, labelflip_record):
+    """The case's attack against AutoAttack at the same ε, paired image by image (gate/strength.py). A weaker attack
+    warns (WeakAttackWarning) and is recorded, in the report's table too; it does not fail: it is a property of
+    the profile's attack, not a regression of the model (docs/gate.md, "Attack strength")."""
+    cfg, case = labelflip_config, labelflip_case
+    against, reason = comparison_case(case, cfg.profile_cases())
+    report = cfg.report / RUNS_DIR / case.id if cfg.report is not None else None
+    if against is None:
+        if report is not None:  # the report's table says which cases were not compared, and why
+            write_strength(report, Comparison(case, None, None, reason))
+        pytest.skip(f"{case.id}: not compared with AutoAttack: {reason}")
+    with failing_the_test():
+        comparison = compare_with_autoattack(labelflip_run(case), cfg.profile_cases(), labelflip_run)
+    labelflip_record("attack_strength", comparison.decision, case=case.id, autoattack_case=against.id)
+    if report is not None:
+        write_strength(report, comparison)
+    if comparison.weak:
+        warnings.warn(comparison.warning(), stacklevel=1)
