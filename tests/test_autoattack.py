@@ -4,7 +4,8 @@ adversarial respects ε and the bounds, runs repeat under a seed, and models wit
 Fast tests use a small random CNN (milliseconds per step); the agreement tests on the reference models are slow.
 Decision rule for engine agreement, as for the other native kernels (test_engine_agreement.py): exact McNemar
 p > 0.01 on the per-image verdicts, at least 97% of images with the same verdict, and the classes they land in
-agreeing (Stuart-Maxwell p > 0.01, 99% upper bound of single images landing elsewhere below 15%).
+agreeing (Stuart-Maxwell p > 0.01, and for fp32 kernels the 99% upper bound of single images landing elsewhere
+below 15%).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from labelflip_models.analysis.agreement import paired_agreement
 from labelflip_models.attacks import Bounds, make_attack, run_attack
 from labelflip_models.attacks.registry import attack_name
+from labelflip_models.attacks.seeds import batch_seed
 from labelflip_models.errors import ConfigError
 
 MIN_SAME_VERDICT = 0.97
@@ -49,10 +51,8 @@ def test_reference_engine_is_the_official_evaluation(setup):
 
     model, x, y = setup
     ours = run_attack(model, x, y, make_attack("linf-autoattack"), 0.05, engine="reference", seed=3, batch_size=64)
-    # labelflip seeds each batch from the run's stream: the first batch's seed is the first draw after seeding.
-    torch.manual_seed(3)
-    batch_seed = int(torch.randint(2**31 - 1, ()))
-    official = AutoAttack(model, norm="Linf", eps=0.05, seed=batch_seed, version="standard")
+    # labelflip seeds each batch from the run's seed and the batch's first image id.
+    official = AutoAttack(model, norm="Linf", eps=0.05, seed=batch_seed(3, 0), version="standard")
     official.apgd_targeted.n_target_classes = official.fab.n_target_classes = 9
     official.logger.disabled = True
     adv, _ = official.run_standard_evaluation(x, y, batch_size=64)
@@ -65,9 +65,11 @@ def test_reference_engine_is_the_official_evaluation(setup):
 @pytest.mark.parametrize("name, epsilon, params", [("linf-autoattack", 0.05, {}), ("linf-apgd-t", 0.05, {}),
                                                    ("l2-apgd-ce", 0.5, {}), ("l2-apgd-t", 0.5, {"n_iter": 30})])
 def test_native_agrees_with_the_reference(setup, name, epsilon, params):
+    # The fp32 kernel: 24 images cannot tell bf16's rounding from a fault (one flipped verdict is 96%); bf16 is
+    # judged on the reference models below.
     model, x, y = setup
     attack = make_attack(name, **params)
-    runs = [run_attack(model, x, y, attack, epsilon, engine=e, seed=0) for e in ("native", "reference")]
+    runs = [run_attack(model, x, y, attack, epsilon, engine=e, seed=0) for e in ("native-fp32", "reference")]
     same = (runs[0].success == runs[1].success).float().mean().item()
     assert same >= MIN_SAME_VERDICT, f"{name}: the same verdict for only {same:.0%} of the images"
     stats = paired_agreement(y.numpy(), runs[0].adv_pred.numpy(), runs[1].adv_pred.numpy())
@@ -162,8 +164,14 @@ def test_parameters_are_checked():
 
 @pytest.mark.slow
 # MNIST-5k stays robust at this ε, where AutoAttack costs most (~10 s of CPU per robust image): 1 per class.
-@pytest.mark.parametrize("dataset, per_class", [("fashion-mnist", 20), ("mnist-5k", 1)])
-def test_native_agrees_with_pyautoattack_on_the_reference_models(dataset, per_class):
+# native-fp32 is the official algorithm in the same arithmetic, so every image must land where the official code
+# lands it. native (bf16 autocast where the CPU or GPU has it) must give the same verdicts and the same flip-matrix
+# columns; single landings are not bounded there: 100 sign steps amplify bf16 rounding (34 of 200 Fashion-MNIST
+# images landed elsewhere on an AVX512-bf16 CPU, Stuart-Maxwell p = 0.79).
+@pytest.mark.parametrize("dataset, per_class, engine", [("fashion-mnist", 20, "native-fp32"),
+                                                        ("fashion-mnist", 20, "native"),
+                                                        ("mnist-5k", 1, "native-fp32")])
+def test_native_agrees_with_pyautoattack_on_the_reference_models(dataset, per_class, engine):
     from labelflip_models.data import balanced_subset, load_dataset
     from labelflip_models.models.cache import load_or_train
 
@@ -171,13 +179,14 @@ def test_native_agrees_with_pyautoattack_on_the_reference_models(dataset, per_cl
     x, y = data.tensors("test", balanced_subset(data.test_labels, per_class, data.num_classes))
     model = load_or_train(data).model
     runs = [run_attack(model, x, y, make_attack("linf-autoattack"), 0.1, engine=e, seed=0)
-            for e in ("native", "reference")]
+            for e in (engine, "reference")]
     robust = [((~r.success) & r.attacked).numpy() for r in runs]
     same = float(np.mean(robust[0] == robust[1]))
     assert same >= MIN_SAME_VERDICT, f"the same verdict for only {same:.1%} of the images"
     stats = paired_agreement(y.numpy(), runs[0].landed.numpy(), runs[1].landed.numpy())
     assert stats.mcnemar_p > MIN_P, f"robust accuracy differs: {stats}"
     assert stats.marginal_p > MIN_P, stats
-    # Ten images cannot bound the disagreement below MAX_DISAGREEMENT (none of 10 still has a 35% upper bound):
-    # there, every image must land where the official code lands it.
-    assert stats.disagree_upper < MAX_DISAGREEMENT if len(y) >= 100 else stats.disagree == 0, stats
+    if engine == "native-fp32":
+        # Ten images cannot bound the disagreement below MAX_DISAGREEMENT (none of 10 still has a 35% upper
+        # bound): there, every image must land where the official code lands it.
+        assert stats.disagree_upper < MAX_DISAGREEMENT if len(y) >= 100 else stats.disagree == 0, stats

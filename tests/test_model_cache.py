@@ -95,3 +95,57 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
 def test_model_on_requested_device(tmp_path):
     trained = _train(tmp_path, device="cpu")
     assert next(trained.model.parameters()).device == torch.device("cpu")
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    """A tiny model 'shipped' as labelflip ships its reference weights: (trained model, where it was shipped)."""
+    trained = _train(tmp_path / "cache")
+    ship = tmp_path / "ship" / "tiny"
+    ship.mkdir(parents=True)
+    (ship / "cw-mnist.safetensors").write_bytes(trained.weights_path.read_bytes())
+    (ship / "cw-mnist.json").write_bytes(trained.weights_path.with_suffix(".json").read_bytes())
+    monkeypatch.setattr("labelflip_models.models.cache.SHIPPED_DIR", tmp_path / "ship")
+    return trained, ship
+
+
+def test_shipped_weights_are_loaded_without_training_or_cache(shipped, tmp_path):
+    trained, ship = shipped
+    loaded = load_or_train(tiny_dataset(), root=tmp_path / "empty")
+    assert not loaded.trained_now and loaded.weights_path == ship / "cw-mnist.safetensors"
+    assert model_sha256(loaded.model) == trained.sha256 and not loaded.model.training
+    assert not (tmp_path / "empty").exists()
+
+
+def test_shipped_weights_stand_only_for_their_seed_and_data(shipped):
+    from labelflip_models.models.cache import _shipped
+
+    assert _shipped(tiny_dataset(), "cw-mnist", 0, "cpu") is not None
+    assert _shipped(tiny_dataset(), "cw-mnist", 1, "cpu") is None
+    assert _shipped(tiny_dataset(seed=1), "cw-mnist", 0, "cpu") is None  # other files: another fingerprint
+    assert _shipped(tiny_dataset(), "preact-resnet18", 0, "cpu") is None
+
+
+def test_damaged_shipped_weights_are_an_error_not_a_silent_retrain(shipped, tmp_path):
+    from labelflip_models.errors import StorageError
+
+    _, ship = shipped
+    data = bytearray((ship / "cw-mnist.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (ship / "cw-mnist.safetensors").write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="do not match the sha256 in cw-mnist.json; reinstall labelflip"):
+        load_or_train(tiny_dataset(), root=tmp_path / "empty")
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_reference_baselines_were_made_with_the_shipped_weights(profile):
+    # The gate's reference baselines and the weights every machine loads must be one model.
+    from labelflip_models.gate.config import REFERENCE_BASELINES
+    from labelflip_models.models.cache import shipped_paths
+
+    files = sorted((REFERENCE_BASELINES / profile).glob("*/*.json"))
+    assert files
+    for path in files:
+        result = json.loads(path.read_text())["result"]
+        sidecar = json.loads(shipped_paths(result["dataset"]["name"], result["model"]["arch"])[1].read_text())
+        assert result["model"]["sha256"] == sidecar["sha256"], path

@@ -162,7 +162,7 @@ def test_labelflip_kernel(benchmark, setup, name):
     k = KERNELS[name]
     x, y = _batch(data, model, k.batch)
     attack = make_attack(k.attack, **k.params)
-    engine = choose_engine("auto", attack.native_kernel, model, x.device, attack.reference)
+    engine = choose_engine("auto", attack.native_kernel, model, x.device, attack.reference, bf16=not attack.minimal)
 
     def run():
         if attack.minimal:  # the engine `auto` picks (native where there is a kernel), plus the fp32 verdicts

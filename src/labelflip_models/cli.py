@@ -26,7 +26,7 @@ from .errors import ConfigError, LabelflipError
 from .gate.config import REFERENCE_BASELINES
 from .gate.profiles import PROFILES
 from .gate.scaffold import config_section, write_test_file
-from .models.cache import load_or_train
+from .models.cache import SHIPPED_DIR, load_or_train
 from .models.io import parse_bounds, parse_channel_values, parse_class_names
 from .reports import load_runs, load_strength, write_report
 from .runs.evaluate import attack_images, load_user_model, probe_noise
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train (or load from cache) the reference model")
     _common(train)
+    train.add_argument("--retrain", action="store_true",
+                       help="train (or take from the model cache) even where labelflip ships the reference weights")
     attack = sub.add_parser("attack", help="attack test images, write flip_matrix.csv (flip_pairs.csv above 100 "
                                            "classes) and result.json")
     _common(attack)
@@ -98,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "reference implementation, Foolbox or pyautoattack; native / native-fp32: native "
                              "kernels in bf16 / fp32")
     attack.add_argument("--out", required=True, help="output directory")
+    run = sub.add_parser("run", help="compute a gate profile's cases into a runs directory for "
+                                     "`pytest --labelflip-runs`; under torchrun or srun, split over the processes")
+    run.add_argument("--profile", default="smoke", choices=list(PROFILES), help="gate profile (default smoke)")
+    run.add_argument("--dataset", metavar="NAME_OR_PATH",
+                     help="only this dataset's cases (needed with --model): a built-in name or your test set's path")
+    run.add_argument("--case", action="append", default=[], metavar="TEXT",
+                     help="only the cases whose id contains TEXT, e.g. linf-pgd (repeatable)")
+    run.add_argument("--out", required=True, help="runs directory: one folder per case; rerun to complete it")
+    run.add_argument("--data-dir", help="directory holding datasets (default: $LABELFLIP_DATA_DIR)")
+    run.add_argument("--download", action="store_true", help="allow torchvision to download a missing dataset")
+    run.add_argument("--seed", type=int, default=0, help="training and attack seed, as the gate's (default 0)")
+    run.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (each process its local "
+                                                     "GPU), cuda:N")
+    run.add_argument("--engine", default="auto", choices=ENGINES, help="the attacks' engine, as the gate's "
+                                                                       "--labelflip-engine (default auto)")
+    run.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
+    _model_options(run)
     noise = sub.add_parser("noise", help="white-noise probe: classify uniform-noise images, write noise.json")
     _common(noise)
     _model_options(noise)
@@ -153,14 +172,17 @@ def _train(args: argparse.Namespace, progress: bool):
                           f"built-in datasets ({', '.join(DATASETS)}); gate your own data with your own --model")
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_dir, args.download)
-    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress)
+    trained = load_or_train(data, arch=args.arch, seed=args.seed, device=device, progress=progress,
+                            shipped=not getattr(args, "retrain", False))
     return data, trained
 
 
 def cmd_train(args: argparse.Namespace, progress: bool) -> None:
     data, trained = _train(args, progress)
     side = trained.sidecar
-    how = f"trained in {side['train_seconds']} s" if trained.trained_now else "loaded from cache"
+    how = (f"trained in {side['train_seconds']} s" if trained.trained_now
+           else "the shipped reference weights" if trained.weights_path.is_relative_to(SHIPPED_DIR)
+           else "loaded from cache")
     print(f"{data.name}: test accuracy {trained.test_accuracy:.4f} ({how}, seed {side['seed']})")
     print(f"model: {trained.weights_path}")
     if data.note:
@@ -272,6 +294,44 @@ def _score(s: dict[str, Any]) -> str:
     return f"{s['score']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] p={s['p_value']:.3g}"
 
 
+def cmd_run(args: argparse.Namespace, progress: bool) -> None:
+    from .gate.profiles import cases, get_profile
+    from .gate.runs_dir import compute_runs
+    from .runs.distributed import init_world, rank_device, world_from_env
+
+    if args.model is not None and args.dataset is None:
+        raise ConfigError("--model needs --dataset: the dataset your model classifies")
+    if args.dataset is not None and not is_builtin(args.dataset) and args.model is None:
+        raise ConfigError(f"--dataset {args.dataset}: a path to your own test set is computed with your own --model")
+    datasets = None if args.dataset is None else (describe_source(args.dataset).name if not is_builtin(args.dataset)
+                                                  else args.dataset,)
+    selected = [c for c in cases(get_profile(args.profile), datasets, own_model=args.model is not None)
+                if not args.case or any(text in c.id for text in args.case)]
+    if not selected:
+        raise ConfigError(f"--case {' '.join(args.case)}: no case of profile {args.profile} matches")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a directory")
+    world = world_from_env()
+    device = rank_device(world, resolve_device(args.device))
+    init_world(world, device)
+    models: dict[tuple[str, str], tuple[Dataset, nn.Module, dict[str, Any]]] = {}
+
+    def model_of(case: Any) -> tuple[Dataset, nn.Module, dict[str, Any]]:
+        if (case.dataset, case.arch) not in models:
+            one = argparse.Namespace(**{**vars(args), "device": device, "arch": case.arch or args.arch,
+                                        "dataset": args.dataset or case.dataset})
+            data, model, info, _ = _model_and_data(one, progress=False)
+            models[case.dataset, case.arch] = data, model, info
+        return models[case.dataset, case.arch]
+
+    computed = compute_runs(selected, out, model_of, seed=args.seed, bounds=Bounds(*parse_bounds(args.bounds)),
+                            engine=args.engine, world=world, progress=True)
+    if world.main:
+        print(f"{out}: {len(selected)} cases of profile {args.profile}, {len(computed)} computed now; gate them with "
+              f"pytest robustness_tests --labelflip-profile {args.profile} --labelflip-runs {out}")
+
+
 def cmd_noise(args: argparse.Namespace, progress: bool) -> None:
     out = check_out_dir(args.out)
     if args.n <= 0:
@@ -356,7 +416,7 @@ def cmd_throughput(args: argparse.Namespace, progress: bool) -> None:
     print(measure_throughput(args.arch, resolve_device(args.device), args.batch_size, args.seconds).table(), end="")
 
 
-COMMANDS = {"train": cmd_train, "attack": cmd_attack, "noise": cmd_noise, "report": cmd_report,
+COMMANDS = {"train": cmd_train, "attack": cmd_attack, "run": cmd_run, "noise": cmd_noise, "report": cmd_report,
             "bench-table": cmd_bench_table, "bench-baseline": cmd_bench_baseline, "bench-compare": cmd_bench_compare,
             "throughput": cmd_throughput, "init": cmd_init}
 

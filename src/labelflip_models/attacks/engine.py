@@ -47,9 +47,9 @@ def check_engine(requested: str, has_kernel: bool) -> None:
 
 
 def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: torch.device,
-                  reference: str = "foolbox") -> Engine:
-    """`auto`: native (bf16 where the hardware runs it natively) for attacks with a native kernel, else the
-    attack's `reference` implementation.
+                  reference: str = "foolbox", bf16: bool = True) -> Engine:
+    """`auto`: native (bf16 where the hardware runs it natively and the attack allows it, `bf16`) for attacks with
+    a native kernel, else the attack's `reference` implementation.
 
     TorchScript models keep fp32: autocast does not reach inside a scripted graph on every backend.
     """
@@ -57,6 +57,8 @@ def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: to
     if requested in ("reference", "foolbox") or (requested == "auto" and not has_kernel):
         return Engine(reference, bf16=False)
     if requested == "native-fp32":
+        return Engine("native", bf16=False)
+    if not bf16:
         return Engine("native", bf16=False)
     scripted = has_scripted_part(model)
     if requested == "native" and scripted:

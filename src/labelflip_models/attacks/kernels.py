@@ -1,15 +1,14 @@
 """labelflip's own gradient kernels for the fixed-ε attacks (FGSM, L∞ PGD, L2 PGD).
 
 Same algorithm as Foolbox 3.3.4's `LinfBaseGradientDescent`/`L2BaseGradientDescent`: an optional random start
-drawn uniformly from the ε-ball, `steps` ascent steps of `rel_stepsize·ε` on the summed cross-entropy along the
-gradient's sign (L∞) or its per-image unit L2 direction, each followed by projection onto the ε-ball and clipping
-to the bounds. What differs is how it runs: the model may evaluate in bf16 (autocast), but the iterate, the
-projection and the clipping stay fp32, so the ε-bound holds exactly whatever the model's precision.
+drawn uniformly from the ε-ball (per image, `seeds.random_start`; the Foolbox engine is given the same one),
+`steps` ascent steps of `rel_stepsize·ε` on the summed cross-entropy along the gradient's sign (L∞) or its
+per-image unit L2 direction, each followed by projection onto the ε-ball and clipping to the bounds. What differs
+is how it runs: the model may evaluate in bf16 (autocast), but the iterate, the projection and the clipping stay
+fp32, so the ε-bound holds exactly whatever the model's precision.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +18,13 @@ from .bounds import Bounds
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, norm: str, steps: int,
-        rel_stepsize: float, random_start: bool, bounds: Bounds, bf16: bool) -> torch.Tensor:
-    """The adversarials for one batch (fp32, within ε of `x` in `norm` and within `bounds`)."""
+        rel_stepsize: float, start: torch.Tensor | None, bounds: Bounds, bf16: bool) -> torch.Tensor:
+    """The adversarials for one batch (fp32, within ε of `x` in `norm` and within `bounds`), from x + `start`
+    (a perturbation inside the ε-ball, `seeds.random_start`) or from x itself."""
     x = x.float()
     if norm not in ("linf", "l2"):
         raise ValueError(f"pgd supports the linf and l2 norms, not {norm!r}")
-    adv = (x + _random_start(x, epsilon, norm)).clamp(bounds.lower, bounds.upper) if random_start else x
+    adv = x if start is None else (x + start).clamp(bounds.lower, bounds.upper)
     step = rel_stepsize * epsilon
     for _ in range(steps):
         adv = adv.detach().requires_grad_(True)
@@ -52,13 +52,3 @@ def _project(delta: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
         return delta.clamp(-epsilon, epsilon)
     return delta * (epsilon / _flat_norm(delta).clamp_min(1e-12)).clamp_max(1.0)
 
-
-def _random_start(x: torch.Tensor, epsilon: float, norm: str) -> torch.Tensor:
-    # The same draws, in the same order, as Foolbox (through eagerpy), so a seed gives both engines one start.
-    if norm == "linf":
-        return torch.rand(x.shape, dtype=x.dtype, device=x.device) * (2 * epsilon) - epsilon
-    # Uniform in the n-ball: the first n coordinates of a uniform point on the (n+2)-sphere (Foolbox's method).
-    n = math.prod(x.shape[1:])
-    sphere = torch.randn(len(x), n + 2, device=x.device, dtype=x.dtype)
-    sphere = sphere / sphere.norm(dim=1, keepdim=True)
-    return epsilon * sphere[:, :n].view_as(x)

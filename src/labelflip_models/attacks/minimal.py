@@ -36,8 +36,8 @@ class MinimalAttack(AttackBase):
         raw, _, success = engine(fmodel, x, Misclassification(y), epsilons=None)
         return raw, success
 
-    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
-               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
         """(adversarials, success) from labelflip's kernel, for attacks with `native_kernel`; `model` is
         `engine.fast_copy(model)`, `x` channels_last on its device."""
         raise NotImplementedError(f"{self.name} has no native kernel")
@@ -71,9 +71,9 @@ class L2CarliniWagner(MinimalAttack):
         blank = (raw.flatten(1) == 0).all(1) & (x.flatten(1) != 0).any(1)
         return torch.where(blank.view(-1, *[1] * (x.dim() - 1)), x, raw), success & ~blank
 
-    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
-               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return carlini_wagner(model, x, y, **asdict(self), bounds=bounds, bf16=bf16)
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        return carlini_wagner(model, x, y, **asdict(self), bounds=bounds)
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ class _DeepFool(MinimalAttack):
     loss: str = param("logits", one_of("logits", "crossentropy"))
     native_kernel: ClassVar[bool] = True
 
-    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, bounds: Bounds,
-               bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return deepfool(model, x, y, norm=self.norm, **asdict(self), bounds=bounds, bf16=bf16)
+    def native(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               bounds: Bounds) -> tuple[torch.Tensor, torch.Tensor]:
+        return deepfool(model, x, y, norm=self.norm, **asdict(self), bounds=bounds)
 
 
 @dataclass(frozen=True)

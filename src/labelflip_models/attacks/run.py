@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import eagerpy as ep
 import foolbox as fb
 import torch
 from foolbox.criteria import Misclassification
@@ -21,6 +22,7 @@ from .kernels import pgd
 from .minimal import MinimalAttack
 from .registry import Attack, describe
 from .result import AttackResult
+from .seeds import batch_seed, random_start
 
 # Per-batch images: on a CPU, batches that fit the caches run fastest; a GPU needs large batches to fill its cores
 # (docs/speed.md).
@@ -29,13 +31,17 @@ DEFAULT_BATCH = {"cpu": 256, "cuda": 4096}
 
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                epsilon: float | None = None, bounds: Bounds = Bounds(), batch_size: int | None = None,
-               seed: int | None = 0, progress: bool = False, engine: str = "auto") -> AttackResult:
+               seed: int = 0, progress: bool = False, engine: str = "auto",
+               ids: torch.Tensor | None = None) -> AttackResult:
     """Attack the images on the model's device; everything in the result is on the CPU.
 
     Fixed-ε attacks need `epsilon` (in `attack.norm`, pixel units) and attack every image. Minimal attacks take
     no ε and attack only the images the model classifies correctly. Whatever the engine, each image's verdict
-    (`adv_pred`, `success`) is the caller's fp32 model's on the returned adversarial. `seed` None continues torch's
-    global random stream instead of seeding it.
+    (`adv_pred`, `success`) is the caller's fp32 model's on the returned adversarial.
+
+    Randomness comes from `seed` and `ids`, each image's global id (default 0, 1, ...): random starts are drawn per
+    image, whole-batch draws per batch from its first id (`seeds`). Images keep their results when the same ids
+    come in another call, whatever the batch size for attacks that treat images independently.
     """
     epsilon = check_epsilon_for(attack, epsilon, bounds)
     device = next(model.parameters()).device
@@ -44,23 +50,24 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if model.training:
         raise ConfigError("the model is in training mode; call model.eval() before attacking it")
-    chosen = choose_engine(engine, attack.native_kernel, model, device, attack.reference)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
+    ids = torch.arange(len(images)) if ids is None else ids.cpu()
+    if ids.shape != (len(images),):
+        raise ConfigError(f"{len(ids)} image ids for {len(images)} images")
+    chosen = choose_engine(engine, attack.native_kernel, model, device, attack.reference, bf16=not attack.minimal)
     images, labels = images.cpu(), labels.cpu()
     fast = fast_copy(model)
     clean_pred = predict(model, images)
-    # Random starts draw from torch's global generator; one seed per run fixes the whole sequence. None continues
-    # the sequence: a later chunk of the same run (runs/evaluate.py), which then draws what one call would have.
-    if seed is not None:
-        torch.manual_seed(seed)
     start = time.perf_counter()
     if isinstance(attack, MinimalAttack):
         attacked = clean_pred == labels
         raw, clipped, success, adv_pred = _minimal(attack, model, fast, chosen, bounds, images, labels, clean_pred,
-                                                   attacked, batch_size, progress)
+                                                   attacked, batch_size, progress, ids, seed)
     elif isinstance(attack, AutoAttackFamily):
         attacked = clean_pred == labels
         raw, broken_by = autoattack_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size,
-                                                 progress)
+                                                 progress, ids, seed)
         clipped = raw
         adv_pred = predict(model, clipped)
         success = attacked & (adv_pred != labels)
@@ -68,7 +75,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         broken_by = torch.where(success, broken_by, -1)
     else:
         attacked = torch.ones(len(images), dtype=torch.bool)
-        raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size, progress)
+        raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size, progress,
+                                          ids, seed)
         adv_pred = predict(model, clipped)
         success = adv_pred != labels
     seconds = time.perf_counter() - start
@@ -87,8 +95,10 @@ def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:
 
 def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: FixedAttack,
                        epsilon: float, engine: Engine, bounds: Bounds = Bounds(), batch_size: int = 256,
-                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       progress: bool = False, ids: torch.Tensor | None = None,
+                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The attack kernel alone: raw and ε-clipped adversarials of every image, on the CPU, with no verdicts.
+    Both engines start from the same per-image random starts (`seeds.random_start`).
 
     `fast` is `engine.fast_copy(model)`; arguments are trusted (`run_attack` checks them), which is what lets the
     benchmarks time the kernel without the bookkeeping around it.
@@ -98,14 +108,18 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
     foolbox_attack = attack.foolbox()
     # One copy to the device and one back, not one per batch: on a GPU each copy is a host synchronisation.
     images_on, labels_on = images.to(device), labels.to(device)
+    ids = torch.arange(len(images)) if ids is None else ids
     raws, clips = [], []
     for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
         x, y = images_on[i:i + batch_size], labels_on[i:i + batch_size]
+        start = random_start(x, ids[i:i + batch_size], seed, epsilon, attack.norm) if attack.random_start else None
         if engine.name == "native":
             x = x.contiguous(memory_format=torch.channels_last)
-            raw = clipped = pgd(fast, x, y, epsilon, attack.norm, attack.steps, attack.rel_stepsize,
-                                attack.random_start, bounds, engine.bf16)
+            raw = clipped = pgd(fast, x, y, epsilon, attack.norm, attack.steps, attack.rel_stepsize, start, bounds,
+                                engine.bf16)
         else:
+            if start is not None:  # Foolbox adds it where it would have drawn its own (`get_random_start`)
+                foolbox_attack.get_random_start = lambda x0, _epsilon, delta=start: x0 + ep.astensor(delta)
             raw, clipped, _ = foolbox_attack(fmodel, x, Misclassification(y), epsilons=epsilon)
         raws.append(raw.detach())
         clips.append(clipped.detach())
@@ -116,18 +130,20 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
 
 def autoattack_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: AutoAttackFamily,
                             epsilon: float, engine: Engine, bounds: Bounds = Bounds(), batch_size: int = 256,
-                            progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                            progress: bool = False, ids: torch.Tensor | None = None,
+                            seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """An AutoAttack-family attack batch by batch: (adversarials, per image the index of the component that broke
-    it, or −1), on the CPU. Each batch's components are seeded from torch's global stream, which the caller seeded,
-    as the official evaluation seeds every batch."""
+    it, or −1), on the CPU. Each batch's components are seeded with `seeds.batch_seed`, as the official evaluation
+    seeds every batch."""
     device = next(fast.parameters()).device
     images_on, labels_on = images.to(device), labels.to(device)
+    ids = torch.arange(len(images)) if ids is None else ids
     adversarials, broken_by = [], []
     for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
         x = images_on[i:i + batch_size].contiguous(memory_format=torch.channels_last)
-        seed = int(torch.randint(2**31 - 1, ()))
         adv, broken = attack.run(fast, x, labels_on[i:i + batch_size], epsilon=epsilon, bounds=bounds,
-                                 native=engine.name == "native", bf16=engine.bf16, seed=seed)
+                                 native=engine.name == "native", bf16=engine.bf16,
+                                 seed=batch_seed(seed, int(ids[i])))
         adversarials.append(adv.detach())
         broken_by.append(broken)
     if not adversarials:
@@ -137,9 +153,14 @@ def autoattack_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch
 
 def _minimal(attack: MinimalAttack, model: nn.Module, fast: nn.Module, engine: Engine, bounds: Bounds,
              images: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor, attacked: torch.Tensor,
-             batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+             batch_size: int, progress: bool, ids: torch.Tensor, seed: int,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(raw, clipped, success, adv_pred): the attack's output for the attacked images (the image elsewhere), and
     that output where it is a confirmed adversarial, else the image.
+
+    Each batch of the images (batch_size at a time, as the fixed-ε attacks take them) has its attacked images
+    attacked together, seeded from its first id: a batch's result depends on that batch alone, so any split of the
+    images along the batch grid (runs/distributed.py) gives the same results.
 
     `fast` (`engine.fast_copy(model)`) runs the attack, natively or through Foolbox as `engine` says; `model`, the
     caller's fp32 model, confirms every adversarial."""
@@ -148,14 +169,16 @@ def _minimal(attack: MinimalAttack, model: nn.Module, fast: nn.Module, engine: E
     if not native:
         fmodel = fb.PyTorchModel(fast, bounds=(bounds.lower, bounds.upper), device=device)
         foolbox_attack = attack.foolbox()
-    index = attacked.nonzero().squeeze(1)
     raw, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
-    for i in _batches(len(index), batch_size, attack.name, progress):
-        chunk = index[i:i + batch_size]
+    for i in _batches(len(images), batch_size, attack.name, progress):
+        chunk = i + attacked[i:i + batch_size].nonzero().squeeze(1)
+        if not len(chunk):
+            continue
+        # Brendel-Bethge's starting points draw from torch's global generator.
+        torch.manual_seed(batch_seed(seed, int(ids[i])))
         x, y = images[chunk].to(device), labels[chunk].to(device)
         if native:
-            adversarials, ok = attack.native(fast, x.contiguous(memory_format=torch.channels_last), y, bounds,
-                                             engine.bf16)
+            adversarials, ok = attack.native(fast, x.contiguous(memory_format=torch.channels_last), y, bounds)
         else:
             adversarials, ok = attack.minimize(foolbox_attack, fmodel, x, y)
         raw[chunk], found[chunk] = adversarials.detach().cpu(), ok.detach().cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,10 @@ from torch import nn
 
 from ..attacks import AttackResult, Bounds, make_attack
 from ..data import Dataset, balanced_subset
+from ..runs.distributed import World
 from ..runs.evaluate import attack_images
 from .profiles import Case, Profile, get_profile
+from .shared_runs import CaseRun
 
 
 def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False) -> tuple[np.ndarray, str]:
@@ -29,9 +32,10 @@ def case_images(case: Case, data: Dataset, uncapped: bool = False) -> tuple[np.n
 
 
 def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
-             bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto",
-             ) -> tuple[dict[str, Any], AttackResult]:
-    """Attack the case's images; return result.json's content and the adversarials.
+             bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto", *, world: World = World(),
+             scratch: Path | None = None) -> tuple[dict[str, Any], AttackResult] | None:
+    """Attack the case's images; return result.json's content and the adversarials (on rank 0 of `world`; None
+    on the others, which attack their shard: runs/distributed.py).
 
     Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
     The images attacked are case_images(case, data, uncapped), in that order.
@@ -42,4 +46,17 @@ def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, 
     epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
     # The gate's engine option applies where the attack has that engine: native kernels exist for some attacks only.
     return attack_images(data, model, model_info, indices, selection, attack, epsilon, bounds=bounds, seed=seed,
-                         engine=engine if attack.native_kernel or not engine.startswith("native") else "auto")
+                         engine=engine if attack.native_kernel or not engine.startswith("native") else "auto",
+                         world=world, scratch=scratch)
+
+
+def compute_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
+                 bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto", *,
+                 world: World = World(), scratch: Path | None = None) -> CaseRun | None:
+    """The case's run as the gate tests check it: the one way a case is computed, in a pytest session or by
+    `labelflip run` (None on ranks other than 0)."""
+    out = run_case(case, data, model, model_info, seed, bounds, uncapped, engine, world=world, scratch=scratch)
+    if out is None:
+        return None
+    result, attacked = out
+    return CaseRun.from_attack(case, result, attacked, case_images(case, data, uncapped)[0])

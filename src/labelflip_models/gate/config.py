@@ -28,9 +28,9 @@ OPTIONS = [
     # (name, ini key, default, help)
     ("profile", "labelflip_profile", "smoke", f"gate profile: {', '.join(PROFILES)}"),
     ("device", "labelflip_device", "auto", "torch device for models and attacks: auto, cpu, cuda, cuda:N"),
-    ("engine", "labelflip_engine", "auto", "engine of the fixed-ε attacks: auto (native kernels, bf16 where the "
-                                           "hardware has it), foolbox, native, native-fp32; minimal attacks always "
-                                           "run through Foolbox"),
+    ("engine", "labelflip_engine", "auto", "engine of the attacks: auto (native kernels, bf16 where the hardware "
+                                           "has it; minimal attacks in fp32), reference (Foolbox or pyautoattack), "
+                                           "native, native-fp32"),
     ("baselines", "labelflip_baselines", "", "baseline directory, relative to rootdir (default: the reference "
                                              "models' baselines installed with labelflip)"),
     ("data-dir", "labelflip_data_dir", "", "dataset directory (default: $LABELFLIP_DATA_DIR)"),
@@ -48,6 +48,8 @@ OPTIONS = [
     ("std", "labelflip_std", "", "normalisation std the model expects: one value or one per channel"),
     ("bounds", "labelflip_bounds", "0,1", "LO,HI pixel range of the model's input; ε is a fraction of HI-LO"),
     ("class-names", "labelflip_class_names", "", "comma-separated class names, or @FILE with one per line"),
+    ("runs", "labelflip_runs", "", "gate the runs `labelflip run` computed into this directory (relative to rootdir): "
+                                   "cases found there run no attack; missing ones are computed in the session"),
     ("model-mismatch", "labelflip_model_mismatch", "warn", "warn or error when a baseline was recorded with another "
                                                            "model (weights sha256) than the one gated"),
 ]
@@ -57,6 +59,7 @@ FLAGS = [
     ("uncapped", "attack every selected image, lifting the per-class caps some attacks have (e.g. Brendel-Bethge)"),
     ("trust-pickle", "load a pickled whole-module --labelflip-model (this executes code from the file)"),
     ("strict", "fail the session when the baseline directory holds baselines no case of the profile uses"),
+    ("require-runs", "fail, instead of computing, the gate cases that --labelflip-runs holds no run of"),
 ]
 DEFAULTS = {ini: default for _, ini, default, _ in OPTIONS}
 
@@ -93,6 +96,9 @@ class GateConfig:
     model_mismatch: str = "warn"
     # Fail the session on baselines that no case of the profile uses.
     strict: bool = False
+    # Precomputed runs (`labelflip run --out`), and whether a case missing there fails instead of being computed.
+    runs: Path | None = None
+    require_runs: bool = False
     # A user's own test set: its path, its classes in the model's order, and the declared preprocessing.
     dataset_path: Path | None = None
     dataset_classes: tuple[str, ...] | None = None
@@ -234,6 +240,17 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
             check_out_dir(Path(report))
         except ConfigError as exc:
             raise ConfigError(f"--labelflip-report: {exc}") from None
+    runs_text = setting("labelflip_runs")
+    runs = None
+    if runs_text:
+        runs = Path(runs_text) if Path(runs_text).is_absolute() else Path(rootpath) / runs_text
+        if not runs.is_dir():
+            raise ConfigError(f"--labelflip-runs: no directory at {runs}; compute one with `labelflip run --out DIR`")
+        if flag("labelflip_regen"):
+            raise ConfigError("--labelflip-runs with --labelflip-regen: regenerate baselines from runs computed in "
+                              "the session (drop --labelflip-runs)")
+    elif flag("labelflip_require_runs"):
+        raise ConfigError("--labelflip-require-runs needs --labelflip-runs DIR")
     model_mismatch = setting("labelflip_model_mismatch")
     if model_mismatch not in MODEL_MISMATCH:
         raise ConfigError(f"--labelflip-model-mismatch: expected one of {', '.join(MODEL_MISMATCH)}, "
@@ -245,7 +262,8 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         datasets=datasets, report=Path(report).absolute() if report else None, uncapped=flag("labelflip_uncapped"),
         model=model.absolute() if model else None, arch=arch, mean=mean, std=std, bounds=bounds,
         class_names=class_names, trust_pickle=flag("labelflip_trust_pickle"), model_mismatch=model_mismatch,
-        strict=flag("labelflip_strict"),
+        strict=flag("labelflip_strict"), runs=runs.absolute() if runs else None,
+        require_runs=flag("labelflip_require_runs"),
         dataset_path=Path(dataset).absolute() if source else None,
         dataset_classes=(class_names or source.class_names) if source else None,
         resize=resize, center_crop=center_crop,

@@ -178,8 +178,8 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
     from ..attacks import Bounds
     from ..runs.results import write_run
     from .baselines import write_baseline
-    from .cases import case_images, run_case
-    from .shared_runs import CaseRun, computed_once, load_run, save_run
+    from .cases import compute_case
+    from .shared_runs import computed_once, load_run, save_run
 
     cfg = labelflip_config
     runs: dict[Case, CaseRun] = {}
@@ -194,9 +194,9 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
 
     def compute(case: Case, data: Dataset) -> CaseRun:
         model = labelflip_case_model(case)
-        result, attacked = run_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
-                                    Bounds(*cfg.bounds), cfg.uncapped, cfg.engine)
-        run = CaseRun.from_attack(case, result, attacked, case_images(case, data, cfg.uncapped)[0])
+        run = compute_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
+                           Bounds(*cfg.bounds), cfg.uncapped, cfg.engine)
+        result = run.result
         if cfg.regen and regenerated(case):
             strength = None
             if not case.minimal:
@@ -211,12 +211,27 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
             write_run(cfg.report / RUNS_DIR / case.id, result)
         return run
 
+    def stored(case: Case, data: Dataset) -> CaseRun | None:
+        """The case's run from --labelflip-runs, checked to be this model's and this profile's."""
+        from .runs_dir import stored_run
+
+        sha256 = labelflip_models_under_test.info(labelflip_case_model(case))["sha256"]
+        run = stored_run(cfg.runs, case, data, sha256, cfg.seed, cfg.uncapped)
+        if run is None and cfg.require_runs:
+            pytest.fail(f"--labelflip-require-runs: {cfg.runs} holds no complete run of {case.id}; compute it with "
+                        f"`labelflip run --profile {cfg.profile} --out {cfg.runs}`", pytrace=False)
+        return run
+
     def get(case: Case) -> CaseRun:
         if case not in runs:
             data = labelflip_dataset(case.dataset)
+            with failing_the_test("--labelflip-runs: " if cfg.runs else ""):
+                run = None if cfg.runs is None else stored(case, data)
+            if run is not None and cfg.report is not None:
+                write_run(cfg.report / RUNS_DIR / case.id, run.result)
             with failing_the_test():
-                runs[case] = computed_once(shared and shared / case.id, lambda: compute(case, data), save_run,
-                                           lambda directory: load_run(case, directory))
+                runs[case] = run or computed_once(shared and shared / case.id, lambda: compute(case, data), save_run,
+                                                  lambda directory: load_run(case, directory))
         return runs[case]
 
     return get

@@ -1,6 +1,11 @@
-"""Trained reference models, cached on disk and shared safely between processes.
+"""Trained reference models: shipped with the package, or trained, cached on disk and shared between processes.
 
-An entry is `<key>.safetensors` plus a JSON sidecar that records the weights' sha256; the sidecar is
+The reference models the baselines were made with ship in `reference_weights/<dataset>/<arch>.safetensors` with
+their sidecar, so every machine and device gates the same weights (training differs between CPUs with and
+without native bf16, and on GPUs); `scripts/ship-reference-weights` replaces them, together with the baselines.
+Anything else (another architecture, seed or dataset file, `labelflip train --retrain`) is trained and cached.
+
+A cache entry is `<key>.safetensors` plus a JSON sidecar that records the weights' sha256; the sidecar is
 written last, so an entry without a matching sidecar is incomplete and gets retrained, never loaded.
 A file lock makes exactly one process train while the others wait and then load.
 """
@@ -30,6 +35,7 @@ from .architectures import Normalized, build_model
 from .train import Recipe, default_arch, recipe_for, train
 
 FORMAT_VERSION = 2
+SHIPPED_DIR = Path(__file__).parent / "reference_weights"
 
 
 class CacheWarning(UserWarning):
@@ -132,10 +138,35 @@ def _store(weights: Path, sidecar_path: Path, blob: bytes, sidecar: dict[str, An
                       "retrains", CacheWarning, stacklevel=3)
 
 
+def shipped_paths(dataset: str, arch: str) -> tuple[Path, Path]:
+    """Where the shipped reference weights of `arch` for a built-in `dataset` and their sidecar live."""
+    return SHIPPED_DIR / dataset / f"{arch}.safetensors", SHIPPED_DIR / dataset / f"{arch}.json"
+
+
+def _shipped(data: Dataset, arch: str, seed: int, device: str) -> TrainedModel | None:
+    """The shipped weights, where they are what training with the default recipe would stand for: same
+    architecture, seed and dataset files (fingerprint); None where there are none for these."""
+    weights, sidecar_path = shipped_paths(data.name, arch)
+    if data.own or not sidecar_path.exists():
+        return None
+    sidecar = json.loads(sidecar_path.read_text())
+    if sidecar["seed"] != seed or sidecar["dataset_fingerprint"] != data.fingerprint:
+        return None
+    blob = weights.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != sidecar["sha256"]:
+        raise StorageError(f"the shipped reference weights {weights} do not match the sha256 in {sidecar_path.name}; "
+                           "reinstall labelflip")
+    model = build_model(arch, data.in_channels, data.num_classes, tuple(sidecar["mean"]), tuple(sidecar["std"]))
+    model.load_state_dict(load_safetensors(blob))
+    return TrainedModel(model.to(device).eval(), sidecar, weights, trained_now=False)
+
+
 def load_or_train(data: Dataset, arch: str | None = None, seed: int = 0, device: str = "cpu",
                   recipe: Recipe | None = None, root: Path | None = None, progress: bool = False,
-                  lock_timeout: float | None = None) -> TrainedModel:
-    """The cached model for (data, arch, recipe, seed, precision), trained first if no valid entry exists.
+                  lock_timeout: float | None = None, shipped: bool = True) -> TrainedModel:
+    """The shipped reference model where there is one for (data, arch, seed) and no `recipe` is given (unless
+    `shipped` is False); else the cached model for (data, arch, recipe, seed, precision), trained first if no
+    valid entry exists.
 
     `arch` defaults to the paper's network for the dataset, `recipe` to recipe_for(data.name, arch, device).
 
@@ -144,6 +175,8 @@ def load_or_train(data: Dataset, arch: str | None = None, seed: int = 0, device:
     `lock_timeout` (default: lock_timeout_s()). A cache dir that cannot be written is still read.
     """
     arch = arch or default_arch(data.name)
+    if shipped and recipe is None and (found := _shipped(data, arch, seed, device)) is not None:
+        return found
     recipe = recipe or recipe_for(data.name, arch, device)
     lock_timeout = lock_timeout_s() if lock_timeout is None else lock_timeout
     precision = "bf16" if recipe.uses_bf16(device) else "fp32"

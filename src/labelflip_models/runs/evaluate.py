@@ -18,6 +18,7 @@ from ..attacks.run import DEFAULT_BATCH
 from ..data import Dataset
 from ..errors import DataError
 from ..models.io import check_model, load_model, logits_adapter
+from .distributed import World, check_gathered, chunk_path, flip_counts, gather, load_chunk, save_chunk, shard
 from .results import build_noise_result, build_result
 
 # Images attacked at a time, at least (a device's batch if larger): about 150 MB per float32 tensor (images, raw
@@ -56,12 +57,15 @@ def _device(model: nn.Module) -> str:
 
 def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], indices: np.ndarray,
                   selection: str, attack: Attack, epsilon: float | None, *, bounds: Bounds, seed: int,
-                  engine: str = "auto", batch_size: int | None = None,
-                  progress: bool = False) -> tuple[dict[str, Any], AttackResult]:
+                  engine: str = "auto", batch_size: int | None = None, progress: bool = False,
+                  world: World = World(), scratch: Path | None = None) -> tuple[dict[str, Any], AttackResult] | None:
     """Attack the test images `indices` (described by `selection`); result.json's content and the adversarials.
 
+    Split over the processes of `world`, each rank attacks its shard (runs/distributed.py) and only rank 0 gets
+    the result (the others None). With `scratch`, each finished chunk is kept there and not attacked again.
+
     The images stream through in chunks of CHUNK_IMAGES (or the batch size), so memory does not grow with the test
-    set; seeded once, a fixed-ε run's random starts are the same whatever the chunk size. A run whose
+    set; each image's randomness comes from (seed, its test-set index), so chunking changes no result. A run whose
     images and adversarials would take more than KEEP_BYTES keeps only per-image figures (`AttackResult.reduced`).
     """
     if isinstance(attack, AutoAttackFamily):
@@ -74,18 +78,30 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     valid = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
     batch = batch_size if valid else DEFAULT_BATCH.get(device, CHUNK_IMAGES)  # run_attack refuses a bad one
     chunk = batch * -(-CHUNK_IMAGES // batch)
-    parts = []
-    for i, (images, labels) in enumerate(data.test_chunks(indices, chunk)):
-        # Seeded once: later chunks continue the random stream, so the run is the same whatever the chunk size.
-        part = run_attack(model, to_pixels(images, bounds), labels, attack, epsilon,
-                          bounds=bounds, batch_size=batch_size, seed=seed if i == 0 else None, progress=progress,
-                          engine=engine)
-        del images
-        parts.append(part if keep else part.reduced())
-        del part
-    if not parts:
+    if not len(indices):
         raise DataError(f"no test images selected from {data.name}")
-    attacked = AttackResult.concat(parts, {**parts[0].params, "chunk_images": chunk})
+    mine = shard(len(indices), batch, world)
+    parts = []
+    for i, (images, labels) in enumerate(data.test_chunks(indices[mine.start:mine.stop], chunk)):
+        first = mine.start + i * chunk
+        path = None if scratch is None else chunk_path(scratch, first, first + len(labels))
+        part = None if path is None else load_chunk(path)
+        if part is None:
+            part = run_attack(model, to_pixels(images, bounds), labels, attack, epsilon, bounds=bounds,
+                              batch_size=batch_size, seed=seed, progress=progress, engine=engine,
+                              ids=torch.as_tensor(np.asarray(indices[first:first + len(labels)], dtype=np.int64)))
+            part = part if keep else part.reduced()
+            if path is not None:
+                save_chunk(part, path)
+        del images
+        parts.append(part)
+        del part
+    counts = flip_counts(parts, data.num_classes, world)
+    gathered = gather(parts, world)
+    if gathered is None:
+        return None
+    check_gathered(gathered, counts, len(indices))
+    attacked = AttackResult.concat(gathered, {**gathered[0].params, "chunk_images": chunk})
     result = build_result(data, model_info, selection, attacked, _device(model), time.perf_counter() - start)
     return result, attacked
 

@@ -1,0 +1,162 @@
+"""One run split over processes (torchrun, Slurm's srun): which images each rank attacks, how its finished chunks
+survive a crash, and how rank 0 gets everything.
+
+Each rank takes a contiguous range of whole batches of the run's batch grid, so every batch is the batch a single
+process would attack; with per-image and per-batch seeds (attacks/seeds.py) the run is then the same whatever the
+number of processes. No image is padded or repeated (DistributedSampler pads the last shard with repeats, which
+would count images twice). A rank writes each chunk it finishes to the case's scratch folder and skips chunks it
+finds there, so a restarted or rerun job recomputes only what was lost. Rank 0 gathers the chunks' per-image
+records, checks them against the all-reduced flip counts, and alone writes the run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+from ..attacks import AttackResult
+from ..errors import ConfigError
+from ..storage.atomic import atomic_write_files
+
+# Long enough for rank 0 to finish a large case while the others wait at the barrier that follows it.
+TIMEOUT = timedelta(hours=6)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one job: rank `rank` of `size`, `local_rank` on its host."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env(environ: dict[str, str] | None = None) -> World:
+    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun with
+    MASTER_ADDR and MASTER_PORT exported), else a single process."""
+    env = os.environ if environ is None else environ
+    names = (("RANK", "WORLD_SIZE", "LOCAL_RANK") if "WORLD_SIZE" in env
+             else ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID") if "SLURM_NTASKS" in env else None)
+    if names is None:
+        return World()
+    try:
+        rank, size, local = (int(env.get(name, "0")) for name in names)
+    except ValueError:
+        raise ConfigError(f"{'/'.join(names)} must be whole numbers, got "
+                          f"{', '.join(repr(env.get(n)) for n in names)}") from None
+    if not 0 <= rank < size or local < 0:
+        raise ConfigError(f"rank {rank} is not one of the {size} processes ({'/'.join(names)})")
+    if size > 1 and names[0] == "SLURM_PROCID" and "MASTER_ADDR" not in env:
+        raise ConfigError("under srun, export MASTER_ADDR (the first node's hostname) and MASTER_PORT; "
+                          "docs/distributed.md has a Slurm script")
+    return World(rank, size, local)
+
+
+def init_world(world: World, device: str) -> None:
+    """Join the job's process group: gloo on CPUs, nccl on GPUs (each rank on its local GPU)."""
+    if not world.distributed or dist.is_initialized():
+        return
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+
+
+def rank_device(world: World, device: str) -> str:
+    """`cuda` means this rank's local GPU; anything else is every rank's device."""
+    return f"cuda:{world.local_rank}" if device == "cuda" and world.distributed else device
+
+
+def shard(n_images: int, batch: int, world: World) -> range:
+    """The positions (into the run's image list) that `world.rank` attacks: a contiguous range of whole batches,
+    the batches dealt out as evenly as they go."""
+    batches = -(-n_images // batch)
+    first, last = (batches * world.rank) // world.size, (batches * (world.rank + 1)) // world.size
+    return range(min(first * batch, n_images), min(last * batch, n_images))
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def broadcast(value: Any, world: World) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(parts: list[AttackResult], world: World) -> list[AttackResult] | None:
+    """On rank 0 every rank's chunks in rank order (the run's image order); None on the others."""
+    if not world.distributed:
+        return parts
+    received: list[list[AttackResult]] | None = [[] for _ in range(world.size)] if world.main else None
+    dist.gather_object(parts, received, dst=0)
+    return None if received is None else [part for rank_parts in received for part in rank_parts]
+
+
+def flip_counts(parts: list[AttackResult], num_classes: int, world: World) -> torch.Tensor:
+    """The K×K counts of (true class, landed class) over the whole run, summed over ranks (all_reduce)."""
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    for part in parts:
+        counts += torch.bincount(part.labels * num_classes + part.landed, minlength=num_classes * num_classes)
+    if world.distributed:
+        dist.all_reduce(counts)
+    return counts.view(num_classes, num_classes)
+
+
+def check_gathered(parts: list[AttackResult], counts: torch.Tensor, n_images: int) -> None:
+    """RuntimeError unless the gathered records hold every image once and agree with the reduced counts."""
+    n = sum(len(p.labels) for p in parts)
+    gathered = flip_counts(parts, counts.shape[0], World())
+    if n != n_images or not torch.equal(gathered, counts):
+        raise RuntimeError(f"the ranks' records hold {n} of {n_images} images, or disagree with the all-reduced "
+                           "flip counts: a rank's chunks were lost or duplicated")
+
+
+# --------------------------------------------------------------------------------------------- finished chunks
+
+_TENSORS = ("images", "labels", "raw", "clipped", "success", "attacked", "clean_pred", "adv_pred", "broken_by")
+
+
+def chunk_path(scratch: Path, start: int, stop: int) -> Path:
+    return scratch / f"chunk-{start:09d}-{stop:09d}.safetensors"
+
+
+def save_chunk(part: AttackResult, path: Path) -> None:
+    """The chunk's tensors and its scalars, in one file written atomically: present means complete."""
+    tensors = {name: getattr(part, name).contiguous() for name in _TENSORS if getattr(part, name) is not None}
+    tensors |= {f"measured.{k}": v.contiguous() for k, v in (part.measured or {}).items()}
+    meta = {"epsilon": part.epsilon, "norm": part.norm, "seconds": part.seconds, "params": part.params}
+    atomic_write_files({path: save(tensors, metadata={"labelflip": json.dumps(meta)})})
+
+
+def load_chunk(path: Path) -> AttackResult | None:
+    """The chunk a rank finished earlier, or None if there is none at `path`."""
+    if not path.exists():
+        return None
+    with safe_open(path, "pt") as f:
+        meta = json.loads(f.metadata()["labelflip"])
+    tensors = load_file(path)
+    measured = {k.removeprefix("measured."): v for k, v in tensors.items() if k.startswith("measured.")} or None
+    fields = {name: tensors.get(name) for name in _TENSORS}
+    return AttackResult(**meta, **fields, measured=measured)
