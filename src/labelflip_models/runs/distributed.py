@@ -145,6 +145,8 @@ def chunk_path(scratch: Path, start: int, stop: int) -> Path:
 def save_chunk(part: AttackResult, path: Path) -> None:
     """The chunk's tensors and its scalars, in one file written atomically: present means complete."""
     tensors = {name: getattr(part, name).contiguous() for name in _TENSORS if getattr(part, name) is not None}
+    if part.raw is part.clipped and part.raw is not None:  # AutoAttack's are one tensor: stored once
+        del tensors["raw"]
     tensors |= {f"measured.{k}": v.contiguous() for k, v in (part.measured or {}).items()}
     meta = {"epsilon": part.epsilon, "norm": part.norm, "seconds": part.seconds, "params": part.params}
     atomic_write_files({path: save(tensors, metadata={"labelflip": json.dumps(meta)})})
@@ -159,4 +161,5 @@ def load_chunk(path: Path) -> AttackResult | None:
     tensors = load_file(path)
     measured = {k.removeprefix("measured."): v for k, v in tensors.items() if k.startswith("measured.")} or None
     fields = {name: tensors.get(name) for name in _TENSORS}
+    fields["raw"] = tensors.get("raw", fields["clipped"])
     return AttackResult(**meta, **fields, measured=measured)
