@@ -20,7 +20,7 @@ import torch
 
 from labelflip_models.attacks import AttackResult, make_attack, run_attack
 from labelflip_models.errors import ConfigError
-from labelflip_models.runs.distributed import World, load_chunk, save_chunk, shard, world_from_env
+from labelflip_models.runs.distributed import World, load_chunk, rank_device, save_chunk, shard, world_from_env
 
 from .fault_injection import REPO
 
@@ -40,16 +40,28 @@ def test_shards_cover_every_image_once_in_whole_batches(n, batch, size):
 
 
 def test_world_comes_from_torchrun_or_slurm():
+    master = {"MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
     assert world_from_env({}) == World()
-    assert world_from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0"}) == World(2, 4, 0)
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "MASTER_ADDR": "node1"}
+    assert world_from_env({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", **master}) == World(2, 4, 0)
+    slurm = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1", **master}
     assert world_from_env(slurm) == World(5, 8, 1)
-    with pytest.raises(ConfigError, match="export MASTER_ADDR"):
-        world_from_env({k: v for k, v in slurm.items() if k != "MASTER_ADDR"})
+    # A batch script or salloc shell sets SLURM_NTASKS but is no srun step: a plain command there is one process.
+    assert world_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", **master}) == World()
+    with pytest.raises(ConfigError, match="MASTER_PORT not set: export MASTER_ADDR"):
+        world_from_env({k: v for k, v in slurm.items() if k != "MASTER_PORT"})
     with pytest.raises(ConfigError, match="must be whole numbers"):
         world_from_env({"RANK": "x", "WORLD_SIZE": "2"})
     with pytest.raises(ConfigError, match="rank 3 is not one of the 2 processes"):
-        world_from_env({"RANK": "3", "WORLD_SIZE": "2"})
+        world_from_env({"RANK": "3", "WORLD_SIZE": "2", **master})
+    with pytest.raises(ConfigError, match="WORLD_SIZE is set but RANK is not"):
+        world_from_env({"WORLD_SIZE": "2"})
+
+
+def test_one_gpu_for_every_process_is_refused():
+    assert rank_device(World(1, 4, 1), "cuda") == "cuda:1"
+    assert rank_device(World(1, 4, 1), "cpu") == "cpu" and rank_device(World(), "cuda:3") == "cuda:3"
+    with pytest.raises(ConfigError, match="would put every process on one GPU"):
+        rank_device(World(1, 4, 1), "cuda:0")
 
 
 def _tiny():
@@ -96,9 +108,11 @@ def test_a_finished_chunk_reads_back_as_it_was(tmp_path, reduced):
     model, x, y = _tiny()
     part = run_attack(model, x, y, make_attack("linf-autoattack"), 0.1, engine="native-fp32")
     part = part.reduced() if reduced else part
-    save_chunk(part, tmp_path / "chunk.safetensors")
-    back = load_chunk(tmp_path / "chunk.safetensors")
-    assert load_chunk(tmp_path / "missing.safetensors") is None
+    ids = torch.arange(100, 140)
+    save_chunk(part, ids, tmp_path / "chunk.safetensors")
+    back = load_chunk(tmp_path / "chunk.safetensors", ids)
+    assert load_chunk(tmp_path / "missing.safetensors", ids) is None
+    assert load_chunk(tmp_path / "chunk.safetensors", ids + 1) is None  # a chunk of other images is not taken up
     assert isinstance(back, AttackResult) and back.params == part.params and back.epsilon == part.epsilon
     for name in ("labels", "success", "attacked", "clean_pred", "adv_pred", "broken_by", "norms", "linf_norms"):
         assert torch.equal(getattr(back, name), getattr(part, name)), name
@@ -134,7 +148,7 @@ def _same_runs(a: Path, b: Path) -> None:
         first, second = ({k: v for k, v in r.items() if k != "provenance"} for r in results)
         assert first == second, case
         assert (a / case / "run.safetensors").read_bytes() == (b / case / "run.safetensors").read_bytes(), case
-        assert not (b / case / ".chunks").exists()
+        assert not list((b / case).glob(".chunks*"))
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +255,35 @@ def test_the_gate_refuses_runs_of_another_model_and_missing_runs_it_must_not_com
     missing, forwards = _gate(tmp_path, "--labelflip-runs", str(runs), "--labelflip-require-runs")
     assert missing.returncode == 1 and forwards == 0
     assert f"--labelflip-require-runs: {runs} holds no complete run of {CASES[0]}" in missing.stdout
+
+
+@pytest.mark.parametrize("requested, described, kernel, ok", [
+    ("auto", "labelflip native (bf16 autocast)", True, True), ("auto", "labelflip native (fp32)", True, True),
+    ("auto", "foolbox 3.3.4 (fp32)", True, False), ("auto", "foolbox 3.3.4 (fp32)", False, True),
+    ("reference", "labelflip native (fp32)", True, False), ("foolbox", "foolbox 3.3.4 (fp32)", True, True),
+    ("native-fp32", "labelflip native (bf16 autocast)", True, False), ("native", "labelflip native (fp32)", True, True),
+    ("native", "foolbox 3.3.4 (fp32)", False, True)])
+def test_a_runs_engine_is_judged_where_the_engine_setting_decides(requested, described, kernel, ok):
+    from labelflip_models.gate.runs_dir import engine_matches
+
+    assert engine_matches(requested, described, kernel) is ok
+
+
+@pytest.mark.slow
+def test_a_stored_run_stands_only_for_the_run_the_gate_would_compute(single):
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.data import load_dataset
+    from labelflip_models.gate.profiles import Case
+    from labelflip_models.gate.runs_dir import stored_run
+
+    data = load_dataset("fashion-mnist")
+    sha = json.loads((single / CASES[0] / "result.json").read_text())["model"]["sha256"]
+    case = Case("smoke", "fashion-mnist", "linf-pgd", 0.05)
+    assert stored_run(single, case, data, sha, seed=0).indices.shape == (500,)
+    assert stored_run(single, Case("smoke", "fashion-mnist", "linf-pgd", 0.1), data, sha, seed=0) is None
+    for change, says in [({"seed": 1}, "seed 0, not 1"), ({"bounds": Bounds(0, 255)}, r"not ε 12.75 in \[0, 255\]"),
+                         ({"engine": "reference"}, "not by engine reference"),
+                         ({"case": Case("paper", "fashion-mnist", "linf-pgd", 0.05)}, "other test images")]:
+        settings = {"seed": 0, **change}
+        with pytest.raises(ConfigError, match=says):
+            stored_run(single, settings.pop("case", case), data, sha, **settings)

@@ -24,7 +24,7 @@ from .data.own import describe_source
 from .devices import resolve_device
 from .errors import ConfigError, LabelflipError
 from .gate.config import REFERENCE_BASELINES
-from .gate.profiles import PROFILES
+from .gate.profiles import PROFILES, Case
 from .gate.scaffold import config_section, write_test_file
 from .models.cache import SHIPPED_DIR, load_or_train
 from .models.io import parse_bounds, parse_channel_values, parse_class_names
@@ -96,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--batch-size", type=int, help="images per batch (default: 256 on a CPU, 4096 on a GPU)")
     attack.add_argument("--engine", default="auto", choices=ENGINES,
                         help="auto (default): labelflip's native kernels where it has one, in bf16 where the "
-                             "hardware runs it natively, else the reference; reference (or foolbox): the attack's "
-                             "reference implementation, Foolbox or pyautoattack; native / native-fp32: native "
-                             "kernels in bf16 / fp32")
+                             "hardware runs it natively (minimal attacks: fp32), else the reference; reference (or "
+                             "foolbox): the attack's reference implementation, Foolbox or pyautoattack; native / "
+                             "native-fp32: native kernels in bf16 / fp32")
     attack.add_argument("--out", required=True, help="output directory")
     run = sub.add_parser("run", help="compute a gate profile's cases into a runs directory for "
                                      "`pytest --labelflip-runs`; under torchrun or srun, split over the processes")
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="auto", choices=ENGINES, help="the attacks' engine, as the gate's "
                                                                        "--labelflip-engine (default auto)")
     run.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
+    run.add_argument("--uncapped", action="store_true", help="attack every selected image, lifting per-class caps, "
+                                                             "as the gate's --labelflip-uncapped")
     _model_options(run)
     noise = sub.add_parser("noise", help="white-noise probe: classify uniform-noise images, write noise.json")
     _common(noise)
@@ -309,15 +311,13 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
                 if not args.case or any(text in c.id for text in args.case)]
     if not selected:
         raise ConfigError(f"--case {' '.join(args.case)}: no case of profile {args.profile} matches")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file, not a directory")
+    out = check_out_dir(Path(args.out))
     world = world_from_env()
     device = rank_device(world, resolve_device(args.device))
     init_world(world, device)
     models: dict[tuple[str, str], tuple[Dataset, nn.Module, dict[str, Any]]] = {}
 
-    def model_of(case: Any) -> tuple[Dataset, nn.Module, dict[str, Any]]:
+    def model_of(case: Case) -> tuple[Dataset, nn.Module, dict[str, Any]]:
         if (case.dataset, case.arch) not in models:
             one = argparse.Namespace(**{**vars(args), "device": device, "arch": case.arch or args.arch,
                                         "dataset": args.dataset or case.dataset})
@@ -326,7 +326,7 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
         return models[case.dataset, case.arch]
 
     computed = compute_runs(selected, out, model_of, seed=args.seed, bounds=Bounds(*parse_bounds(args.bounds)),
-                            engine=args.engine, world=world, progress=True)
+                            engine=args.engine, uncapped=args.uncapped, world=world, progress=True)
     if world.main:
         print(f"{out}: {len(selected)} cases of profile {args.profile}, {len(computed)} computed now; gate them with "
               f"pytest robustness_tests --labelflip-profile {args.profile} --labelflip-runs {out}")
@@ -436,7 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"labelflip: error: {exc.phrased(OPTION_NAMES)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("labelflip: interrupted; no partial results were written", file=sys.stderr)
+        kept = ("finished cases and chunks are kept in --out; rerun the command to go on" if argv[:1] == ["run"]
+                else "no partial results were written")
+        print(f"labelflip: interrupted; {kept}", file=sys.stderr)
         return 130
     except Exception as exc:  # anything else is labelflip's fault, not the input's
         if "--debug" in argv:

@@ -29,6 +29,11 @@ from .seeds import batch_seed, random_start
 DEFAULT_BATCH = {"cpu": 256, "cuda": 4096}
 
 
+def default_batch(device_type: str) -> int:
+    """Images per batch on a device of this type when no batch size is given."""
+    return DEFAULT_BATCH.get(device_type, DEFAULT_BATCH["cpu"])
+
+
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                epsilon: float | None = None, bounds: Bounds = Bounds(), batch_size: int | None = None,
                seed: int = 0, progress: bool = False, engine: str = "auto",
@@ -45,7 +50,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     """
     epsilon = check_epsilon_for(attack, epsilon, bounds)
     device = next(model.parameters()).device
-    batch_size = DEFAULT_BATCH.get(device.type, 256) if batch_size is None else batch_size
+    batch_size = default_batch(device.type) if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if model.training:

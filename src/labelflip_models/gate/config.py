@@ -48,8 +48,8 @@ OPTIONS = [
     ("std", "labelflip_std", "", "normalisation std the model expects: one value or one per channel"),
     ("bounds", "labelflip_bounds", "0,1", "LO,HI pixel range of the model's input; ε is a fraction of HI-LO"),
     ("class-names", "labelflip_class_names", "", "comma-separated class names, or @FILE with one per line"),
-    ("runs", "labelflip_runs", "", "gate the runs `labelflip run` computed into this directory (relative to rootdir): "
-                                   "cases found there run no attack; missing ones are computed in the session"),
+    ("runs", "labelflip_runs", "", "gate the runs `labelflip run` computed into this directory: cases found there "
+                                   "run no attack; missing ones are computed in the session"),
     ("model-mismatch", "labelflip_model_mismatch", "warn", "warn or error when a baseline was recorded with another "
                                                            "model (weights sha256) than the one gated"),
 ]
@@ -243,7 +243,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
     runs_text = setting("labelflip_runs")
     runs = None
     if runs_text:
-        runs = Path(runs_text) if Path(runs_text).is_absolute() else Path(rootpath) / runs_text
+        runs = Path(runs_text)
         if not runs.is_dir():
             raise ConfigError(f"--labelflip-runs: no directory at {runs}; compute one with `labelflip run --out DIR`")
         if flag("labelflip_regen"):

@@ -216,7 +216,8 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
         from .runs_dir import stored_run
 
         sha256 = labelflip_models_under_test.info(labelflip_case_model(case))["sha256"]
-        run = stored_run(cfg.runs, case, data, sha256, cfg.seed, cfg.uncapped)
+        run = stored_run(cfg.runs, case, data, sha256, seed=cfg.seed, bounds=Bounds(*cfg.bounds), engine=cfg.engine,
+                         uncapped=cfg.uncapped)
         if run is None and cfg.require_runs:
             pytest.fail(f"--labelflip-require-runs: {cfg.runs} holds no complete run of {case.id}; compute it with "
                         f"`labelflip run --profile {cfg.profile} --out {cfg.runs}`", pytrace=False)

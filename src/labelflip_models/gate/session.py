@@ -56,7 +56,7 @@ def asked(config: pytest.Config) -> bool:
 # Settings that name files or folders. From the command line they are relative to the working directory; from an
 # ini file, to the file's folder (as pytest's own path keys are), so that they hold wherever pytest starts.
 PATH_KEYS = ("labelflip_model", "labelflip_baselines", "labelflip_data_dir", "labelflip_report",
-             "labelflip_class_names", "labelflip_dataset")
+             "labelflip_class_names", "labelflip_dataset", "labelflip_runs")
 
 
 def setting(config: pytest.Config, ini: str) -> str:

@@ -48,13 +48,17 @@ class World:
 
 
 def world_from_env(environ: dict[str, str] | None = None) -> World:
-    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (srun with
-    MASTER_ADDR and MASTER_PORT exported), else a single process."""
+    """torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else, inside an srun step, Slurm's SLURM_PROCID/SLURM_STEP_NUM_TASKS/
+    SLURM_LOCALID (with MASTER_ADDR and MASTER_PORT exported), else a single process. A batch script or an salloc
+    shell is not a step: a plain command there is one process."""
     env = os.environ if environ is None else environ
     names = (("RANK", "WORLD_SIZE", "LOCAL_RANK") if "WORLD_SIZE" in env
-             else ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID") if "SLURM_NTASKS" in env else None)
+             else ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID") if "SLURM_STEP_NUM_TASKS" in env
+             else None)
     if names is None:
         return World()
+    if names[0] not in env:
+        raise ConfigError(f"{names[1]} is set but {names[0]} is not: start the processes with torchrun or srun")
     try:
         rank, size, local = (int(env.get(name, "0")) for name in names)
     except ValueError:
@@ -62,25 +66,33 @@ def world_from_env(environ: dict[str, str] | None = None) -> World:
                           f"{', '.join(repr(env.get(n)) for n in names)}") from None
     if not 0 <= rank < size or local < 0:
         raise ConfigError(f"rank {rank} is not one of the {size} processes ({'/'.join(names)})")
-    if size > 1 and names[0] == "SLURM_PROCID" and "MASTER_ADDR" not in env:
-        raise ConfigError("under srun, export MASTER_ADDR (the first node's hostname) and MASTER_PORT; "
-                          "docs/distributed.md has a Slurm script")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in env]
+    if size > 1 and missing:
+        raise ConfigError(f"{' and '.join(missing)} not set: export MASTER_ADDR (the first node's hostname) and "
+                          "MASTER_PORT; docs/distributed.md has a Slurm script")
     return World(rank, size, local)
 
 
 def init_world(world: World, device: str) -> None:
-    """Join the job's process group: gloo on CPUs, nccl on GPUs (each rank on its local GPU)."""
+    """Join the job's process group: gloo on CPUs; on GPUs nccl beside gloo, which carries what labelflip
+    exchanges (flip counts and per-image records live in CPU memory), each rank on its local GPU."""
     if not world.distributed or dist.is_initialized():
         return
-    backend = "nccl" if device.startswith("cuda") else "gloo"
-    if backend == "nccl":
+    backend = "gloo"
+    if device.startswith("cuda"):
         torch.cuda.set_device(world.local_rank)
+        backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
 
 
 def rank_device(world: World, device: str) -> str:
-    """`cuda` means this rank's local GPU; anything else is every rank's device."""
-    return f"cuda:{world.local_rank}" if device == "cuda" and world.distributed else device
+    """`cuda` means this rank's local GPU; ConfigError for one GPU named for every rank of a job."""
+    if not world.distributed or device == "cpu":
+        return device
+    if device != "cuda":
+        raise ConfigError(f"device {device!r} would put every process on one GPU; use cuda (each process its local "
+                          "GPU) or cpu")
+    return f"cuda:{world.local_rank}"
 
 
 def shard(n_images: int, batch: int, world: World) -> range:
@@ -103,6 +115,15 @@ def broadcast(value: Any, world: World) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_values(value: Any, world: World) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not world.distributed:
+        return [value]
+    values: list[Any] = [None] * world.size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def gather(parts: list[AttackResult], world: World) -> list[AttackResult] | None:
@@ -142,9 +163,11 @@ def chunk_path(scratch: Path, start: int, stop: int) -> Path:
     return scratch / f"chunk-{start:09d}-{stop:09d}.safetensors"
 
 
-def save_chunk(part: AttackResult, path: Path) -> None:
-    """The chunk's tensors and its scalars, in one file written atomically: present means complete."""
+def save_chunk(part: AttackResult, ids: torch.Tensor, path: Path) -> None:
+    """The chunk's tensors, its images' ids and its scalars, in one file written atomically: present means
+    complete."""
     tensors = {name: getattr(part, name).contiguous() for name in _TENSORS if getattr(part, name) is not None}
+    tensors["ids"] = ids.contiguous()
     if part.raw is part.clipped and part.raw is not None:  # AutoAttack's are one tensor: stored once
         del tensors["raw"]
     tensors |= {f"measured.{k}": v.contiguous() for k, v in (part.measured or {}).items()}
@@ -152,13 +175,16 @@ def save_chunk(part: AttackResult, path: Path) -> None:
     atomic_write_files({path: save(tensors, metadata={"labelflip": json.dumps(meta)})})
 
 
-def load_chunk(path: Path) -> AttackResult | None:
-    """The chunk a rank finished earlier, or None if there is none at `path`."""
+def load_chunk(path: Path, ids: torch.Tensor) -> AttackResult | None:
+    """The chunk a rank finished earlier for the images `ids`, or None if there is none at `path` (or one of other
+    images)."""
     if not path.exists():
         return None
     with safe_open(path, "pt") as f:
         meta = json.loads(f.metadata()["labelflip"])
     tensors = load_file(path)
+    if not torch.equal(tensors.pop("ids"), ids):
+        return None
     measured = {k.removeprefix("measured."): v for k, v in tensors.items() if k.startswith("measured.")} or None
     fields = {name: tensors.get(name) for name in _TENSORS}
     fields["raw"] = tensors.get("raw", fields["clipped"])

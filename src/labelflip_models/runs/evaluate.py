@@ -14,7 +14,7 @@ from torch import nn
 from ..analysis.noise import noise_probe
 from ..attacks import Attack, AttackResult, Bounds, run_attack
 from ..attacks.autoattack import AutoAttackFamily
-from ..attacks.run import DEFAULT_BATCH
+from ..attacks.run import default_batch
 from ..data import Dataset
 from ..errors import DataError
 from ..models.io import check_model, load_model, logits_adapter
@@ -73,10 +73,9 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     start = time.perf_counter()
     keep = len(indices) * int(np.prod(data.test_images.shape[1:])) * 3 * 4 <= KEEP_BYTES
     device = next(model.parameters()).device.type
-    # Whole batches per chunk, so chunking changes no batch of a fixed-ε attack (minimal attacks batch the correctly
-    # classified images of each chunk: the same per-image computations, in other batches).
+    # Whole batches per chunk and per shard, so neither chunking nor sharding changes any batch an attack sees.
     valid = isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0
-    batch = batch_size if valid else DEFAULT_BATCH.get(device, CHUNK_IMAGES)  # run_attack refuses a bad one
+    batch = batch_size if valid else default_batch(device)  # run_attack refuses a bad one
     chunk = batch * -(-CHUNK_IMAGES // batch)
     if not len(indices):
         raise DataError(f"no test images selected from {data.name}")
@@ -84,15 +83,15 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     parts = []
     for i, (images, labels) in enumerate(data.test_chunks(indices[mine.start:mine.stop], chunk)):
         first = mine.start + i * chunk
+        ids = torch.as_tensor(np.asarray(indices[first:first + len(labels)], dtype=np.int64))
         path = None if scratch is None else chunk_path(scratch, first, first + len(labels))
-        part = None if path is None else load_chunk(path)
+        part = None if path is None else load_chunk(path, ids)
         if part is None:
             part = run_attack(model, to_pixels(images, bounds), labels, attack, epsilon, bounds=bounds,
-                              batch_size=batch_size, seed=seed, progress=progress, engine=engine,
-                              ids=torch.as_tensor(np.asarray(indices[first:first + len(labels)], dtype=np.int64)))
+                              batch_size=batch_size, seed=seed, progress=progress, engine=engine, ids=ids)
             part = part if keep else part.reduced()
             if path is not None:
-                save_chunk(part, path)
+                save_chunk(part, ids, path)
         del images
         parts.append(part)
         del part
