@@ -123,7 +123,8 @@ def test_a_finished_chunk_reads_back_as_it_was(tmp_path, reduced):
 
 
 def _env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+            **extra}
 
 
 def _run_args(out: Path) -> list[str]:

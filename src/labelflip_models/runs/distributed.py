@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -78,6 +79,13 @@ def init_world(world: World, device: str) -> None:
     exchanges (flip counts and per-image records live in CPU memory), each rank on its local GPU."""
     if not world.distributed or dist.is_initialized():
         return
+    if (world.main and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+            and os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0"):
+        # Seen here: 4 of 4 restarted 2-process jobs failed to connect (gloo: Connection refused) or hung, 0 of 4
+        # with the variable set.
+        print("labelflip run: torchrun restarts reuse one rendezvous store, where a restarted process can find its "
+              "predecessor's address (pytorch#135712); export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun",
+              file=sys.stderr, flush=True)
     backend = "gloo"
     if device.startswith("cuda"):
         torch.cuda.set_device(world.local_rank)
