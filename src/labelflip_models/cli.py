@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--engine", default="auto", choices=ENGINES, help="the attacks' engine, as the gate's "
                                                                        "--labelflip-engine (default auto)")
     run.add_argument("--arch", help="architecture (registry name) of a state-dict --model")
+    run.add_argument("--batch-size", type=int, help="images per batch (default: 256 on a CPU, 4096 on a GPU); the "
+                                                    "processes share each case by whole batches, so many processes "
+                                                    "need small enough batches")
     run.add_argument("--uncapped", action="store_true", help="attack every selected image, lifting per-class caps, "
                                                              "as the gate's --labelflip-uncapped")
     _model_options(run)
@@ -311,6 +314,8 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
                 if not args.case or any(text in c.id for text in args.case)]
     if not selected:
         raise ConfigError(f"--case {' '.join(args.case)}: no case of profile {args.profile} matches")
+    if args.batch_size is not None and args.batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_out_dir(Path(args.out))
     world = world_from_env()
     device = rank_device(world, resolve_device(args.device))
@@ -326,7 +331,8 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
         return models[case.dataset, case.arch]
 
     computed = compute_runs(selected, out, model_of, seed=args.seed, bounds=Bounds(*parse_bounds(args.bounds)),
-                            engine=args.engine, uncapped=args.uncapped, world=world, progress=True)
+                            engine=args.engine, uncapped=args.uncapped, batch_size=args.batch_size, world=world,
+                            progress=True)
     if world.main:
         print(f"{out}: {len(selected)} cases of profile {args.profile}, {len(computed)} computed now; gate them with "
               f"pytest robustness_tests --labelflip-profile {args.profile} --labelflip-runs {out}")

@@ -96,11 +96,12 @@ def stored_run(runs: Path, case: Case, data: Dataset, model_sha256: str, *, seed
 
 
 def scratch_dir(directory: Path, data: Dataset, indices: np.ndarray, model_sha256: str, seed: int, engine: str,
-                device: str, bounds: Bounds) -> Path:
+                device: str, bounds: Bounds, batch_size: int | None) -> Path:
     """Where the ranks keep a case's finished chunks: one folder per setting that changes what a chunk holds, so a
-    rerun with other images, model, seed, engine or device type never takes up a chunk it did not compute."""
+    rerun with other images, model, seed, engine, device type or batch size never takes up a chunk it did not
+    compute."""
     key = json.dumps([data.fingerprint, hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest(),
-                      model_sha256, seed, engine, torch.device(device).type, bounds.lower, bounds.upper])
+                      model_sha256, seed, engine, torch.device(device).type, bounds.lower, bounds.upper, batch_size])
     return directory / f"{SCRATCH}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -125,7 +126,8 @@ def _complete(runs: Path, case: Case, data: Dataset, model_sha256: str, **settin
 
 def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], tuple[Dataset, nn.Module,
                  dict[str, Any]]], *, seed: int, bounds: Bounds = Bounds(), engine: str = "auto",
-                 uncapped: bool = False, world: World = World(), progress: bool = True) -> list[Case]:
+                 uncapped: bool = False, batch_size: int | None = None, world: World = World(),
+                 progress: bool = True) -> list[Case]:
     """Compute each case missing from `runs` (every rank of `world` together) and return the cases computed.
 
     A case whose run is there is checked (`stored_run`) and skipped; one begun before resumes from the chunks its
@@ -145,11 +147,12 @@ def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], t
         if not done:
             indices = case_images(case, data, uncapped)[0]
             scratch = scratch_dir(directory, data, indices, info["sha256"], seed, engine,
-                                  str(next(model.parameters()).device), bounds)
+                                  str(next(model.parameters()).device), bounds, batch_size)
             scratch.mkdir(parents=True, exist_ok=True)
             # A rank that fails inside compute_case stops the job through its launcher (torchrun; srun with
             # --kill-on-bad-exit): the others are waiting in one of its collectives.
-            run = compute_case(case, data, model, info, seed, bounds, uncapped, engine, world=world, scratch=scratch)
+            run = compute_case(case, data, model, info, seed, bounds, uncapped, engine, world=world, scratch=scratch,
+                               batch_size=batch_size)
             _on_main(partial(save_run, run, directory), world)
             if world.local_rank == 0:  # one process per host clears the chunks its host's ranks kept
                 for folder in directory.glob(f"{SCRATCH}-*"):
