@@ -288,3 +288,23 @@ def test_a_stored_run_stands_only_for_the_run_the_gate_would_compute(single):
         settings = {"seed": 0, **change}
         with pytest.raises(ConfigError, match=says):
             stored_run(single, settings.pop("case", case), data, sha, **settings)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--case", "no-such-case"], "--case no-such-case: no case of profile smoke matches"),
+    (["--model", "m.pt"], "--model needs --dataset"),
+    (["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    (["--device", "cuda:1"], "would put every process on one GPU"),
+])
+def test_labelflip_run_refuses_bad_options_in_one_line(capsys, tmp_path, monkeypatch, argv, says):
+    from .helpers import run_cli
+
+    if "--device" in argv:  # as torchrun would start it: rank 1 of 2
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+        monkeypatch.setenv("MASTER_PORT", "29500")
+        monkeypatch.setattr("labelflip_models.cli.resolve_device", lambda device: device)
+    rc, out, err = run_cli(capsys, ["run", "--out", str(tmp_path / "runs"), *argv])
+    assert rc == 2 and says in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
