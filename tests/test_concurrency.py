@@ -102,10 +102,9 @@ def test_lock_of_a_killed_holder_is_not_stale(tmp_path):
     holder, _ = _start_holder(tmp_path)
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
-    start = time.perf_counter()
+    # A lock still held would raise after 5 s; the killed holder left no entry, so we train.
     trained = _slow_train(tmp_path / "cache", lock_timeout=5)
-    assert trained.trained_now  # the killed holder left no entry, and its lock did not block us
-    assert time.perf_counter() - start < 60
+    assert trained.trained_now
 
 
 @pytest.mark.slow
@@ -117,7 +116,7 @@ def test_lock_timeout_names_the_lock_and_the_setting(tmp_path, monkeypatch):
         with pytest.raises(LabelflipError, match=r"waited 1.5 s for .*cw-mnist-\w+\.lock, held by another process "
                                                  r"training the same model; raise \$LABELFLIP_LOCK_TIMEOUT_S"):
             _slow_train(tmp_path / "cache")
-        assert 1.5 <= time.perf_counter() - start < 30
+        assert time.perf_counter() - start >= 1.5  # it waited for the lock before giving up
     finally:
         holder.kill()
         holder.wait(timeout=30)

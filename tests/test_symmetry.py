@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import numpy as np
 import pytest
@@ -162,14 +161,6 @@ def test_seed_changes_draws_and_bad_arguments():
         symmetry_analysis(m, confidence=1.0)
     with pytest.raises(ConfigError):
         symmetry_analysis(m, resamples=0)
-
-
-def test_fast_enough():
-    m = np.random.default_rng(9).integers(0, 100, (10, 10))
-    symmetry_analysis(m, resamples=50)  # warm-up
-    start = time.perf_counter()
-    symmetry_analysis(m, resamples=2000)
-    assert time.perf_counter() - start < 1.0  # about 0.05 s on one core; slack for loaded CI
 
 
 @pytest.mark.parametrize("norm", ["entrywise", "induced"])
