@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from labelflip_models.data import Dataset
 from labelflip_models.gate.config import REFERENCE_BASELINES
@@ -13,6 +16,20 @@ from labelflip_models.gate.scaffold import TEST_FILE
 from labelflip_models.models.train import Recipe
 
 TINY_RECIPE = Recipe("tiny", epochs=1, batch_size=32, lr=1e-3)
+# Relative to each weight tensor's own spread. Measured on MNIST-5k: clean accuracy 0.984 -> 0.977 (the
+# regression an accuracy check misses), LinfPGD ε=0.1 flip fraction 0.118 -> 0.252.
+WEIGHT_NOISE = 0.5
+
+
+def weakened(model: nn.Module, noise: float, seed: int = 0) -> nn.Module:
+    """A copy of `model` with Gaussian noise in every weight tensor, `noise` times the tensor's own spread. The
+    noise is drawn on the CPU and moved to each weight's device: the same weakened model on every device."""
+    noisy = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn(p.shape, generator=generator, device="cpu").to(p.device) * noise * p.std())
+    return noisy
 
 
 def tiny_dataset(n_train: int = 64, n_test: int = 40, seed: int = 0) -> Dataset:

@@ -25,7 +25,8 @@ print(load_or_train(tiny_dataset(), recipe=TINY_RECIPE, root=Path(sys.argv[1])).
 
 def _attack(out, args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labelflip_models.cli", "attack", "--dataset", "mnist-5k",
-                           "--seed", "0", *args, "--out", str(out)], capture_output=True, text=True, timeout=900)
+                           "--device", "cpu", "--seed", "0", *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ def test_key_depends_on_recipe_seed_and_data():
     assert key != cache_key("cw-mnist", TINY_RECIPE, 1, fp, "fp32")
     assert key != cache_key("cw-mnist", TINY_RECIPE, 0, tiny_dataset(seed=1).fingerprint, "fp32")
     assert key != cache_key("cw-mnist", TINY_RECIPE, 0, fp, "bf16")
+    # GPU-trained weights differ from CPU-trained ones: never the same entry.
+    assert key == cache_key("cw-mnist", TINY_RECIPE, 0, fp, "fp32", "cpu")
+    assert key != cache_key("cw-mnist", TINY_RECIPE, 0, fp, "fp32", "cuda")
 
 
 # Keys issued before recipes held mean, std, augment and optimizer. Cached models, and the baselines that record

@@ -26,10 +26,9 @@ from labelflip_models.gate.baselines import BASELINE_SCHEMA
 from labelflip_models.gate.config import REFERENCE_BASELINES
 from labelflip_models.models.cache import load_or_train
 
+from .helpers import WEIGHT_NOISE, weakened
+
 REPO = Path(__file__).resolve().parents[1]
-# As in test_gate_can_fail.py: noise in every weight tensor, relative to its spread, measured to raise the flip
-# rates of several MNIST-5k classes well past their baselines.
-WEIGHT_NOISE = 0.5
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")]
 
 
@@ -110,11 +109,7 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
     assert rc == 0 and re.search(r"\b49 passed", out), out
     assert "labelflip gate" not in out
 
-    noisy = load_or_train(data, seed=0, device="cpu").model
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in noisy.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * WEIGHT_NOISE * p.std())
+    noisy = weakened(load_or_train(data, seed=0, device="cpu").model, WEIGHT_NOISE)
     _script(noisy, repo / "model.pt")
     junit = tmp_path / "junit.xml"
     rc, out = _run(pytest_ + ["-n", "2", f"--junitxml={junit}", "--labelflip-model-mismatch", "warn"], repo, env)

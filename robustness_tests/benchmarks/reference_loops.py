@@ -3,7 +3,8 @@ PyTorch loop on the model as given (NCHW, weights requiring grad), written the o
 
 These are the algorithms of Foolbox 3.3.4 with its defaults, and APGD's of the official AutoAttack code
 (pyautoattack 0.2.0), so they do the same work as the kernels they time; they are benchmark code, not product
-code, and check nothing beyond the ε-ball and the bounds.
+code, and check nothing beyond the ε-ball and the bounds. Every tensor they make is made on the input's device,
+so they run on a GPU as they do on the CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: st
         adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
     elif random_start:
         direction = torch.randn_like(x)
-        adv = (x + eps * torch.rand(len(x), 1, 1, 1) * direction / _flat_norm(direction)).clamp(0, 1)
+        adv = (x + eps * torch.rand(len(x), 1, 1, 1, device=x.device) * direction / _flat_norm(direction)).clamp(0, 1)
     else:
         adv = x.clone()
     for _ in range(steps):
@@ -46,7 +47,7 @@ def carlini_wagner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: in
     w0 = torch.atanh((x * 2 - 1) * 0.999999)
     w = torch.zeros_like(x, requires_grad=True)
     opt = torch.optim.Adam([w], lr=stepsize)
-    best, best_norm = x.clone(), torch.full((len(x),), float("inf"))
+    best, best_norm = x.clone(), torch.full((len(x),), float("inf"), device=x.device)
     for _ in range(steps):
         adv = (torch.tanh(w0 + w) + 1) / 2
         logits = model(adv)
@@ -70,7 +71,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str, step
     with torch.no_grad():
         classes = model(x).argsort(1, descending=True)[:, :candidates]
     adv, total = x.clone(), torch.zeros_like(x)
-    rows = torch.arange(len(x))
+    rows = torch.arange(len(x), device=x.device)
     for _ in range(steps):
         adv.requires_grad_(True)
         logits = model(adv)
@@ -132,7 +133,7 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: s
 def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, n_iter: int, rho: float,
               target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """One APGD run: momentum 0.75, a step of 2ε halved at checkpoints where the loss oscillated or stalled."""
-    rows = torch.arange(len(x))
+    rows = torch.arange(len(x), device=x.device)
 
     def project(p: torch.Tensor) -> torch.Tensor:
         if norm == "linf":
@@ -158,10 +159,10 @@ def _apgd_run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, no
     loss, grad, found = loss_and_grad(adv)
     out, previous = adv.clone(), adv.clone()
     best, best_grad, best_loss = adv.clone(), grad.clone(), loss.clone()
-    step = torch.full((len(x), 1, 1, 1), 2 * eps)
-    losses = torch.zeros(n_iter, len(x))
+    step = torch.full((len(x), 1, 1, 1), 2 * eps, device=x.device)
+    losses = torch.zeros(n_iter, len(x), device=x.device)
     checkpoint, since = max(int(0.22 * n_iter), 1), 0
-    last_best, last_reduced = best_loss.clone(), torch.ones(len(x), dtype=torch.bool)
+    last_best, last_reduced = best_loss.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
     for i in range(n_iter):
         with torch.no_grad():
             a = 0.75 if i > 0 else 1.0

@@ -27,7 +27,7 @@ from labelflip_models.attacks.autoattack import MAX_TARGETS
 from labelflip_models.attacks.engine import choose_engine, fast_copy
 from labelflip_models.attacks.run import autoattack_adversarials, fixed_adversarials
 from labelflip_models.bench.throughput import step_flops
-from labelflip_models.devices import device_class
+from labelflip_models.devices import device_class, synchronize
 from labelflip_models.models.architectures import predict
 from labelflip_models.models.train import recipe_for, train_step
 
@@ -123,19 +123,28 @@ def setup(labelflip_dataset, labelflip_reference_model):
     return data, labelflip_reference_model(data)
 
 
-def side_by_side(benchmark, fn: Callable[[], Any], reference: Callable[[], Any]) -> tuple[Any, float]:
+def side_by_side(benchmark, fn: Callable[[], Any], reference: Callable[[], Any],
+                 device: torch.device) -> tuple[Any, float]:
     """Time `fn` with pytest-benchmark, running `reference` (untimed by it, timed here) before every round, so
-    both see the same machine state; returns fn's last result and the reference's best time."""
+    both see the same machine state; returns fn's last result and the reference's best time. Each timed call
+    ends with the device's last kernel: on a GPU, work still queued would otherwise spill into the next timing."""
     ref_times: list[float] = []
 
     def before() -> None:
         torch.manual_seed(0)
+        synchronize(device)
         start = time.perf_counter()
         reference()
+        synchronize(device)
         ref_times.append(time.perf_counter() - start)
         torch.manual_seed(0)
 
-    result = benchmark.pedantic(fn, setup=before, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    def timed() -> Any:
+        result = fn()
+        synchronize(device)
+        return result
+
+    result = benchmark.pedantic(timed, setup=before, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     return result, min(ref_times)
 
 
@@ -170,7 +179,7 @@ def test_labelflip_kernel(benchmark, setup, name):
         # The fixed-ε kernel alone, like the reference loop: no clean or adversarial verdicts around it.
         return fixed_adversarials(fast_copy(model), x, y, attack, k.epsilon, engine, batch_size=k.batch)[1]
 
-    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y))
+    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y), x.device)
     _record(benchmark, name, "labelflip", engine.describe(), x.device, k.batch, k.steps, reference_s,
             k.flops_per_step and step_flops(model, x, y, grad="input"))
     if k.epsilon is not None:
@@ -190,7 +199,7 @@ def test_foolbox_kernel(benchmark, setup, name):
     attack = make_attack(k.attack, **k.params)
     adv, reference_s = side_by_side(
         benchmark, lambda: run_attack(model, x, y, attack, batch_size=k.batch, engine="reference").clipped,
-        lambda: k.reference(model, x, y))
+        lambda: k.reference(model, x, y), x.device)
     _record(benchmark, name, "foolbox", f"foolbox {version('foolbox')} (eager fp32)", x.device, k.batch, k.steps,
             reference_s, k.flops_per_step and step_flops(model, x, y, grad="input"))
     assert (predict(model, adv) != y.cpu()).any(), f"foolbox {name} found no adversarial on a batch of {k.batch}"
@@ -203,7 +212,7 @@ def test_torchattacks_kernel(benchmark, setup, name):
     k = KERNELS[name]
     x, y = _batch(data, model, k.batch)
     attack = k.torchattacks(model)
-    adv, reference_s = side_by_side(benchmark, lambda: attack(x, y), lambda: k.reference(model, x, y))
+    adv, reference_s = side_by_side(benchmark, lambda: attack(x, y), lambda: k.reference(model, x, y), x.device)
     _record(benchmark, name, "torchattacks", "torchattacks (eager fp32)", x.device, k.batch, k.steps, reference_s,
             k.flops_per_step and step_flops(model, x, y, grad="input"))
     assert adv.shape == x.shape and 0 <= adv.min() and adv.max() <= 1
@@ -227,7 +236,8 @@ def test_training_slice(benchmark, setup):
         for i in range(0, TRAIN_SLICE, recipe.batch_size):
             train_step(fast, opt, x_cl[i:i + recipe.batch_size], y[i:i + recipe.batch_size], recipe, bf16)
 
-    _, reference_s = side_by_side(benchmark, run, lambda: ref.train_steps(plain, x, y, recipe.batch_size, recipe.lr))
+    _, reference_s = side_by_side(benchmark, run, lambda: ref.train_steps(plain, x, y, recipe.batch_size, recipe.lr),
+                                  device)
     engine = f"labelflip train ({'bf16 autocast' if bf16 else 'fp32'}, channels_last)"
     _record(benchmark, "train-step", "labelflip", engine, device, TRAIN_SLICE, 1, reference_s,
             step_flops(model, x[:8], y[:8], grad="weights"))
@@ -254,7 +264,7 @@ def test_apgd_kernel(benchmark, setup, name, impl):
     else:
         run = partial(k.pyautoattack(model) if impl == "pyautoattack" else k.torchattacks(model), x, y)
         described = f"{impl} {version(impl)} (eager fp32)"
-    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y))
+    adv, reference_s = side_by_side(benchmark, run, lambda: k.reference(model, x, y), x.device)
     _record(benchmark, name, impl, described, x.device, k.batch, k.steps, reference_s, False)
     adv = adv.cpu()
     assert (adv - x.cpu()).abs().amax() <= k.epsilon * (1 + 1e-5) and 0 <= adv.min() and adv.max() <= 1

@@ -1,12 +1,22 @@
-"""Which torch device to run on (CUDA when present, or asked for, else the CPU), and what it runs fast."""
+"""Which torch device to run on (CUDA when present, or asked for, else the CPU), what it runs fast, and how fp32
+work and memory are kept honest on it."""
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from .errors import ConfigError
+
+T = TypeVar("T")
+# Ampere and later have bf16 tensor cores; torch.cuda.is_bf16_supported() also counts emulated bf16 (V100, T4),
+# which is slower than fp32.
+BF16_CAPABILITY = (8, 0)
 
 
 def share_cpu_threads(processes: int) -> None:
@@ -16,22 +26,59 @@ def share_cpu_threads(processes: int) -> None:
 
 
 def resolve_device(name: str = "auto") -> str:
+    """`name` checked: `auto` is CUDA where it works, else the CPU, with a warning where the machine has an NVIDIA
+    GPU that CUDA cannot use; `cuda` or `cuda:N` must exist and start, or this raises ConfigError saying why."""
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use `device` cpu or auto")
+        if torch.cuda.is_available():
+            return "cuda"
+        if (problem := cuda_problem()) is not None:
+            warnings.warn(f"labelflip: device auto runs on the CPU: {problem}", stacklevel=2)
+        return "cpu"
     try:
-        torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        _check_cuda(name, device)
     return name
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used on a machine that has an NVIDIA GPU (a CPU-only torch, a driver too old for the
+    CUDA build, ...); None where CUDA works or there is no NVIDIA GPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if torch.cuda.is_available():
+            return None
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
+        return None
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of torch"
+    if caught:  # torch says why, e.g. "The NVIDIA driver on your system is too old"
+        return str(caught[0].message).strip()
+    return "the NVIDIA driver reports no usable CUDA device"
+
+
+def _check_cuda(name: str, device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not usable here: "
+                          f"{cuda_problem() or 'no CUDA device'}; use `device` cpu or auto")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ConfigError(f"device {name!r} does not exist: this machine has {count} CUDA "
+                          f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); choose `device` from those")
+    try:  # starting CUDA here makes a broken install fail now, with its reason, not in the middle of a run
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"device {name!r} cannot start: {reason}; use `device` cpu or auto") from None
 
 
 def bf16_is_fast(device: torch.device | str) -> bool:
     """Whether the device has native bf16 matrix units (emulated bf16 would be slower than fp32)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
     if device.type == "cpu" and torch.backends.mkldnn.is_available():
         try:  # a private op: builds without it count as having no fast bf16
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -60,6 +107,14 @@ def process_device(requested: str, worker_id: str | None) -> str:
     return device
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued kernels: CUDA runs asynchronously, so a timer read without this measures the
+    queueing, and the next timed region pays for this one's work."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def device_class(device: torch.device | str) -> str:
     """Names hardware whose speed ratios are comparable: the CPU's vector ISA and bf16 support, or the GPU model."""
     device = torch.device(device)
@@ -67,3 +122,40 @@ def device_class(device: torch.device | str) -> str:
         return f"cuda-{torch.cuda.get_device_name(device)}"
     bf16 = "-bf16" if bf16_is_fast(device) else ""
     return f"{device.type}-{torch.backends.cpu.get_cpu_capability()}{bf16}"
+
+
+@contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """fp32 convolutions and matmuls in true fp32 on CUDA while inside, the caller's settings restored after.
+
+    cuDNN runs fp32 convolutions in TF32 by default (a 10-bit mantissa): a verdict, a reference attack or a
+    `native-fp32` run would measure a boundary moved by rounding, and differ from the same run on the CPU. bf16
+    autocast is unaffected: it casts before these settings apply.
+    """
+    settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [s.fp32_precision for s in settings]
+    for s in settings:
+        s.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for s, value in zip(settings, saved):
+            s.fp32_precision = value
+
+
+def halving_on_oom(work: Callable[[int], T], batch_size: int, what: str) -> tuple[T, int]:
+    """(work(batch), batch) for the first batch size that fits in GPU memory, trying `batch_size` and halving it
+    after each torch.OutOfMemoryError (with a warning): xdist workers sharing one GPU, or a large model, can leave
+    too little memory for the default batch. Raises ConfigError where one image at a time does not fit."""
+    batch = batch_size
+    while True:
+        try:
+            return work(batch), batch
+        except torch.OutOfMemoryError:
+            pass  # leaving the handler drops the traceback, and with it the failed attempt's tensors
+        if batch == 1:
+            raise ConfigError(f"{what} runs out of GPU memory even one image at a time; free the GPU (fewer "
+                              "processes sharing it) or choose another `device`")
+        torch.cuda.empty_cache()
+        batch = max(1, batch // 2)
+        warnings.warn(f"labelflip: {what} ran out of GPU memory; retrying with batches of {batch}", stacklevel=2)

@@ -26,7 +26,7 @@ from .stats import wilson_interval
 
 def _draw(g: torch.Generator, n: int, shape: tuple[int, ...], bounds: tuple[float, float]) -> torch.Tensor:
     lo, hi = bounds
-    return lo + (hi - lo) * torch.rand((n, *shape), generator=g)
+    return lo + (hi - lo) * torch.rand((n, *shape), generator=g, device="cpu")
 
 
 def _check(n: int, shape: tuple[int, ...], bounds: tuple[float, float]) -> tuple[float, float]:

@@ -74,7 +74,8 @@ class AttackResult:
     def reduced(self) -> AttackResult:
         """The same run without its images and adversarials: what a streamed run keeps of each chunk."""
         low, high = self.adversarial_range
-        measured = {"norms": self.norms, "linf_norms": self.linf_norms, "range": torch.tensor([low, high])}
+        measured = {"norms": self.norms, "linf_norms": self.linf_norms,
+                    "range": torch.tensor([low, high], device="cpu")}
         return replace(self, images=None, raw=None, clipped=None, measured=measured)
 
     @classmethod

@@ -12,6 +12,7 @@ from foolbox.criteria import Misclassification
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..devices import halving_on_oom, ieee_fp32
 from ..errors import ConfigError
 from ..models.architectures import predict
 from .autoattack import AutoAttackFamily
@@ -57,7 +58,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         raise ConfigError("the model is in training mode; call model.eval() before attacking it")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
-    ids = torch.arange(len(images)) if ids is None else ids.cpu()
+    ids = torch.arange(len(images), device="cpu") if ids is None else ids.cpu()
     if ids.shape != (len(images),):
         raise ConfigError(f"{len(ids)} image ids for {len(images)} images")
     chosen = choose_engine(engine, attack.native_kernel, model, device, attack.reference, bf16=not attack.minimal)
@@ -65,33 +66,44 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     fast = fast_copy(model)
     clean_pred = predict(model, images)
     start = time.perf_counter()
-    if isinstance(attack, MinimalAttack):
-        attacked = clean_pred == labels
-        raw, clipped, success, adv_pred = _minimal(attack, model, fast, chosen, bounds, images, labels, clean_pred,
-                                                   attacked, batch_size, progress, ids, seed)
-    elif isinstance(attack, AutoAttackFamily):
-        attacked = clean_pred == labels
-        raw, broken_by = autoattack_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size,
-                                                 progress, ids, seed)
-        clipped = raw
-        adv_pred = predict(model, clipped)
-        success = attacked & (adv_pred != labels)
-        # The caller's fp32 model has the last word: a component's verdict it does not confirm is no break.
-        broken_by = torch.where(success, broken_by, -1)
-    else:
-        attacked = torch.ones(len(images), dtype=torch.bool)
-        raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch_size, progress,
-                                          ids, seed)
-        adv_pred = predict(model, clipped)
-        success = adv_pred != labels
+
+    def attack_in(batch: int) -> tuple[torch.Tensor, ...]:
+        """(attacked, raw, clipped, success, adv_pred, broken_by) in batches of `batch`."""
+        broken_by = None
+        if isinstance(attack, MinimalAttack):
+            attacked = clean_pred == labels
+            raw, clipped, success, adv_pred = _minimal(attack, model, fast, chosen, bounds, images, labels,
+                                                       clean_pred, attacked, batch, progress, ids, seed)
+        elif isinstance(attack, AutoAttackFamily):
+            attacked = clean_pred == labels
+            raw, broken_by = autoattack_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch,
+                                                     progress, ids, seed)
+            clipped = raw
+            adv_pred = predict(model, clipped)
+            success = attacked & (adv_pred != labels)
+            # The caller's fp32 model has the last word: a component's verdict it does not confirm is no break.
+            broken_by = torch.where(success, broken_by, -1)
+        else:
+            attacked = torch.ones(len(images), dtype=torch.bool, device="cpu")
+            raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch, progress,
+                                              ids, seed)
+            adv_pred = predict(model, clipped)
+            success = adv_pred != labels
+        return attacked, raw, clipped, success, adv_pred, broken_by
+
+    # True fp32 wherever the attack runs fp32 (the reference engines, native-fp32, the verdicts): not CUDA's TF32.
+    with ieee_fp32():
+        (attacked, raw, clipped, success, adv_pred, broken_by), used = halving_on_oom(attack_in, batch_size,
+                                                                                      attack.name)
     seconds = time.perf_counter() - start
     params: dict[str, Any] = {**describe(attack), "engine": chosen.describe(), "epsilon": epsilon,
                               "bounds": [bounds.lower, bounds.upper], "criterion": "misclassification",
-                              "batch_size": batch_size, "seed": seed}
+                              "batch_size": used, "seed": seed}
+    if used != batch_size:  # batch-seeded attacks (AutoAttack, minimal) repeat on this batch size, not the asked one
+        params["requested_batch_size"] = batch_size
     return AttackResult(epsilon=epsilon, norm=attack.norm, images=images, labels=labels, raw=raw, clipped=clipped,
                         success=success, attacked=attacked, clean_pred=clean_pred, adv_pred=adv_pred,
-                        seconds=seconds, params=params,
-                        broken_by=broken_by if isinstance(attack, AutoAttackFamily) else None)
+                        seconds=seconds, params=params, broken_by=broken_by)
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:
@@ -113,7 +125,7 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
     foolbox_attack = attack.foolbox()
     # One copy to the device and one back, not one per batch: on a GPU each copy is a host synchronisation.
     images_on, labels_on = images.to(device), labels.to(device)
-    ids = torch.arange(len(images)) if ids is None else ids
+    ids = torch.arange(len(images), device="cpu") if ids is None else ids
     raws, clips = [], []
     for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
         x, y = images_on[i:i + batch_size], labels_on[i:i + batch_size]
@@ -142,7 +154,7 @@ def autoattack_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch
     seeds every batch."""
     device = next(fast.parameters()).device
     images_on, labels_on = images.to(device), labels.to(device)
-    ids = torch.arange(len(images)) if ids is None else ids
+    ids = torch.arange(len(images), device="cpu") if ids is None else ids
     adversarials, broken_by = [], []
     for i in _batches(len(images), batch_size, f"{attack.name} ε={epsilon:g}", progress):
         x = images_on[i:i + batch_size].contiguous(memory_format=torch.channels_last)
@@ -152,7 +164,7 @@ def autoattack_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch
         adversarials.append(adv.detach())
         broken_by.append(broken)
     if not adversarials:
-        return images.clone(), torch.full((0,), -1, dtype=torch.int64)
+        return images.clone(), torch.full((0,), -1, dtype=torch.int64, device="cpu")
     return torch.cat(adversarials).contiguous().cpu(), torch.cat(broken_by).cpu()
 
 
@@ -174,7 +186,7 @@ def _minimal(attack: MinimalAttack, model: nn.Module, fast: nn.Module, engine: E
     if not native:
         fmodel = fb.PyTorchModel(fast, bounds=(bounds.lower, bounds.upper), device=device)
         foolbox_attack = attack.foolbox()
-    raw, found = images.clone(), torch.zeros(len(images), dtype=torch.bool)
+    raw, found = images.clone(), torch.zeros(len(images), dtype=torch.bool, device="cpu")
     for i in _batches(len(images), batch_size, attack.name, progress):
         chunk = i + attacked[i:i + batch_size].nonzero().squeeze(1)
         if not len(chunk):

@@ -29,7 +29,7 @@ def batch_seed(seed: int, first_id: int) -> int:
 
 def image_draws(seed: int, ids: torch.Tensor, size: int, normal: bool = False) -> torch.Tensor:
     """`size` fp32 draws per image, U[0, 1) or N(0, 1), from each image's own generator: shape (len(ids), size)."""
-    out = torch.empty(len(ids), size)
+    out = torch.empty(len(ids), size, device="cpu")  # the generators are CPU generators
     for row, image_id in zip(out, ids.tolist()):
         generator = torch.Generator().manual_seed(_derived(seed, image_id, _IMAGE))
         (row.normal_ if normal else row.uniform_)(generator=generator)

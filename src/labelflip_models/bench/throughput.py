@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..attacks import Bounds, make_attack
 from ..attacks.engine import choose_engine, fast_copy
 from ..attacks.kernels import pgd
-from ..devices import device_class
+from ..devices import device_class, synchronize
 from ..errors import ConfigError
 from ..models.architectures import build_model
 from ..models.train import RECIPES, Recipe, augment, cpu_threads, make_optimizer, recipe_for, train_step
@@ -30,7 +30,9 @@ DATASET, SHAPE, NUM_CLASSES = "cifar-10", (3, 32, 32), 10
 ARCHS = tuple(dict.fromkeys(arch for name, arch, _ in RECIPES if name == DATASET))
 PGD_EPSILON = 8 / 255
 # Dense bf16 tensor-core peaks (TFLOP/s, NVIDIA datasheets) by device-name fragment; the first match counts.
-BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+# NVL parts run at a lower clock than the SXM ones whose names they contain, so they come first.
+BF16_PEAK_TFLOPS = {"H100 NVL": 835.5, "H200 NVL": 835.5, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0,
+                    "A100": 312.0}
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,9 @@ def measure(arch: str, device: str = "cpu", batch_size: int | None = None, secon
         raise ConfigError(f"seconds must be positive, got {seconds!r}")
     dev = torch.device(device)
     data = torch.Generator().manual_seed(0)
-    x = (torch.randint(0, 256, (batch, *SHAPE), generator=data) / 255).to(dev, memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch,), generator=data).to(dev)
+    pixels = torch.randint(0, 256, (batch, *SHAPE), generator=data, device="cpu")
+    x = (pixels / 255).to(dev, memory_format=torch.channels_last)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=data, device="cpu").to(dev)
     torch.manual_seed(0)
     model = build_model(arch, SHAPE[0], NUM_CLASSES, recipe.mean, recipe.std).to(dev)
     return Throughput(arch, str(dev), device_class(dev), batch, sum(p.numel() for p in model.parameters()),
@@ -139,16 +142,12 @@ def _per_second(run: Callable[[int], None], seconds: float, device: torch.device
 
 
 def _timed(run: Callable[[int], None], n: int, device: torch.device) -> float:
-    """Seconds of run(n), to the device's last kernel."""
+    """Seconds of run(n), from an idle device to its last kernel."""
+    synchronize(device)
     start = time.perf_counter()
     run(n)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(step: str, bf16: bool, per_s: float, flops: float, device: torch.device) -> Rate:

@@ -52,8 +52,9 @@ class CaseRun:
         if len(indices) != len(attacked.labels):
             raise ValueError(f"{len(indices)} test indices for a run of {len(attacked.labels)} images")
         return cls(case, result, attacked.images, attacked.clipped, attacked.labels, attacked.adv_pred,
-                   attacked.success, attacked.attacked, attacked.norms, torch.tensor(attacked.adversarial_range),
-                   attacked.clean_pred, torch.as_tensor(np.asarray(indices, dtype=np.int64)))
+                   attacked.success, attacked.attacked, attacked.norms,
+                   torch.tensor(attacked.adversarial_range, device="cpu"),
+                   attacked.clean_pred, torch.as_tensor(np.asarray(indices, dtype=np.int64), device="cpu"))
 
     def class_norms(self) -> dict[str, np.ndarray]:
         """Per class, the minimal norms of the images the attack had to move; a failed attack counts as inf."""

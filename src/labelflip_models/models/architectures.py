@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import halving_on_oom, ieee_fp32
 from ..errors import ConfigError
 
 # The paper's normalisation: mean 0.5, std 1, so the network sees inputs in [-0.5, 0.5].
@@ -198,9 +199,33 @@ def _close_matches(name: str, candidates: Mapping[str, str]) -> str:
     return f"; close matches: {', '.join(by_key[k] for k in found)}" if found else ""
 
 
-@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted class of each image (on the model's device), returned on the CPU."""
+    """Predicted class of each image (on the model's device, in true fp32), returned on the CPU."""
+    return predict_with_ties(model, images, None, batch_size)[0]
+
+
+def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None,
+                      batch_size: int = 1000, tolerance: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, ties): each image's predicted class and whether its logit for `classes` (one per image) is
+    within `tolerance` of the top logit, relative to the logits' scale; on the CPU.
+
+    A tie means the image sits on a decision boundary, where another batch shape (cuDNN picks its algorithm by
+    shape) or another device may round the prediction either way: a check that compares predictions made apart
+    accepts the tied class as well.
+    """
     device = next(model.parameters()).device
-    out = [model(images[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    wanted = torch.zeros(len(images), dtype=torch.long, device="cpu") if classes is None else classes.cpu()
+
+    def run(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        preds, ties = [torch.empty(0, dtype=torch.long, device="cpu")], [torch.empty(0, dtype=torch.bool,
+                                                                                     device="cpu")]
+        with ieee_fp32(), torch.no_grad():
+            for i in range(0, len(images), batch):
+                logits = model(images[i:i + batch].to(device)).float()
+                top = logits.max(1).values
+                own = logits.gather(1, wanted[i:i + batch].to(device)[:, None]).squeeze(1)
+                preds.append(logits.argmax(1).cpu())
+                ties.append((top - own <= tolerance * top.abs().clamp_min(1)).cpu())
+        return torch.cat(preds), torch.cat(ties)
+
+    return halving_on_oom(run, batch_size, "prediction")[0]

@@ -72,8 +72,11 @@ def model_sha256(model: torch.nn.Module) -> str:
 LATER_FIELDS = {f.name: f.default for f in fields(Recipe) if f.name in ("augment", "optimizer")}
 
 
-def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, precision: str) -> str:
-    """`precision` is what training actually ran in, which depends on the hardware as well as the recipe."""
+def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, precision: str,
+              device_type: str = "cpu") -> str:
+    """`precision` is what training actually ran in, which depends on the hardware as well as the recipe;
+    `device_type` where it trained ("cpu", "cuda"): cuDNN's kernels and on-device crops train other weights than
+    the CPU from the same seed. The CPU is hashed as no device, so CPU keys stay the keys issued before."""
     spec = asdict(recipe)
     # mean and std were hashed beside the recipe before they were part of it; they stay there.
     mean, std = spec.pop("mean"), spec.pop("std")
@@ -82,6 +85,8 @@ def cache_key(arch: str, recipe: Recipe, seed: int, dataset_fingerprint: str, pr
             del spec[name]
     spec = {"format": FORMAT_VERSION, "arch": arch, "recipe": spec, "precision": precision, "seed": seed,
             "dataset": dataset_fingerprint, "mean": mean, "std": std}
+    if device_type != "cpu":
+        spec["device"] = device_type
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -180,7 +185,7 @@ def load_or_train(data: Dataset, arch: str | None = None, seed: int = 0, device:
     recipe = recipe or recipe_for(data.name, arch, device)
     lock_timeout = lock_timeout_s() if lock_timeout is None else lock_timeout
     precision = "bf16" if recipe.uses_bf16(device) else "fp32"
-    key = cache_key(arch, recipe, seed, data.fingerprint, precision)
+    key = cache_key(arch, recipe, seed, data.fingerprint, precision, torch.device(device).type)
     directory = (root or cache_root()) / "models" / data.name
     try:
         directory.mkdir(parents=True, exist_ok=True)

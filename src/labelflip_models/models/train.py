@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset
-from ..devices import bf16_is_fast
+from ..devices import bf16_is_fast, ieee_fp32
 from ..errors import ConfigError
 from .architectures import PAPER_MEAN, PAPER_STD, predict
 from .reference import REFERENCE_ARCHS
@@ -105,7 +105,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 def train(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool = False) -> float:
     """Train `model` in place on its current device; return the test accuracy."""
     device = next(model.parameters()).device
-    with cpu_threads(recipe, device):
+    with cpu_threads(recipe, device), ieee_fp32():  # "fp32" in a cache key means fp32, not CUDA's TF32
         return _train(model, data, recipe, seed, progress, device)
 
 

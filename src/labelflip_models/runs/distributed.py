@@ -145,7 +145,7 @@ def gather(parts: list[AttackResult], world: World) -> list[AttackResult] | None
 
 def flip_counts(parts: list[AttackResult], num_classes: int, world: World) -> torch.Tensor:
     """The K×K counts of (true class, landed class) over the whole run, summed over ranks (all_reduce)."""
-    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64)
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device="cpu")
     for part in parts:
         counts += torch.bincount(part.labels * num_classes + part.landed, minlength=num_classes * num_classes)
     if world.distributed:

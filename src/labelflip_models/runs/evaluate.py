@@ -83,7 +83,7 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
     parts = []
     for i, (images, labels) in enumerate(data.test_chunks(indices[mine.start:mine.stop], chunk)):
         first = mine.start + i * chunk
-        ids = torch.as_tensor(np.asarray(indices[first:first + len(labels)], dtype=np.int64))
+        ids = torch.as_tensor(np.asarray(indices[first:first + len(labels)], dtype=np.int64), device="cpu")
         path = None if scratch is None else chunk_path(scratch, first, first + len(labels))
         part = None if path is None else load_chunk(path, ids)
         if part is None:
