@@ -306,7 +306,7 @@ def test_labelflip_run_refuses_bad_options_in_one_line(capsys, tmp_path, monkeyp
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
         monkeypatch.setenv("MASTER_PORT", "29500")
-        monkeypatch.setattr("labelflip_models.cli.resolve_device", lambda device: device)
+        monkeypatch.setattr("labelflip_models.cli.resolve_device", lambda device, start=True: device)
     rc, out, err = run_cli(capsys, ["run", "--out", str(tmp_path / "runs"), *argv])
     assert rc == 2 and says in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

@@ -20,6 +20,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 {inspect.getsource(weakened)}
 

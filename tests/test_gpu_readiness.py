@@ -22,7 +22,7 @@ from torch.utils._device import _device_constructors
 from labelflip_models import devices
 from labelflip_models.attacks import ATTACKS, make_attack, run_attack
 from labelflip_models.bench import throughput
-from labelflip_models.devices import bf16_is_fast, halving_on_oom, ieee_fp32, resolve_device
+from labelflip_models.devices import bf16_is_fast, halving_on_oom, ieee_fp32, process_device, resolve_device
 from labelflip_models.errors import ConfigError
 from labelflip_models.models.architectures import predict, predict_with_ties
 from labelflip_models.models.train import train
@@ -106,6 +106,12 @@ def test_attacks_place_their_tensors_explicitly(batch, name):
         assert run.adv_pred.device.type == "cpu" and run.clipped.device.type == "cpu"
 
 
+def test_training_places_its_tensors_explicitly():
+    model, data = _model(), tiny_dataset(n_train=32, n_test=8)
+    with OurDefaultDevice():
+        train(model, data, TINY_RECIPE, seed=0)
+
+
 def test_weakening_noise_lands_on_the_weights_device():
     model = _model()
     assert all(p.device.type == "meta" for p in weakened(model.to("meta"), 0.5).parameters())
@@ -126,15 +132,20 @@ def test_bf16_is_fast_on_a_gpu_only_with_bf16_tensor_cores(monkeypatch, capabili
 @pytest.fixture
 def fake_gpus(monkeypatch):
     """A machine with `count` usable CUDA devices, as far as resolve_device can tell without starting one."""
-    def install(count: int, start_error: Exception | None = None) -> None:
+    started: list[str] = []
+
+    def install(count: int, start_error: Exception | None = None) -> list[str]:
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
 
-        def zeros(*args, **kwargs):
+        def zeros(*args, device=None, **kwargs):
+            started.append(device)
             if start_error is not None:
                 raise start_error
             return torch.empty(0)
         monkeypatch.setattr(devices.torch, "zeros", zeros)
+        return started
     return install
 
 
@@ -146,11 +157,27 @@ def test_a_cuda_index_beyond_the_devices_is_a_clear_error(fake_gpus):
         resolve_device("cuda:2")
 
 
-def test_cuda_that_cannot_start_fails_loudly(fake_gpus):
-    fake_gpus(1, RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore"))
+def test_cuda_that_cannot_start_fails_loudly_or_auto_falls_back(fake_gpus):
+    started = fake_gpus(1, RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore"))
     with pytest.raises(ConfigError, match=r"^device 'cuda' cannot start: CUDA error: no kernel image is available "
                                           r"for execution on the device; use `device` cpu or auto$"):
         resolve_device("cuda")
+    with pytest.warns(UserWarning, match=r"device auto runs on the CPU: device 'cuda' cannot start: CUDA error"):
+        assert resolve_device("auto") == "cpu"
+    with pytest.warns(UserWarning, match="device auto runs on the CPU"):
+        assert process_device("auto", "gw0") == "cpu"
+    with pytest.raises(ConfigError, match="cannot start"):
+        process_device("cuda", "gw0")
+    assert started == ["cuda", "cuda", "cuda", "cuda"]
+
+
+def test_each_process_starts_only_its_own_gpu(fake_gpus):
+    # An option check, or a worker before it is pinned, starts nothing: no CUDA context on GPU 0 from every
+    # process; each worker then starts the GPU it was given.
+    started = fake_gpus(4)
+    assert resolve_device("cuda", start=False) == "cuda" and started == []
+    assert process_device("cuda", "gw6") == "cuda:2" and started == ["cuda:2"]
+    assert process_device("auto", "gw1") == "cuda:1" and started == ["cuda:2", "cuda:1"]
 
 
 def _gpu_present(monkeypatch, present: bool, cuda_build: str | None = "13.0", torch_says: str | None = None):
@@ -177,6 +204,15 @@ def test_auto_reports_falling_back_to_the_cpu_on_a_gpu_machine(monkeypatch):
         resolve_device("auto")
 
 
+def test_auto_is_silent_where_the_gpus_are_hidden_on_purpose(monkeypatch):
+    _gpu_present(monkeypatch, True, torch_says="CUDA initialization: no CUDA-capable device is detected")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert resolve_device("auto") == "cpu"
+    assert not [w for w in caught if "labelflip" in str(w.message)]
+
+
 def test_auto_is_silent_on_a_machine_without_a_gpu(monkeypatch):
     _gpu_present(monkeypatch, False, torch_says="Found no NVIDIA driver on your system.")
     with warnings.catch_warnings(record=True) as caught:
@@ -197,15 +233,22 @@ def test_cli_names_its_option_for_a_missing_gpu(fake_gpus, capsys):
 
 
 class PrecisionSpy(nn.Module):
-    """Records cuDNN's fp32 convolution setting at every forward pass."""
+    """Records cuDNN's fp32 convolution setting, and whether gradients were on (an attack step rather than a
+    verdict), at every forward pass, of itself and of the copies the engines make (one shared list)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = _model()
-        self.seen: list[str] = []
+        self.seen: list[tuple[str, bool]] = []
+
+    def __deepcopy__(self, memo):
+        twin = PrecisionSpy()
+        twin.net.load_state_dict(self.net.state_dict())
+        twin.seen = self.seen
+        return twin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(torch.backends.cudnn.conv.fp32_precision)
+        self.seen.append((torch.backends.cudnn.conv.fp32_precision, torch.is_grad_enabled()))
         return self.net(x)
 
 
@@ -225,7 +268,8 @@ def test_fp32_attacks_and_verdicts_run_in_true_fp32(tf32_default, batch, name, e
     _, x, y = batch
     spy = PrecisionSpy().eval()
     run_attack(spy, x, y, make_attack(name), _epsilon(name), engine=engine, batch_size=4)
-    assert spy.seen and set(spy.seen) == {"ieee"}  # the engine copies the spy; the verdicts use it
+    assert any(grad for _, grad in spy.seen), "the attack's own steps were not seen"
+    assert {precision for precision, _ in spy.seen} == {"ieee"}
     assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # the caller's setting is back
 
 
@@ -234,7 +278,8 @@ def test_fp32_training_and_prediction_run_in_true_fp32(tf32_default):
     data = tiny_dataset(n_train=32, n_test=8)
     train(spy, data, TINY_RECIPE, seed=0)
     predict(spy.eval(), torch.rand(3, 1, 28, 28))
-    assert set(spy.seen) == {"ieee"} and torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert {precision for precision, _ in spy.seen} == {"ieee"}
+    assert torch.backends.cudnn.conv.fp32_precision == "tf32"
 
 
 def test_ieee_fp32_restores_settings_after_an_error():
@@ -262,12 +307,22 @@ def test_attacks_halve_their_batch_until_it_fits(batch):
     _, x, y = batch
     x, y = torch.cat([x] * 4), torch.cat([y] * 4)
     small = SmallMemory(fits=8).eval()
-    with pytest.warns(UserWarning, match="ran out of GPU memory; retrying with batches of"):
+    with pytest.warns(UserWarning) as caught:
         backed_off = run_attack(small, x, y, make_attack("linf-pgd"), 0.1, engine="native-fp32", batch_size=32)
-    direct = run_attack(small.net, x, y, make_attack("linf-pgd"), 0.1, engine="native-fp32", batch_size=8)
-    assert backed_off.params["batch_size"] == 8 and backed_off.params["requested_batch_size"] == 32
+    assert "linf-pgd ran out of GPU memory; retrying with batches of 8" in [str(w.message)[11:] for w in caught]
+    direct = run_attack(small.net, x, y, make_attack("linf-pgd"), 0.1, engine="native-fp32", batch_size=32)
+    # Per-image random starts: the smaller batch gives the run the batch asked for would have given.
     assert torch.equal(backed_off.clipped, direct.clipped) and torch.equal(backed_off.adv_pred, direct.adv_pred)
-    assert "requested_batch_size" not in direct.params
+    assert backed_off.params == {**direct.params}
+
+
+@pytest.mark.parametrize("name", ["l2-deepfool", "linf-apgd-ce"])
+def test_batch_seeded_attacks_keep_their_batch_grid(batch, name):
+    _, x, y = batch
+    with pytest.raises(ConfigError, match=rf"{name} ran out of GPU memory in batches of 8; its results depend on "
+                                          r"the batch grid.*choose a smaller `batch_size`"):
+        run_attack(SmallMemory(fits=4).eval(), x, y, make_attack(name), _epsilon(name), engine="native-fp32",
+                   batch_size=8)
 
 
 def test_out_of_memory_at_one_image_is_a_clear_error():
@@ -283,7 +338,7 @@ def test_out_of_memory_at_one_image_is_a_clear_error():
         return size * 10
 
     with pytest.warns(UserWarning):
-        assert halving_on_oom(work, 13, "work") == (30, 3)
+        assert halving_on_oom(work, 13, "work") == 30
     assert sizes == [13, 6, 3]
 
 
@@ -353,7 +408,7 @@ def test_the_gpu_check_has_cuda_tests_to_run():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["fgsm", "linf-pgd", "l2-pgd", "l2-cw", "l2-deepfool", "linf-deepfool",
-                                  "linf-apgd-ce", "linf-autoattack"])
+                                  "linf-apgd-ce"])
 def test_on_the_gpu(name):
     """Each engine on a real GPU: in true fp32 its verdicts are the CPU's on the same images, bar a few
     boundary cases."""
@@ -361,8 +416,9 @@ def test_on_the_gpu(name):
     with torch.no_grad():
         y = model(x).argmax(1)
     engine = "native-fp32" if ATTACKS[name].native_kernel else "reference"
-    gpu = run_attack(model.cuda(), x, y, make_attack(name), _epsilon(name), engine=engine, batch_size=32)
-    cpu = run_attack(model.cpu(), x, y, make_attack(name), _epsilon(name), engine=engine, batch_size=32)
+    attack = make_attack(name, **({"steps": 100, "binary_search_steps": 2} if name == "l2-cw" else {}))
+    gpu = run_attack(model.cuda(), x, y, attack, _epsilon(name), engine=engine, batch_size=32)
+    cpu = run_attack(model.cpu(), x, y, attack, _epsilon(name), engine=engine, batch_size=32)
     agree = (gpu.adv_pred == cpu.adv_pred).float().mean().item()
     assert agree >= 0.9, f"{name}: GPU and CPU verdicts agree on {agree:.0%} of the images"
 
@@ -377,3 +433,15 @@ def test_reference_loops_and_weakening_on_the_gpu():
                 ref.apgd(model, x, y, 0.1, "linf", 6, targets=3), ref.deepfool(model, x, y, "l2", steps=2)):
         assert adv.device == x.device
     assert next(weakened(model, 0.5).parameters()).device == x.device
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ieee_fp32_is_fp32_on_the_gpu():
+    # TF32 (cuDNN's default for fp32 convolutions) errs by about 1e-3 relative; fp32 by about 1e-6.
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(64, 64, 32, 32, generator=generator), torch.randn(64, 64, 3, 3, generator=generator)
+    exact = torch.nn.functional.conv2d(x.double(), w.double())
+    with ieee_fp32():
+        got = torch.nn.functional.conv2d(x.cuda(), w.cuda()).cpu().double()
+    assert ((got - exact).abs().max() / exact.abs().max()).item() < 1e-5

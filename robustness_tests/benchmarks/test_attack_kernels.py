@@ -27,7 +27,7 @@ from labelflip_models.attacks.autoattack import MAX_TARGETS
 from labelflip_models.attacks.engine import choose_engine, fast_copy
 from labelflip_models.attacks.run import autoattack_adversarials, fixed_adversarials
 from labelflip_models.bench.throughput import step_flops
-from labelflip_models.devices import device_class, synchronize
+from labelflip_models.devices import device_class, ieee_fp32, synchronize
 from labelflip_models.models.architectures import predict
 from labelflip_models.models.train import recipe_for, train_step
 
@@ -144,7 +144,8 @@ def side_by_side(benchmark, fn: Callable[[], Any], reference: Callable[[], Any],
         synchronize(device)
         return result
 
-    result = benchmark.pedantic(timed, setup=before, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    with ieee_fp32():  # the fp32 loops in fp32 on a GPU too, not CUDA's TF32 (run_attack does the same)
+        result = benchmark.pedantic(timed, setup=before, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     return result, min(ref_times)
 
 

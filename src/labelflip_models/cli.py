@@ -21,7 +21,7 @@ from .bench.throughput import ARCHS as THROUGHPUT_ARCHS
 from .bench.throughput import measure as measure_throughput
 from .data import DATASETS, Dataset, Preprocess, first_n, is_builtin, load_dataset
 from .data.own import describe_source
-from .devices import resolve_device
+from .devices import resolve_device, start_device
 from .errors import ConfigError, LabelflipError
 from .gate.config import REFERENCE_BASELINES
 from .gate.profiles import PROFILES, Case
@@ -318,7 +318,9 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_out_dir(Path(args.out))
     world = world_from_env()
-    device = rank_device(world, resolve_device(args.device))
+    device = rank_device(world, resolve_device(args.device, start=False))
+    if device.startswith("cuda"):
+        start_device(device)  # this rank's own GPU, not GPU 0 in every rank
     init_world(world, device)
     models: dict[tuple[str, str], tuple[Dataset, nn.Module, dict[str, Any]]] = {}
 

@@ -25,21 +25,47 @@ def share_cpu_threads(processes: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
 
 
-def resolve_device(name: str = "auto") -> str:
+def resolve_device(name: str = "auto", start: bool = True) -> str:
     """`name` checked: `auto` is CUDA where it works, else the CPU, with a warning where the machine has an NVIDIA
-    GPU that CUDA cannot use; `cuda` or `cuda:N` must exist and start, or this raises ConfigError saying why."""
+    GPU that CUDA cannot use; `cuda` or `cuda:N` must exist, or this raises ConfigError saying why.
+
+    `start` also starts CUDA on the device (see start_device); a process that is yet to pick its own GPU (an xdist
+    worker, a torchrun rank), or only validates an option, passes False and starts the device it picks.
+    """
     if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if (problem := cuda_problem()) is not None:
-            warnings.warn(f"labelflip: device auto runs on the CPU: {problem}", stacklevel=2)
-        return "cpu"
+        if not torch.cuda.is_available():
+            if (problem := cuda_problem()) is not None:
+                warnings.warn(f"labelflip: device auto runs on the CPU: {problem}", stacklevel=2)
+            return "cpu"
+        return _started_or_cpu("cuda") if start else "cuda"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         _check_cuda(name, device)
+        if start:
+            start_device(name)
+    return name
+
+
+def start_device(name: str) -> None:
+    """Start CUDA on device `name` with one small allocation, so that a broken install (a driver too old, no
+    kernels for this GPU's architecture) fails now with its reason, not in the middle of a run; ConfigError."""
+    try:
+        torch.zeros(1, device=name)
+    except (RuntimeError, AssertionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"device {name!r} cannot start: {reason}; use `device` cpu or auto") from None
+
+
+def _started_or_cpu(name: str) -> str:
+    """`name` if CUDA starts there; else the CPU, with a warning saying why (what `auto` falls back to)."""
+    try:
+        start_device(name)
+    except ConfigError as exc:
+        warnings.warn(f"labelflip: device auto runs on the CPU: {exc}", stacklevel=3)
+        return "cpu"
     return name
 
 
@@ -50,6 +76,8 @@ def cuda_problem() -> str | None:
         warnings.simplefilter("always")
         if torch.cuda.is_available():
             return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return None  # the GPUs were hidden on purpose
     if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
         return None
     if torch.version.cuda is None:
@@ -67,11 +95,6 @@ def _check_cuda(name: str, device: torch.device) -> None:
     if device.index is not None and device.index >= count:
         raise ConfigError(f"device {name!r} does not exist: this machine has {count} CUDA "
                           f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); choose `device` from those")
-    try:  # starting CUDA here makes a broken install fail now, with its reason, not in the middle of a run
-        torch.zeros(1, device=device)
-    except (RuntimeError, AssertionError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"device {name!r} cannot start: {reason}; use `device` cpu or auto") from None
 
 
 def bf16_is_fast(device: torch.device | str) -> bool:
@@ -101,9 +124,14 @@ def worker_device(device: str, worker_id: str | None, cuda_count: int) -> str:
 
 def process_device(requested: str, worker_id: str | None) -> str:
     """The device for this process's models: `requested` resolved, then pinned to one GPU per xdist worker."""
-    device = worker_device(resolve_device(requested), worker_id, torch.cuda.device_count())
+    device = worker_device(resolve_device(requested, start=False), worker_id, torch.cuda.device_count())
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)  # so that a bare "cuda" tensor lands on this worker's GPU too
+    if not device.startswith("cuda"):
+        return device
+    if requested == "auto":
+        return _started_or_cpu(device)
+    start_device(device)
     return device
 
 
@@ -132,7 +160,7 @@ def ieee_fp32() -> Iterator[None]:
     `native-fp32` run would measure a boundary moved by rounding, and differ from the same run on the CPU. bf16
     autocast is unaffected: it casts before these settings apply.
     """
-    settings = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    settings = (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul)
     saved = [s.fp32_precision for s in settings]
     for s in settings:
         s.fp32_precision = "ieee"
@@ -143,16 +171,22 @@ def ieee_fp32() -> Iterator[None]:
             s.fp32_precision = value
 
 
-def halving_on_oom(work: Callable[[int], T], batch_size: int, what: str) -> tuple[T, int]:
-    """(work(batch), batch) for the first batch size that fits in GPU memory, trying `batch_size` and halving it
-    after each torch.OutOfMemoryError (with a warning): xdist workers sharing one GPU, or a large model, can leave
-    too little memory for the default batch. Raises ConfigError where one image at a time does not fit."""
+def halving_on_oom(work: Callable[[int], T], batch_size: int, what: str, halve: bool = True) -> T:
+    """work(batch) for the first batch size that fits in GPU memory, trying `batch_size` and halving it after each
+    torch.OutOfMemoryError (with a warning): xdist workers sharing one GPU, or a large model, can leave too little
+    memory for the default batch. Only for work whose results do not depend on the batch size; with `halve`
+    False an out-of-memory error becomes a ConfigError instead. Raises ConfigError where one image at a time
+    does not fit."""
     batch = batch_size
     while True:
         try:
-            return work(batch), batch
+            return work(batch)
         except torch.OutOfMemoryError:
             pass  # leaving the handler drops the traceback, and with it the failed attempt's tensors
+        if not halve:
+            raise ConfigError(f"{what} ran out of GPU memory in batches of {batch}; its results depend on the batch "
+                              "grid, so labelflip does not shrink it: choose a smaller `batch_size`, or run fewer "
+                              "processes on the GPU")
         if batch == 1:
             raise ConfigError(f"{what} runs out of GPU memory even one image at a time; free the GPU (fewer "
                               "processes sharing it) or choose another `device`")

@@ -92,15 +92,15 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         return attacked, raw, clipped, success, adv_pred, broken_by
 
     # True fp32 wherever the attack runs fp32 (the reference engines, native-fp32, the verdicts): not CUDA's TF32.
+    # Fixed-ε attacks draw per image, so a smaller batch after running out of GPU memory changes nothing; AutoAttack
+    # and the minimal attacks are seeded per batch, and their batch grid stays the one asked for.
     with ieee_fp32():
-        (attacked, raw, clipped, success, adv_pred, broken_by), used = halving_on_oom(attack_in, batch_size,
-                                                                                      attack.name)
+        attacked, raw, clipped, success, adv_pred, broken_by = halving_on_oom(
+            attack_in, batch_size, attack.name, halve=isinstance(attack, FixedAttack))
     seconds = time.perf_counter() - start
     params: dict[str, Any] = {**describe(attack), "engine": chosen.describe(), "epsilon": epsilon,
                               "bounds": [bounds.lower, bounds.upper], "criterion": "misclassification",
-                              "batch_size": used, "seed": seed}
-    if used != batch_size:  # batch-seeded attacks (AutoAttack, minimal) repeat on this batch size, not the asked one
-        params["requested_batch_size"] = batch_size
+                              "batch_size": batch_size, "seed": seed}
     return AttackResult(epsilon=epsilon, norm=attack.norm, images=images, labels=labels, raw=raw, clipped=clipped,
                         success=success, attacked=attacked, clean_pred=clean_pred, adv_pred=adv_pred,
                         seconds=seconds, params=params, broken_by=broken_by)

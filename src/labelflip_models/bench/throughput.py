@@ -21,7 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..attacks import Bounds, make_attack
 from ..attacks.engine import choose_engine, fast_copy
 from ..attacks.kernels import pgd
-from ..devices import device_class, synchronize
+from ..attacks.seeds import random_start
+from ..devices import device_class, ieee_fp32, synchronize
 from ..errors import ConfigError
 from ..models.architectures import build_model
 from ..models.train import RECIPES, Recipe, augment, cpu_threads, make_optimizer, recipe_for, train_step
@@ -86,9 +87,10 @@ def measure(arch: str, device: str = "cpu", batch_size: int | None = None, secon
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=data, device="cpu").to(dev)
     torch.manual_seed(0)
     model = build_model(arch, SHAPE[0], NUM_CLASSES, recipe.mean, recipe.std).to(dev)
-    return Throughput(arch, str(dev), device_class(dev), batch, sum(p.numel() for p in model.parameters()),
-                      step_flops(model, x[:2], y[:2], None) / 1e9,
-                      (_train_rate(model, x, y, recipe, seconds), _pgd_rate(model, x, y, seconds)))
+    with ieee_fp32():  # fp32 steps measured as fp32, not CUDA's TF32
+        return Throughput(arch, str(dev), device_class(dev), batch, sum(p.numel() for p in model.parameters()),
+                          step_flops(model, x[:2], y[:2], None) / 1e9,
+                          (_train_rate(model, x, y, recipe, seconds), _pgd_rate(model, x, y, seconds)))
 
 
 def step_flops(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: str | None) -> float:
@@ -124,9 +126,10 @@ def _pgd_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seconds: float
     model.eval()
     engine = choose_engine("auto", True, model, x.device)
     fast, attack = fast_copy(model), make_attack("linf-pgd")
+    start = random_start(x, torch.arange(len(x), device="cpu"), 0, PGD_EPSILON, "linf")
 
     def run(steps: int) -> None:
-        pgd(fast, x, y, PGD_EPSILON, "linf", steps, attack.rel_stepsize, True, Bounds(), engine.bf16)
+        pgd(fast, x, y, PGD_EPSILON, "linf", steps, attack.rel_stepsize, start, Bounds(), engine.bf16)
 
     per_s = _per_second(run, seconds, x.device) * len(x)
     return _rate("linf-pgd", engine.bf16, per_s, step_flops(model, x[:2], y[:2], "input"), x.device)

@@ -156,7 +156,7 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         from ..devices import resolve_device
 
         try:
-            resolve_device(device)
+            resolve_device(device, start=False)  # each worker starts the GPU it runs on
         except ConfigError as exc:
             raise ConfigError(f"--labelflip-device: {exc}") from None
     engine = setting("labelflip_engine")

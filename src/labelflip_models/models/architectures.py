@@ -228,4 +228,4 @@ def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Ten
                 ties.append((top - own <= tolerance * top.abs().clamp_min(1)).cpu())
         return torch.cat(preds), torch.cat(ties)
 
-    return halving_on_oom(run, batch_size, "prediction")[0]
+    return halving_on_oom(run, batch_size, "prediction")

@@ -171,7 +171,7 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress:
     bar = tqdm(total=total, desc=f"train {data.name}", disable=not progress)
     for _ in range(recipe.epochs):
         model.train()
-        for batch in torch.randperm(len(x), generator=shuffle).to(device).split(recipe.batch_size):
+        for batch in torch.randperm(len(x), generator=shuffle, device="cpu").to(device).split(recipe.batch_size):
             xb = augment(x[batch], crops) if recipe.augment else x[batch]
             train_step(model, opt, xb, y[batch], recipe, bf16)
             sched.step()

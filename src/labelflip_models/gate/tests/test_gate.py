@@ -76,6 +76,7 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
     if not run.attacked[succeeded].all():
         problems.append("success reported for images the attack did not have to move")
     wrong = unchanged = torch.zeros(0, dtype=torch.long)
+    ties = 0
     if run.clipped is not None:
         measured = measured_norms(run)
         wrong = torch.nonzero(~torch.isclose(run.norms, measured, rtol=RELATIVE_TOLERANCE, atol=1e-6)).flatten()
@@ -90,6 +91,7 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
         if len(unchanged):
             problems.append(f"successes that keep their true class: images {unchanged[:10].tolist()}")
         differ = succeeded[(now != recorded) & ~tied]
+        ties = int(tied[now != recorded].sum())
         if len(differ):
             problems.append(f"recorded adversarial predictions differ from the model's: images "
                             f"{differ[:10].tolist()}")
@@ -97,7 +99,8 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
                f"{len(succeeded)} successes; adversarials not kept (run too large), so norms and classes were not "
                "re-checked")
     decision = Decision(not problems, "; ".join(problems) or checked,
-                        {"successes": len(succeeded), "wrong_norms": len(wrong), "unchanged": len(unchanged)})
+                        {"successes": len(succeeded), "wrong_norms": len(wrong), "unchanged": len(unchanged),
+                         "boundary_ties": ties})
     labelflip_record("minimal_adversarials", decision, case=labelflip_case.id)
     assert decision.passed, decision.message
 
