@@ -112,7 +112,7 @@ def test_each_worker_process_gets_one_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     current = []
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
-    monkeypatch.setattr("labelflip_models.devices.start_device", lambda device: None)
+    monkeypatch.setattr("labelflip_models.devices.start_device", lambda device, auto=False: device)
     got = [process_device("auto", f"gw{i}") for i in range(4)]
     assert got == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
     assert current == got

@@ -318,9 +318,8 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
         raise ConfigError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_out_dir(Path(args.out))
     world = world_from_env()
-    device = rank_device(world, resolve_device(args.device, start=False))
-    if device.startswith("cuda"):
-        start_device(device)  # this rank's own GPU, not GPU 0 in every rank
+    # This rank's own GPU is the one started, not GPU 0 in every rank.
+    device = start_device(rank_device(world, resolve_device(args.device, start=False)))
     init_world(world, device)
     models: dict[tuple[str, str], tuple[Dataset, nn.Module, dict[str, Any]]] = {}
 

@@ -37,34 +37,31 @@ def resolve_device(name: str = "auto", start: bool = True) -> str:
             if (problem := cuda_problem()) is not None:
                 warnings.warn(f"labelflip: device auto runs on the CPU: {problem}", stacklevel=2)
             return "cpu"
-        return _started_or_cpu("cuda") if start else "cuda"
+        return start_device("cuda", auto=True) if start else "cuda"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         _check_cuda(name, device)
-        if start:
-            start_device(name)
-    return name
+    return start_device(name) if start else name
 
 
-def start_device(name: str) -> None:
-    """Start CUDA on device `name` with one small allocation, so that a broken install (a driver too old, no
-    kernels for this GPU's architecture) fails now with its reason, not in the middle of a run; ConfigError."""
+def start_device(name: str, auto: bool = False) -> str:
+    """The device to run on: `name`, once CUDA has started there with one small allocation, so that a broken
+    install (a driver too old, no kernels for this GPU's architecture) fails now with its reason, not in the
+    middle of a run. Where it cannot start: ConfigError, or with `auto` the CPU and a warning saying why. A CPU
+    `name` is returned as it is."""
+    if torch.device(name).type != "cuda":
+        return name
     try:
         torch.zeros(1, device=name)
     except (RuntimeError, AssertionError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"device {name!r} cannot start: {reason}; use `device` cpu or auto") from None
-
-
-def _started_or_cpu(name: str) -> str:
-    """`name` if CUDA starts there; else the CPU, with a warning saying why (what `auto` falls back to)."""
-    try:
-        start_device(name)
-    except ConfigError as exc:
-        warnings.warn(f"labelflip: device auto runs on the CPU: {exc}", stacklevel=3)
+        problem = ConfigError(f"device {name!r} cannot start: {reason}; use `device` cpu or auto")
+        if not auto:
+            raise problem from None
+        warnings.warn(f"labelflip: device auto runs on the CPU: {problem}", stacklevel=2)
         return "cpu"
     return name
 
@@ -127,12 +124,7 @@ def process_device(requested: str, worker_id: str | None) -> str:
     device = worker_device(resolve_device(requested, start=False), worker_id, torch.cuda.device_count())
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)  # so that a bare "cuda" tensor lands on this worker's GPU too
-    if not device.startswith("cuda"):
-        return device
-    if requested == "auto":
-        return _started_or_cpu(device)
-    start_device(device)
-    return device
+    return start_device(device, auto=requested == "auto")
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -201,11 +201,11 @@ def _close_matches(name: str, candidates: Mapping[str, str]) -> str:
 
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted class of each image (on the model's device, in true fp32), returned on the CPU."""
-    return predict_with_ties(model, images, None, batch_size)[0]
+    return _reduced_logits(model, images, batch_size, lambda logits, rows: (logits.argmax(1),))[0]
 
 
-def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None,
-                      batch_size: int = 1000, tolerance: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, batch_size: int = 1000,
+                      tolerance: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """(predictions, ties): each image's predicted class and whether its logit for `classes` (one per image) is
     within `tolerance` of the top logit, relative to the logits' scale; on the CPU.
 
@@ -213,19 +213,26 @@ def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Ten
     shape) or another device may round the prediction either way: a check that compares predictions made apart
     accepts the tied class as well.
     """
-    device = next(model.parameters()).device
-    wanted = torch.zeros(len(images), dtype=torch.long, device="cpu") if classes is None else classes.cpu()
+    def reduce(logits: torch.Tensor, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        top = logits.max(1).values
+        own = logits.gather(1, classes[rows].to(logits.device)[:, None]).squeeze(1)
+        return logits.argmax(1), top - own <= tolerance * top.abs().clamp_min(1)
 
-    def run(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        preds, ties = [torch.empty(0, dtype=torch.long, device="cpu")], [torch.empty(0, dtype=torch.bool,
-                                                                                     device="cpu")]
+    return _reduced_logits(model, images, batch_size, reduce)
+
+
+def _reduced_logits(model: nn.Module, images: torch.Tensor, batch_size: int,
+                    reduce: Callable[[torch.Tensor, slice], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """reduce(logits, rows) of each batch of images, in true fp32 and with the batch halved where GPU memory runs
+    out, each of its outputs concatenated on the CPU."""
+    device = next(model.parameters()).device
+
+    def run(batch: int) -> tuple[torch.Tensor, ...]:
         with ieee_fp32(), torch.no_grad():
-            for i in range(0, len(images), batch):
-                logits = model(images[i:i + batch].to(device)).float()
-                top = logits.max(1).values
-                own = logits.gather(1, wanted[i:i + batch].to(device)[:, None]).squeeze(1)
-                preds.append(logits.argmax(1).cpu())
-                ties.append((top - own <= tolerance * top.abs().clamp_min(1)).cpu())
-        return torch.cat(preds), torch.cat(ties)
+            parts = [tuple(t.cpu() for t in reduce(model(images[i:i + batch].to(device)).float(), slice(i, i + batch)))
+                     for i in range(0, len(images), batch)]
+            if not parts:  # no images: reduce's outputs, empty
+                parts = [tuple(t.cpu() for t in reduce(torch.empty(0, 1, device=device), slice(0, 0)))]
+        return tuple(torch.cat(outputs) for outputs in zip(*parts))
 
     return halving_on_oom(run, batch_size, "prediction")

@@ -90,8 +90,8 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
         unchanged = succeeded[(now == run.labels[succeeded]) & ~tied]
         if len(unchanged):
             problems.append(f"successes that keep their true class: images {unchanged[:10].tolist()}")
-        differ = succeeded[(now != recorded) & ~tied]
-        ties = int(tied[now != recorded].sum())
+        moved = now != recorded
+        differ, ties = succeeded[moved & ~tied], int((moved & tied).sum())
         if len(differ):
             problems.append(f"recorded adversarial predictions differ from the model's: images "
                             f"{differ[:10].tolist()}")
