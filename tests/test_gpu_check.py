@@ -41,15 +41,18 @@ KEYS = list("aghfecbd")  # the order they run in: the targets first
 
 @pytest.fixture
 def bundle(tmp_path: Path) -> Path:
-    """A bundle that passes the presence check (its files are empty: nothing here installs them)."""
-    root = tmp_path / "bundle"
-    (root / "wheels").mkdir(parents=True)
-    (root / "wheels" / "foolbox-3.3.4-py3-none-any.whl").write_bytes(b"")
-    (root / "requirements.txt").write_text("foolbox==3.3.4\n")
-    (root / "data" / "fashion-mnist").mkdir(parents=True)
+    """A bundle that passes gpu-bundle's check (its files are stand-ins: nothing here installs them)."""
+    layout = gb.Layout(tmp_path / "bundle")
+    layout.wheels.mkdir(parents=True)
+    (layout.wheels / "foolbox-3.3.4-py3-none-any.whl").write_bytes(b"a wheel")
+    (layout.wheels / "setuptools-84.2.1-py3-none-any.whl").write_bytes(b"a build requirement")
+    layout.fashion_mnist.mkdir(parents=True)
     for name in gc.FASHION_MNIST_FILES:
-        (root / "data" / "fashion-mnist" / name).write_bytes(b"")
-    return root
+        (layout.fashion_mnist / name).write_bytes(name.encode())
+    gb.write_outputs(layout, gb.Walk(pins={"foolbox": "3.3.4", "setuptools": "84.2.1"},
+                                     needed_by={"foolbox": ["labelflip"], "setuptools": ["labelflip's build"]},
+                                     build={"setuptools"}, from_image={"torch": [">=2.11 (labelflip)"]}))
+    return layout.root
 
 
 def _report(out: Path) -> dict:
@@ -88,13 +91,29 @@ def test_out_that_is_a_file_is_refused(tmp_path, capsys):
     assert out.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
-def test_missing_bundle_is_refused_when_installing(dry_run, tmp_path, capsys):
+def test_missing_bundle_is_refused_when_installing(tmp_path, capsys):
     out = tmp_path / "out"
-    assert gc.main([*dry_run, "--bundle", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert gc.main(["--bundle", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no usable bundle" in err and "scripts/gpu-bundle" in err
+    assert err.count("\n") == 1 and "no usable bundle" in err and "no manifest.json" in err
+    assert "scripts/gpu-bundle" in err
     assert not out.exists()
+
+
+def test_a_damaged_bundle_is_refused_with_what_is_wrong(bundle, tmp_path, capsys):
+    (bundle / "wheels" / "foolbox-3.3.4-py3-none-any.whl").write_bytes(b"another wheel")
+    assert gc.main(["--bundle", str(bundle), "--out", str(tmp_path / "out")]) == 2
+    assert "wheel foolbox-3.3.4-py3-none-any.whl differs" in capsys.readouterr().err
+
+
+def test_dry_run_without_a_bundle_shows_the_plan_and_what_is_missing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert gc.main(["--dry-run", "--bundle", str(tmp_path / "nowhere"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT usable" in printed and "lacks: no manifest.json" in printed and "install (timeout" in printed
+    report = _report(out)
+    assert report["bundle"]["usable"] is False and set(_status(report).values()) == {gc.NOT_RUN_DRY}
+    assert "lacks: no manifest.json" in (out / "gpu-check.md").read_text()
 
 
 def test_bad_input_from_the_command_line_has_no_traceback(tmp_path):
@@ -116,12 +135,16 @@ def test_dry_run_lists_every_step_in_valid_json_and_markdown(bundle, tmp_path, c
     assert all(r["commands"] for r in report["steps"])
     commands = {r["key"]: " ".join(c["command"] for c in r["commands"]) for r in report["steps"]}
     assert str(bundle / "wheels") in commands["install"] and "--no-deps" in commands["install"]
+    assert report["bundle"]["usable"] and report["bundle"]["problems"] == []
+    assert [w["name"] for w in report["bundle"]["manifest"]["wheels"]] == ["foolbox", "setuptools"]
     assert "-m cuda" in commands["c"] and "steps=40" in commands["g"] and "--retrain" in commands["f"]
     text = (out / "gpu-check.md").read_text()
     assert text.count(gc.NOT_RUN_DRY) == 9
     assert all(f"| {gc.label(r)} |" in text for r in report["steps"])
     printed = capsys.readouterr().out
     assert all(f"{gc.label(r)} (timeout" in printed for r in report["steps"])
+    assert "usable" in printed and "foolbox 3.3.4  (needed by labelflip)" in printed
+    assert "torch >=2.11 (labelflip)" in printed
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.md"]  # no temp file left
 
 
@@ -149,7 +172,7 @@ def _run(steps: list, tmp_path: Path, budget_s: float = 60) -> dict:
     work, out = tmp_path / "work", tmp_path / "out"
     (work / "logs").mkdir(parents=True)
     out.mkdir()
-    ctx = gc.Context(sys.executable, work, out, tmp_path / "no-bundle", dict(os.environ))
+    ctx = gc.Context(sys.executable, tmp_path / "venv", work, out, tmp_path / "no-bundle", dict(os.environ))
     report = gc.new_report(steps, {s.key for s in steps}, budget_s, False, [])
     gc.run_all(steps, ctx, report, budget_s, time.monotonic())
     assert _report(out) == json.loads(json.dumps(report))  # what is on disk is the final state
@@ -267,7 +290,7 @@ def test_judge_pgd_reads_result_json(images, seconds, status, met, tmp_path):
         "dataset": {"n": images}, "attack": {"steps": 40, "engine": "native (bf16)", "batch_size": 4096},
         "provenance": {"attack_seconds": seconds, "wall_seconds": seconds + 2, "device": "cuda (NVIDIA H200)"},
         "flip_fraction": {"rate": 0.87}, "clean_accuracy": {"rate": 0.93}}))
-    ctx = gc.Context(sys.executable, tmp_path / "work", tmp_path / "out", tmp_path, {})
+    ctx = gc.Context(sys.executable, tmp_path / "venv", tmp_path / "work", tmp_path / "out", tmp_path, {})
     verdict = gc.judge_pgd(ctx, [gc.Ran(["python"], 0, 3.0, "")])
     assert verdict.status == status
     assert [t["met"] for t in verdict.targets] == ([] if met is None else [met])
@@ -293,30 +316,99 @@ def test_compare_runs_ignores_timings_and_reports_differing_cells(tmp_path):
 
 # --- gpu-bundle -------------------------------------------------------------------------------------------------
 
-def _item(name: str, version: str, requires: list[str] | None = None) -> dict:
-    return {"metadata": {"name": name, "version": version, "requires_dist": requires}}
+def _wheel(folder: Path, name: str, version: str, requires: tuple[str, ...] = (), extras: tuple[str, ...] = ()) -> None:
+    """A pure-Python wheel with the given requirements, enough for pip's resolver."""
+    dist = f"{name}-{version}.dist-info"
+    metadata = "".join([f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+                        *(f"Provides-Extra: {e}\n" for e in extras), *(f"Requires-Dist: {r}\n" for r in requires)])
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{name}/__init__.py", "")
+        whl.writestr(f"{dist}/METADATA", metadata)
+        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{dist}/RECORD", "")
 
 
-def test_bundle_walk_stops_at_what_the_gpu_machine_has():
-    report = {"environment": {"implementation_name": "cpython", "platform_machine": "x86_64", "sys_platform": "linux",
-                              "os_name": "posix", "platform_system": "Linux", "python_version": "3.11",
-                              "python_full_version": "3.11.7", "platform_python_implementation": "CPython",
-                              "implementation_version": "3.11.7", "platform_release": "", "platform_version": ""},
-              "install": [
-                  _item("labelflip", "0.1.0", ["torch>=2.4", "foolbox>=3", "numpy", 'ruff; extra == "test"',
-                                               'pytest-socket; extra == "test"', 'datasets; extra == "datasets"',
-                                               'old-py; python_version < "3.12"']),
-                  _item("torch", "2.7.1", ["nvidia-cublas-cu12", "sympy"]), _item("nvidia-cublas-cu12", "12"),
-                  _item("sympy", "1"), _item("foolbox", "3.3.4", ["GitPython>=3", "requests", "numpy"]),
-                  _item("GitPython", "3.2.1", ["gitdb<5"]), _item("gitdb", "4.0.12", ["smmap"]),
-                  _item("smmap", "5.0.3"), _item("requests", "2.25.1", ["chardet"]), _item("chardet", "4"),
-                  _item("numpy", "2"), _item("ruff", "0.17"), _item("pytest-socket", "0.8.1", ["pytest"]),
-                  _item("pytest", "9"), _item("setuptools", "84.2.1"), _item("datasets", "3"), _item("old-py", "1")]}
-    assert gb.needed(report) == {"foolbox": "3.3.4", "gitdb": "4.0.12", "gitpython": "3.2.1",
-                                 "pytest-socket": "0.8.1", "setuptools": "84.2.1", "smmap": "5.0.3"}
-    report["install"] = [item for item in report["install"] if item["metadata"]["name"] != "smmap"]
-    with pytest.raises(gb.BundleError, match="pip did not resolve smmap"):
-        gb.needed(report)
+@pytest.fixture
+def index(tmp_path, monkeypatch) -> Path:
+    """A package index of a few wheels, and pip told to use it alone (no configured index, no constraints)."""
+    folder = tmp_path / "index"
+    folder.mkdir()
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    _wheel(folder, "alpha", "1.0", ("beta>=2", "torch>=2.0", "numpy", "ruff", "gamma[plots]", "zeta", "eta",
+                                    'old-backport; python_version < "3.12"', 'winonly; sys_platform == "win32"'))
+    _wheel(folder, "beta", "1.0")
+    _wheel(folder, "beta", "2.0", ("nvidia-cublas",))
+    _wheel(folder, "gamma", "1.0", ('epsilon; extra == "plots"',), extras=("plots",))
+    _wheel(folder, "epsilon", "1.0")
+    _wheel(folder, "eta", "1.0", ("zeta<2",))
+    _wheel(folder, "zeta", "1.0")
+    _wheel(folder, "zeta", "2.0")
+    _wheel(folder, "old-backport", "1.0")
+    return folder
+
+
+def test_bundle_walk_resolves_what_the_gpu_machine_lacks_with_real_pip(index):
+    found = gb.walk([gb.Requirement("alpha")], "labelflip", find_links=[index])
+    # beta >= 2 though 1.0 exists; gamma's extra brings epsilon; eta's zeta<2 restarts the walk, which then takes
+    # zeta 1.0; markers are the GPU machine's (Python 3.12, Linux).
+    assert found.pins == {"alpha": "1.0", "beta": "2.0", "epsilon": "1.0", "eta": "1.0", "gamma": "1.0",
+                          "zeta": "1.0"}
+    assert found.needed_by["zeta"] == ["alpha", "eta"] and found.needed_by["epsilon"] == ["gamma"]
+    # What the image has ends the walk: no index here holds torch, numpy or the CUDA libraries.
+    assert found.from_image == {"torch": [">=2.0 (alpha)"], "numpy": ["any (alpha)"], "nvidia-cublas": ["any (beta)"]}
+    assert found.left_out == {"ruff"}
+
+
+def test_bundle_walk_names_the_wheel_it_cannot_find(index):
+    _wheel(index, "delta", "1.0", ("nosuch>=3",))
+    with pytest.raises(gb.BundleError, match=r"(?s)no Python 3.12 manylinux x86-64 wheel of nosuch>=3 .*nosuch"):
+        gb.walk([gb.Requirement("alpha"), gb.Requirement("delta")], "labelflip", find_links=[index])
+
+
+def test_bundle_of_the_project_carries_its_build_requirements_but_never_torch():
+    def resolve(wanted: dict[str, str], find_links: list[Path]) -> dict[str, tuple[str, list[str]]]:
+        return {name: ("1.0", ["torch", "requests"] if name == "pyautoattack" else []) for name in wanted}
+
+    found = gb.walk_project(resolve=resolve)
+    assert {"foolbox", "pyautoattack", "torchattacks", "mlxtend", "pytest-socket", "platformdirs"} <= set(found.pins)
+    assert not {"torch", "torchvision", "numpy", "scipy", "pytest", "ruff"} & set(found.pins)
+    # setuptools: the image has it, but the editable install's isolated build sees only the bundle.
+    assert "setuptools" in found.pins and found.build == {"setuptools"}
+    assert "any (pyautoattack)" in found.from_image["torch"]
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    (lambda b: (b / "wheels" / "foolbox-3.3.4-py3-none-any.whl").unlink(), "wheel foolbox-3.3.4-py3-none-any.whl "
+                                                                          "is missing"),
+    (lambda b: (b / "requirements.txt").write_text("foolbox==3.3.4\nplatformdirs==4\n"),
+     "pins platformdirs==4, for which the bundle holds no wheel"),
+    (lambda b: (b / "data" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(b"x"),
+     "data file fashion-mnist/t10k-labels-idx1-ubyte.gz differs"),
+    (lambda b: (b / "data" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink(),
+     "data file fashion-mnist/t10k-labels-idx1-ubyte.gz is missing"),
+    (lambda b: _edit(b / "manifest.json", '"inputs": "', '"inputs": "0'),
+     "labelflip's requirements or scripts/gpu-bundle changed since the bundle was made"),
+    (lambda b: (b / "manifest.json").write_text("{"), "manifest.json cannot be read"),
+])
+def test_bundle_check_finds_what_makes_a_bundle_unusable(bundle, damage, problem, capsys):
+    assert gb.main(["--check", "--bundle", str(bundle)]) == 0
+    damage(bundle)
+    assert gb.main(["--check", "--bundle", str(bundle), "--json", str(bundle.parent / "found.json")]) == 1
+    printed = capsys.readouterr().out
+    assert "NOT usable" in printed and problem in printed
+    found = json.loads((bundle.parent / "found.json").read_text())
+    assert not found["usable"] and any(problem in p for p in found["problems"])
+
+
+def test_bundle_bad_options_get_one_error_line(tmp_path, capsys):
+    assert gb.main(["--find-links", str(tmp_path / "nowhere"), "--bundle", str(tmp_path / "b")]) == 1
+    assert capsys.readouterr().err == f"gpu-bundle: error: --find-links {tmp_path / 'nowhere'}: no such folder\n"
+    assert not (tmp_path / "b").exists()
 
 
 def test_slim_wheel_drops_the_members_and_their_record_lines(tmp_path):
