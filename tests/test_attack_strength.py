@@ -31,7 +31,7 @@ from labelflip_models.gate.tests import test_gate as gate_tests
 from labelflip_models.reports.load import load_strength
 from labelflip_models.runs.results import STRENGTH_FILE, STRENGTH_SCHEMA
 
-from .test_gate_logic import NAMES, fake_result
+from .test_gate_logic import NAMES, fake_outcomes, fake_result
 
 PGD = Case("smoke", "mnist-5k", "linf-pgd", 0.1)
 AA = Case("smoke", "mnist-5k", "linf-autoattack", 0.1)
@@ -273,10 +273,10 @@ def test_a_baseline_made_with_a_weak_attack_says_so(tmp_path):
 
 def test_a_baseline_not_compared_says_why_and_minimal_ones_have_no_entry():
     reason = {"compared": False, "reason": "profile 'quick' has no linf-autoattack case at ε=0.1"}
-    assert make_baseline(CASE, fake_result(), attack_strength=reason)["attack_strength"] == reason
-    assert make_baseline(CASE, fake_result())["attack_strength"]["compared"] is False
+    assert make_baseline(CASE, fake_result(), attack_strength=reason)[0]["attack_strength"] == reason
+    assert make_baseline(CASE, fake_result())[0]["attack_strength"]["compared"] is False
     minimal = Case("quick", "mnist-5k", "l2-deepfool", None)
-    assert "attack_strength" not in make_baseline(minimal, fake_result(), {n: np.ones(10) for n in NAMES})
+    assert "attack_strength" not in make_baseline(minimal, fake_result(), fake_outcomes(norms=np.ones(1000)))[0]
 
 
 def test_compare_with_autoattack_fetches_the_autoattack_run():

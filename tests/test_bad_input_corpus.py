@@ -558,7 +558,7 @@ def baseline_case(damage: Damage, message: str, id: str, case: Case = FGSM, n: i
 
 BASELINE_CASES = [
     baseline_case(edit_json(FGSM, lambda b: b.update(schema="labelflip.baseline/1")),
-                  r"fgsm-eps0.1.json: schema 'labelflip.baseline/1', expected 'labelflip.baseline/2'; "
+                  r"fgsm-eps0.1.json: schema 'labelflip.baseline/1', expected 'labelflip.baseline/3'; "
                   r"regenerate it with: pytest robustness_tests --labelflip-regen --labelflip-profile quick",
                   "wrong-schema-version"),
     baseline_case(write_text(FGSM, ".json", lambda text: "[1, 2]"), r"schema 'list', expected", "not-an-object"),
@@ -593,6 +593,12 @@ BASELINE_CASES = [
                   "baseline-of-another-case"),
     baseline_case(lambda root: None, r"baseline evaluated 1000 images, this run 500; regenerate it with: ",
                   "other-image-count", n=500),
+    baseline_case(write_text(FGSM, ".images.csv", lambda text: text.replace("\n0,0,", "\n1,0,", 1)),
+                  r"fgsm-eps0.1.images.csv does not match fgsm-eps0.1.json \(sha256\); regenerate both with: ",
+                  "outcomes-edited"),
+    baseline_case(lambda root: FGSM.baseline_path(root, ".images.csv").unlink(),
+                  r"fgsm-eps0.1.json: its per-image outcomes cannot be read \(.*No such file.*\); regenerate it with",
+                  "outcomes-missing"),
     baseline_case(lambda root: FGSM.baseline_path(root, ".json").unlink(),
                   r"no baseline for mnist-5k-fgsm-eps0.1 at .*; create it with: .* -k 'mnist-5k-fgsm-eps0.1'",
                   "missing-baseline"),

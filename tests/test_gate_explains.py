@@ -16,26 +16,32 @@ from .helpers import GATE_FILE, copied_baselines
 from .test_faults import CASE, _baseline_result
 
 
-def _flip_failure(case, name, flips, lower, threshold):
+def _flip_failure(case, name, flips, rise, p):
     properties = {"labelflip_check": "flip_rate", "labelflip_case": case, "labelflip_class": name,
                   "labelflip_flips": flips, "labelflip_n": 100, "labelflip_rate": flips / 100,
-                  "labelflip_lower_bound": lower, "labelflip_threshold": threshold, "labelflip_baseline_rate": 0.1,
+                  "labelflip_rise": rise, "labelflip_margin": 0.05, "labelflip_p_value": p,
+                  "labelflip_paired": "yes", "labelflip_baseline_rate": flips / 100 - rise,
                   "labelflip_message": f"class {name!r}: {flips}/100 flipped"}
     return (f"robustness_tests/test_labelflip.py::test_class_flip_rate[{case}-{name}]", "E   AssertionError",
             properties)
 
 
 def test_summary_lists_regressed_classes_worst_first_then_other_failures():
-    failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "3", 30, 0.21, 0.20),
-                _flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.48, 0.22),
+    failures = [_flip_failure("mnist-5k-fgsm-eps0.1", "3", 30, 0.15, 1e-4),
+                _flip_failure("mnist-5k-fgsm-eps0.1", "9", 60, 0.45, 1e-9),
                 ("t.py::test_attack_success[c]", "long text\nE   AssertionError: weaker\n", {}),
-                _flip_failure("mnist-5k-linf-pgd-eps0.1", "5", 40, 0.30, 0.25)]
-    lines = summary_lines(failures, [Path("b/quick/mnist-5k/old.json")], ["b/x.obtained.json"])
-    rows = [line for line in lines if "excess" in line]
+                _flip_failure("mnist-5k-linf-pgd-eps0.1", "5", 40, 0.25, 2e-6)]
+    drift = [("t.py::test_white_noise[mnist-5k-white-noise]", "white-noise histogram (top: 8 900) vs baseline")]
+    lines = summary_lines(failures, [Path("b/quick/mnist-5k/old.json")], ["b/x.obtained.json"], drift=drift)
+    rows = [line for line in lines if "rise" in line and line.startswith("  ")]
     assert [r.split("'")[1] for r in rows] == ["9", "5", "3"]
-    assert rows[0].endswith("excess +0.260") and "60/100 = 0.600 (lower bound 0.480)" in rows[0]
+    assert rows[0] == ("  mnist-5k-fgsm-eps0.1  '9': 60/100 = 0.600 vs baseline 0.150: rise +0.450 > margin 0.05 "
+                       "(p=1e-09, paired)")
     assert "  t.py::test_attack_success[c]: AssertionError: weaker" in lines
     assert "  b/x.obtained.json" in lines and "  b/quick/mnist-5k/old.json" in lines
+    assert lines.index("  t.py::test_white_noise[mnist-5k-white-noise]: white-noise histogram (top: 8 900) vs "
+                       "baseline") > lines.index("  t.py::test_attack_success[c]: AssertionError: weaker")
+    assert any(line.startswith("1 drift item(s)") and "not a loss of robustness" in line for line in lines)
 
 
 def test_github_annotations_only_on_github_relative_to_the_workspace(monkeypatch, tmp_path):

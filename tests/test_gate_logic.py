@@ -7,6 +7,8 @@ import pytest
 from labelflip_models.errors import BaselineError, ConfigError
 from labelflip_models.gate.baselines import (
     BASELINE_SCHEMA,
+    IMAGES,
+    ImageOutcomes,
     load_baseline,
     load_noise_baseline,
     make_baseline,
@@ -17,11 +19,14 @@ from labelflip_models.gate.decisions import (
     check_attack_success,
     check_catch_all,
     check_dominant_targets,
-    check_flip_rate,
+    check_flip_rates,
     check_min_norm,
     check_noise,
+    check_overall_flip_rate,
+    check_paired_min_norm,
     check_symmetry,
 )
+from labelflip_models.gate.pairing import pair
 from labelflip_models.gate.profiles import PROFILES, Case, cases, get_profile
 from labelflip_models.runs.results import analyse
 
@@ -37,36 +42,101 @@ def fake_result(flips_per_class=10, n_per_class=100, success=(80, 90)):
     rate = {n: {"count": flips_per_class, "n": n_per_class} for n in NAMES}
     return {"class_names": NAMES, "flip_matrix": matrix.tolist(), "per_class_flip_rate": rate,
             "attack_success": {"count": success[0], "n": success[1]},
-            "dataset": {"n": 10 * n_per_class}, "analysis": analyse(matrix, NAMES, seed=0)}
+            "flip_fraction": {"count": 10 * flips_per_class, "n": 10 * n_per_class},
+            "dataset": {"n": 10 * n_per_class, "fingerprint": "f"}, "attack": {"name": "linf-pgd", "seed": 0},
+            "analysis": analyse(matrix, NAMES, seed=0)}
 
 
-def test_identical_counts_pass_and_a_large_jump_fails():
-    threshold = 0.17  # roughly the upper bound of 10/100
-    assert check_flip_rate("0", 10, 100, threshold).passed
-    assert check_flip_rate("0", 16, 100, threshold).passed  # noise-sized change: within the bounds
-    failed = check_flip_rate("0", 40, 100, threshold)
-    assert not failed.passed and "40/100" in failed.message and "0.170" in failed.message
+def fake_outcomes(flips_per_class=10, n_per_class=100, norms=None):
+    """Per image, what fake_result counts: of each class's images the first `flips_per_class` land in the next
+    class; `norms` (minimal attacks): each image's minimal norm."""
+    label = np.repeat(np.arange(10), n_per_class)
+    flipped = np.tile(np.arange(n_per_class) < flips_per_class, 10)
+    landed = np.where(flipped, (label + 1) % 10, label)
+    return ImageOutcomes(np.arange(len(label)), label, landed, None if norms is None else np.asarray(norms, float))
+
+
+def _decide(flips_now, n=100, base_flips=10, margin=0.05, pairs=None):
+    names = ["0", "1"]
+    return check_flip_rates(names, [flips_now, base_flips], [n, n], [0.17, 0.17], [base_flips / n] * 2, margin,
+                            pairs=pairs, base_flips=None if pairs is None else [base_flips, base_flips])["0"]
+
+
+def test_unpaired_flip_rate_fails_only_a_rise_beyond_the_margin():
+    assert _decide(10).passed and _decide(0).passed  # unchanged, or more robust
+    assert _decide(25).passed  # a rise that does not clearly exceed the bound plus the margin
+    failed = _decide(45)
+    assert not failed.passed and "45/100" in failed.message and "rise +0.350" in failed.message
+    assert "unpaired" in failed.message and failed.figures["rise"] == pytest.approx(0.35)
+    # Without a margin the same rise of the bound fails sooner.
+    assert _decide(32, margin=0.05).passed and not _decide(32, margin=0.0).passed
+
+
+def test_paired_flip_rate_sees_a_rise_the_unpaired_test_cannot():
+    from labelflip_models.gate.decisions import Pairs
+
+    # 18 images newly flipped, none the other way: +0.18 over a 0.05 margin, clear when paired.
+    pairs = Pairs(np.array([18, 0]), np.array([0, 0]), np.array([100, 100]))
+    paired = _decide(28, pairs=pairs)
+    assert not paired.passed and "paired: 18 newly flipped, 0 no longer" in paired.message
+    assert _decide(28).passed  # the same counts unpaired
+    # The same net rise from churn (many images moving both ways) is not significant.
+    churn = Pairs(np.array([40, 0]), np.array([22, 0]), np.array([100, 100]))
+    assert _decide(28, pairs=churn).passed
+
+
+def test_overall_robust_accuracy_falls_paired_and_unpaired():
+    assert check_overall_flip_rate(100, 1000, 100, 1000).passed
+    unpaired = check_overall_flip_rate(250, 1000, 100, 1000)
+    assert not unpaired.passed and "unpaired" in unpaired.message
+    assert check_overall_flip_rate(140, 1000, 100, 1000).passed  # +0.04: within the margin
+    assert not check_overall_flip_rate(190, 1000, 100, 1000, pairs=(95, 5, 1000)).passed  # +0.09, paired
 
 
 def test_weaker_attack_fails_its_own_check():
     assert check_attack_success(80, 90, 0.78).passed
     assert not check_attack_success(20, 90, 0.78).passed
+    assert check_attack_success(57, 90, 0.78).passed  # within the margin
+    assert not check_attack_success(57, 90, 0.78, margin=0.0).passed
 
 
 def test_baseline_round_trip_and_self_consistency(tmp_path):
-    path = write_baseline(CASE, tmp_path, fake_result())
+    path = write_baseline(CASE, tmp_path, fake_result(), fake_outcomes())
     assert path.name == "linf-pgd-eps0.1.json" and path.with_name("linf-pgd-eps0.1.csv").exists()
+    assert path.with_name("linf-pgd-eps0.1" + IMAGES).read_text().startswith("index,label,landed,norm\n0,0,1,\n")
     baseline = load_baseline(CASE, tmp_path, NAMES, 1000)
     assert baseline["schema"] == BASELINE_SCHEMA
-    # The gate applied to the very run that made the baseline passes for every class.
-    for name in NAMES:
-        assert check_flip_rate(name, 10, 100, baseline["thresholds"][name]).passed
-        assert 0.1 < baseline["thresholds"][name] < 0.2
+    # The gate applied to the very run that made the baseline passes for every class, paired.
+    paired, how = pair(fake_outcomes(), fake_result(), baseline)
+    assert how == "paired image by image" and paired.overall == (0, 0, 1000)
+    decisions = check_flip_rates(NAMES, [10] * 10, [100] * 10, [baseline["thresholds"][n] for n in NAMES],
+                                 [0.1] * 10, pairs=paired.pairs, base_flips=paired.base_flips)
+    assert all(d.passed for d in decisions.values())
+    assert all(0.1 < baseline["thresholds"][name] < 0.2 for name in NAMES)
     assert check_attack_success(80, 90, baseline["min_success"]).passed
 
 
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda r, o: r["dataset"].update(fingerprint="g"), "test data differ"),
+    (lambda r, o: r["attack"].update(steps=5), "attack settings differ from the baseline's: steps"),
+    (lambda r, o: o.index.__setitem__(0, 5000), "other images"),
+])
+def test_a_run_pairs_only_with_the_same_images_and_settings(tmp_path, change, reason):
+    write_baseline(CASE, tmp_path, fake_result(), fake_outcomes())
+    baseline = load_baseline(CASE, tmp_path, NAMES, 1000)
+    result, outcomes = fake_result(), fake_outcomes()
+    result["attack"].update(engine="other", batch_size=7, seed=3)  # these do not matter
+    assert pair(outcomes, result, baseline)[1] == "paired image by image (other attack seed than the baseline's)"
+    change(result, outcomes)
+    paired, how = pair(outcomes, result, baseline)
+    assert paired is None and how.startswith("unpaired") and reason in how
+    # A baseline without per-image outcomes gates unpaired and says how to get them.
+    write_baseline(CASE, tmp_path, fake_result())
+    assert "regenerate it" in pair(outcomes, fake_result(), load_baseline(CASE, tmp_path, NAMES, 1000))[1]
+
+
 def _tamper(tmp_path, edit):
-    path = write_baseline(CASE, tmp_path, fake_result())
+    path = write_baseline(CASE, tmp_path, fake_result(), fake_outcomes())
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))
@@ -83,10 +153,28 @@ def _tamper(tmp_path, edit):
     (lambda d: d["case"].update(epsilon=0.2), "baseline is for"),
     (lambda d: d["result"]["dataset"].update(n=500), "evaluated 500 images"),
     (lambda d: d["result"]["flip_matrix"][0].__setitem__(0, 89), "does not match"),
+    (lambda d: d["images"].update(sha256="0"), "does not match linf-pgd-eps0.1.json \\(sha256\\)"),
+    (lambda d: d["images"].update(file="gone.csv"), "per-image outcomes cannot be read"),
+    (lambda d: d.pop("images") and d.update(schema="labelflip.baseline/2"), None),  # an unpaired baseline loads
 ])
 def test_bad_baselines_are_rejected_with_a_reason(tmp_path, edit, message):
     _tamper(tmp_path, edit)
+    if message is None:
+        assert load_baseline(CASE, tmp_path, NAMES, 1000)["outcomes"] is None
+        return
     with pytest.raises(BaselineError, match=message):
+        load_baseline(CASE, tmp_path, NAMES, 1000)
+
+
+def test_outcomes_that_do_not_add_up_to_the_flip_matrix_are_rejected(tmp_path):
+    path = write_baseline(CASE, tmp_path, fake_result(), fake_outcomes())
+    images = path.with_name("linf-pgd-eps0.1" + IMAGES)
+    text = images.read_text().replace("\n0,0,1,\n", "\n0,0,0,\n", 1)
+    images.write_text(text)
+    data = json.loads(path.read_text())
+    data["images"]["sha256"] = __import__("hashlib").sha256(text.encode()).hexdigest()
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="does not add up to the flip matrix"):
         load_baseline(CASE, tmp_path, NAMES, 1000)
 
 
@@ -140,13 +228,14 @@ def catch_all_matrix(column, share, flips=500, k=10):
 def test_catch_all_check_has_hysteresis():
     base_result = fake_result()
     base_result["analysis"] = analyse(catch_all_matrix(6, 0.6), NAMES, seed=0)
-    gate = make_baseline(CASE, base_result)["gate"]["catch_all"]
+    gate = make_baseline(CASE, base_result)[0]["gate"]["catch_all"]
     assert gate["classes"] == ["6"] and "0" in gate["ruled_out"] and "6" not in gate["ruled_out"]
     same = analyse(catch_all_matrix(6, 0.55), NAMES, seed=0)["catch_all"]
     assert check_catch_all(same["shares"], same["flips"], gate).passed
     moved = analyse(catch_all_matrix(3, 0.6), NAMES, seed=0)["catch_all"]
     decision = check_catch_all(moved["shares"], moved["flips"], gate)
     assert not decision.passed and "'6' no longer absorbs" in decision.message and "'3' became" in decision.message
+    assert decision.figures["new_catch_all"] == "3"
 
 
 def test_dominant_target_check_only_fails_on_a_clear_change():
@@ -161,16 +250,25 @@ def test_dominant_target_check_only_fails_on_a_clear_change():
     assert not decision.passed and "'5' now flips to '9' (160) over '7' (80)" in decision.message
 
 
+MINIMAL = Case("quick", "mnist-5k", "l2-deepfool", None)
+
+
 def test_min_norm_check():
     rng = np.random.default_rng(0)
-    base = rng.exponential(1.0, 60)
-    floor = make_baseline(CASE, fake_result(), {"0": base})["gate"]["min_norm_floor"]["0"]
-    assert 0 < floor < np.median(base)
+    base = rng.exponential(1.0, 1000)
+    floor = make_baseline(MINIMAL, fake_result(), fake_outcomes(norms=base))[0]["gate"]["min_norm_floor"]["0"]
+    assert 0 < floor < np.median(base[:100])
     assert check_min_norm("0", rng.exponential(1.0, 60), floor).passed
     easier = check_min_norm("0", rng.exponential(0.2, 60), floor)
     assert not easier.passed and "easier" not in easier.message and "floor" in easier.message
     # Failed attacks (inf) make a class look harder to flip, never easier.
     assert check_min_norm("0", np.full(60, np.inf), floor).passed
+    # 15% smaller everywhere: beyond a 10% margin, within a 20% one.
+    shrunk = rng.exponential(1.0, 100)
+    assert not check_paired_min_norm("0", 0.85 * shrunk, shrunk).passed
+    assert check_paired_min_norm("0", 0.85 * shrunk, shrunk, margin=0.2).passed
+    assert check_paired_min_norm("0", shrunk, shrunk).passed
+    assert check_paired_min_norm("0", np.full(100, np.inf), shrunk).passed  # the attack fails now: not easier
 
 
 def test_noise_baseline_round_trip_and_check(tmp_path):
@@ -193,9 +291,10 @@ def test_noise_baseline_round_trip_and_check(tmp_path):
 
 
 def test_minimal_baseline_needs_its_norm_floors(tmp_path):
-    case = Case("quick", "mnist-5k", "l2-deepfool", None)
-    norms = {name: np.linspace(0.1, 1.0, 20) for name in NAMES}
-    path = write_baseline(case, tmp_path, fake_result(), norms)
+    case = MINIMAL
+    with pytest.raises(ValueError, match="needs each image's minimal norm"):
+        write_baseline(case, tmp_path, fake_result(), fake_outcomes())
+    path = write_baseline(case, tmp_path, fake_result(), fake_outcomes(norms=np.tile(np.linspace(0.1, 1.0, 100), 10)))
     assert path.name == "l2-deepfool-min.json"
     baseline = load_baseline(case, tmp_path, NAMES, 1000)
     assert set(baseline["gate"]["min_norm_floor"]) == set(NAMES)

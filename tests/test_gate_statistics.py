@@ -12,11 +12,12 @@ from labelflip_models.analysis.stats import one_sided_wilson, wilson_interval
 from labelflip_models.gate.baselines import flip_rate_threshold
 from labelflip_models.gate.characteristics import (
     count_false_alarms,
+    margin_table,
     min_detectable_increase,
     power,
     table,
 )
-from labelflip_models.gate.decisions import GATE_CONFIDENCE, check_flip_rate, check_flip_rates, flip_p_value
+from labelflip_models.gate.decisions import GATE_CONFIDENCE, check_flip_rates, flip_p_value
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHA = 1 - GATE_CONFIDENCE
@@ -53,14 +54,6 @@ def test_lower_bound_rule_is_the_score_test(confidence):
     assert not np.any(lower > 1) and np.array_equal((lower > 0)[:, 0], k[:, 0] > 0)
 
 
-def test_check_flip_rate_is_the_bound_tested_above():
-    for n in (5, 50):
-        for k in range(n + 1):
-            for t in (0.1, 0.37, 0.8):
-                lower = float(one_sided_wilson(k, n, GATE_CONFIDENCE, "lower"))
-                assert check_flip_rate("c", k, n, t).passed == (lower <= t)
-
-
 @pytest.mark.parametrize("confidence", CONFIDENCES)
 def test_exact_p_value_is_the_clopper_pearson_bound(confidence):
     # flip_p_value rejects at 1 − c exactly where the one-sided Clopper–Pearson lower bound at c exceeds t.
@@ -77,6 +70,11 @@ def test_p_value_edges():
     assert flip_p_value(0, 5, 0.0) == 1 and flip_p_value(1, 5, 0.0) == 0  # against 0 any flip is a regression
 
 
+def _check(names, flips, ns, thresholds, **kw):
+    """The unpaired decision without a margin: thresholds are what the rates are tested against."""
+    return check_flip_rates(names, flips, ns, thresholds, list(thresholds), margin=0.0, **kw)
+
+
 def _baseline(k: int, n: int, rates, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
     counts = np.random.default_rng(seed).binomial(n, rates, size=k)
     return [f"c{i}" for i in range(k)], counts, flip_rate_threshold(counts, n)
@@ -86,7 +84,7 @@ def _baseline(k: int, n: int, rates, seed: int = 0) -> tuple[list[str], np.ndarr
                          ids=["0.1", "0.5", "spread"])
 def test_1000_classes_at_their_baseline_rates_pass(rates):
     names, counts, thresholds = _baseline(1000, 50, rates)
-    decisions = check_flip_rates(names, counts, [50] * 1000, thresholds)
+    decisions = _check(names, counts, [50] * 1000, thresholds)
     assert all(d.passed for d in decisions.values())
 
 
@@ -94,24 +92,24 @@ def test_one_clearly_regressed_class_among_1000_is_caught():
     names, counts, thresholds = _baseline(1000, 50, 0.1)
     flips = counts.copy()
     flips[417] = 40
-    decisions = check_flip_rates(names, flips, [50] * 1000, thresholds)
+    decisions = _check(names, flips, [50] * 1000, thresholds)
     assert [n for n, d in decisions.items() if not d.passed] == ["c417"]
     d = decisions["c417"]
     assert d.figures["gated"] == "yes" and d.figures["p_value"] < d.figures["holm_level"] == pytest.approx(ALPHA / 1000)
-    assert d.figures["lower_bound"] > d.figures["threshold"]  # the terminal summary's excess is positive
-    assert d.message.startswith("class 'c417': 40/50 flipped (rate 0.800), binomial-test p=")
-    assert "vs Holm level 1.0e-05 against baseline threshold" in d.message
+    assert d.figures["rise"] > 0  # the terminal summary lists the largest rise first
+    assert d.message.startswith("class 'c417': 40/50 flipped (rate 0.800, rise ")
+    assert "vs Holm level 1.0e-05 (unpaired: baseline rate" in d.message
 
 
 def test_holm_steps_down():
     # p = 0.0021 and 0.0072 at n = 100 against 0.3: the smaller beats α/2, so the larger is compared with α.
     assert flip_p_value(44, 100, 0.3) < ALPHA / 2 < flip_p_value(42, 100, 0.3) < ALPHA
-    both = check_flip_rates(["a", "b"], [44, 42], [100, 100], [0.3, 0.3])
+    both = _check(["a", "b"], [44, 42], [100, 100], [0.3, 0.3])
     assert not both["a"].passed and not both["b"].passed
     assert both["b"].figures["holm_level"] == pytest.approx(ALPHA)
     # Two p-values of 0.0072: each alone would fail, but the smaller one already misses α/2, so Holm stops.
-    assert not check_flip_rates(["a"], [42], [100], [0.3])["a"].passed
-    stopped = check_flip_rates(["a", "b"], [42, 42], [100, 100], [0.3, 0.3])
+    assert not _check(["a"], [42], [100], [0.3])["a"].passed
+    stopped = _check(["a", "b"], [42, 42], [100, 100], [0.3, 0.3])
     assert stopped["a"].passed and stopped["b"].passed
     assert "Holm stopped at a smaller p-value" in stopped["b"].message
 
@@ -123,12 +121,12 @@ def test_classes_too_small_to_be_significant_are_not_gated():
     # 3/3 against 0.5 (p = 0.125), no images at all, and a threshold of 1: none could ever be significant.
     ns[:3], flips[:3], thresholds[:3] = (3, 0, 50), (3, 0, 50), (0.5, 0.2, 1.0)
     flips[3] = 40  # a regression among the gated classes
-    decisions = check_flip_rates(names, flips, ns, thresholds)
+    decisions = _check(names, flips, ns, thresholds)
     for name in ("c0", "c1", "c2"):
         d = decisions[name]
         assert d.passed and d.figures["gated"] == "no" and d.figures["holm_level"] is None
         assert ", not gated (n too small: " in d.message
-    assert "even 3/3 flipped could not be significant: p=0.12" in decisions["c0"].message
+    assert "not gated (n too small: p=0.12 at best vs" in decisions["c0"].message
     assert decisions["c1"].message.startswith("class 'c1': 0/0 flipped, not gated (n too small: no images)")
     assert decisions["c1"].figures["rate"] is None
     # Holm's levels count only the 997 gated classes.
@@ -137,12 +135,12 @@ def test_classes_too_small_to_be_significant_are_not_gated():
 
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="one count"):
-        check_flip_rates(["a", "b"], [1], [10, 10], [0.5, 0.5])
+        _check(["a", "b"], [1], [10, 10], [0.5, 0.5])
     with pytest.raises(ValueError, match="0 <= k <= n"):
-        check_flip_rates(["a"], [11], [10], [0.5])
+        _check(["a"], [11], [10], [0.5])
     with pytest.raises(ValueError, match="alpha"):
-        check_flip_rates(["a"], [1], [10], [0.5], alpha=0)
-    assert check_flip_rates([], [], [], []) == {}
+        _check(["a"], [1], [10], [0.5], alpha=0)
+    assert _check([], [], [], []) == {}
 
 
 # Per K, the table's images per class; at each, the rates it reports (the spread drawn as the table draws it).
@@ -155,6 +153,18 @@ def test_unchanged_models_fail_a_case_in_under_1_percent_of_runs(k, n, rates):
                                 else float(rates), reps, seed=1)
     _, upper = wilson_interval(alarms, reps, 0.95)
     assert upper <= 0.01, f"{alarms}/{reps} false alarms per run (95% upper bound {float(upper):.4f})"
+
+
+def test_paired_decisions_keep_their_level_at_the_margin_and_gain_power():
+    from labelflip_models.gate.characteristics import paired_and_unpaired, smallest_rise_caught
+
+    # A rise of exactly the margin fails class 0 in at most α of runs (Tango's test is approximate: checked here).
+    for rate, churn in ((0.1, 0.0), (0.3, 0.3), (0.5, 0.5)):
+        paired, unpaired = paired_and_unpaired(10, 100, rate, 0.05, churn, reps=2000, seed=2)
+        _, upper = wilson_interval(round(paired * 2000), 2000, 0.95)
+        assert upper <= ALPHA * 1.5 and unpaired <= ALPHA, (rate, churn, paired, unpaired)
+    paired, unpaired = smallest_rise_caught(10, 100, 0.1, 0.1, reps=200)
+    assert paired < unpaired
 
 
 def test_power_rises_with_the_increase_and_meets_the_detectable_one():
@@ -173,8 +183,9 @@ def test_docs_table_is_current():
     section = re.search(r"^## The gate's error rates\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     assert section, "docs/gate.md lacks the section '## The gate's error rates'"
     documented = "".join(line + "\n" for line in section.group(1).splitlines() if line.startswith("|"))
-    assert documented == table(), ("docs/gate.md's table of error rates is stale; replace it with the output of "
-                                   "python -m labelflip_models.gate.characteristics")
+    assert documented == table() + margin_table(), (
+        "docs/gate.md's tables of error rates are stale; replace them with the output of "
+        "python -m labelflip_models.gate.characteristics")
 
 
 def test_min_norm_checks_hold_the_case_error_across_many_classes():
@@ -190,8 +201,8 @@ def test_min_norm_checks_hold_the_case_error_across_many_classes():
     for _ in range(reps):
         floors = _norm_floors({str(c): rng.exponential(1.0, n) for c in range(k)})
         rerun = {str(c): rng.exponential(1.0, n) for c in range(k)}
-        per_class += any(not check_min_norm(c, rerun[c], floors[c]).passed for c in rerun)
-        family += any(not d.passed for d in check_min_norms(rerun, floors).values())
+        per_class += any(not check_min_norm(c, rerun[c], floors[c], margin=0.0).passed for c in rerun)
+        family += any(not d.passed for d in check_min_norms(rerun, floors, margin=0.0).values())
     assert per_class >= 4 and family <= 1, (per_class, family)
     rerun["0"] = rng.exponential(0.05, n)
     assert not check_min_norms(rerun, floors)["0"].passed

@@ -121,7 +121,7 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
     for stem in stems:
         obtained = json.loads((repo / "baselines" / "quick" / "mnist-5k" / f"{stem}.obtained.json").read_text())
         assert obtained["schema"] == BASELINE_SCHEMA
-    assert "= labelflip gate =" in out and "regressed class(es), worst first" in out
+    assert "= labelflip gate =" in out and "class(es) less robust, largest rise first" in out
     properties = {c.get("name"): {p.get("name"): p.get("value") for p in c.iter("property")}
                   for c in ET.parse(junit).getroot().iter("testcase")}
     for name, _, digit in failed:

@@ -1,30 +1,73 @@
-"""Baseline files: a case's committed run with the thresholds derived from it (JSON, plus the flip matrix as CSV),
-made and written under --labelflip-regen, and loaded and validated against the run they gate."""
+"""Baseline files: a case's committed run with the thresholds derived from it (JSON), the flip matrix (CSV) and each
+attacked image's outcome (`<stem>.images.csv`, for paired decisions), made and written under --labelflip-regen, and
+loaded and validated against the run they gate."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..analysis.flip_matrix import matrix_csv, matrix_from_json, read_csv
+from ..analysis.flip_matrix import flip_matrix, matrix_csv, matrix_from_json, read_csv
 from ..analysis.min_norms import median_ci
 from ..analysis.stats import one_sided_wilson
 from ..errors import BaselineError, DataError
 from ..storage.atomic import atomic_write_files, atomic_write_text
 from .config import REFERENCE_BASELINES
-from .decisions import GATE_CONFIDENCE, SYMMETRY_NORMS
+from .decisions import BASELINE_CONFIDENCE, GATE_CONFIDENCE, SYMMETRY_NORMS
 from .profiles import REGEN_HINT, Case
 
-BASELINE_SCHEMA = "labelflip.baseline/2"
+BASELINE_SCHEMA = "labelflip.baseline/3"
+# Baselines of this schema still gate, unpaired: they hold no per-image outcomes (nor does a baseline/3 written
+# without them).
+UNPAIRED_SCHEMAS = ("labelflip.baseline/2",)
+IMAGES = ".images.csv"
+IMAGES_HEADER = ["index", "label", "landed", "norm"]
 # Marks the observed run of a failing case beside its baseline: <stem>.obtained.json (as pytest-regressions does).
 OBTAINED = ".obtained"
 NOISE_BASELINE_SCHEMA = "labelflip.noise-baseline/1"
-# The baseline's thresholds are one-sided 97.5% bounds, wider than the gate's 99% bounds on a new run.
-BASELINE_CONFIDENCE = 0.975
+
+
+@dataclass(frozen=True)
+class ImageOutcomes:
+    """Each attacked image of a run: its index in the test set, true class, the class it landed in (its clean
+    prediction when the model already got it wrong), and for minimal attacks its minimal norm (inf: the attack
+    failed; NaN: not attacked, the model already got it wrong)."""
+
+    index: np.ndarray
+    label: np.ndarray
+    landed: np.ndarray
+    norm: np.ndarray | None = None
+
+    @property
+    def flipped(self) -> np.ndarray:
+        return self.landed != self.label
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(IMAGES_HEADER)
+        norms = [""] * len(self.index) if self.norm is None else ["" if math.isnan(v) else repr(float(v))
+                                                                    for v in self.norm]
+        writer.writerows(zip(self.index.tolist(), self.label.tolist(), self.landed.tolist(), norms))
+        return out.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, minimal: bool) -> ImageOutcomes:
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or rows[0] != IMAGES_HEADER:
+            raise ValueError(f"header {rows[:1]} is not {IMAGES_HEADER}")
+        body = np.array(rows[1:], dtype=object).reshape(-1, 4)
+        index, label, landed = (body[:, i].astype(np.int64) for i in range(3))
+        norm = np.array([float(v) if v else math.nan for v in body[:, 3]]) if minimal else None
+        return cls(index, label, landed, norm)
 
 
 def flip_rate_threshold(count: np.ndarray | int, n: np.ndarray | int) -> np.ndarray:
@@ -42,14 +85,22 @@ def _norm_floors(norms: dict[str, np.ndarray]) -> dict[str, float | None]:
     return floors
 
 
-def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.ndarray] | None = None,
-                  attack_strength: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The committed baseline: the run itself plus the thresholds derived from it.
+def class_norms(outcomes: ImageOutcomes, names: list[str]) -> dict[str, np.ndarray]:
+    """Per class, the minimal norms of the images the attack had to move (inf: it failed)."""
+    attacked = ~np.isnan(outcomes.norm)
+    return {name: outcomes.norm[(outcomes.label == i) & attacked] for i, name in enumerate(names)}
 
-    `class_norms` (minimal attacks only): per class, the minimal norms of the attacked images (inf = attack failed).
-    `attack_strength` (fixed-ε attacks only): the run's attack against AutoAttack at its ε (gate/strength.py,
-    Comparison.entry), so that a baseline made with a weak attack says so; None records it as not compared.
+
+def make_baseline(case: Case, result: dict[str, Any], outcomes: ImageOutcomes | None = None,
+                  attack_strength: dict[str, Any] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The committed baseline, and its per-image outcomes as CSV: the run itself plus the thresholds derived from
+    it. Without `outcomes` (each image's outcome: what paired decisions need) the baseline gates unpaired; a minimal
+    attack's needs them for its norm floors. `attack_strength` (fixed-ε attacks only): the run's attack against
+    AutoAttack at its ε (gate/strength.py, Comparison.entry), so that a baseline made with a weak attack says so;
+    None records it as not compared.
     """
+    if case.minimal and (outcomes is None or outcomes.norm is None):
+        raise ValueError(f"{case.id}: a minimal attack's baseline needs each image's minimal norm")
     names = result["class_names"]
     per_class = result["per_class_flip_rate"]
     max_rate = {n: float(flip_rate_threshold(per_class[n]["count"], per_class[n]["n"])) for n in names}
@@ -73,8 +124,9 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
                       "ruled_out": [n for n in names if upper[n] < catch["threshold"]]},
         "dominant_targets": {n: d["target"] for n, d in analysis["dominant_targets"].items() if d["strong"]},
     }
-    if class_norms is not None:
-        gate["min_norm_floor"] = _norm_floors(class_norms)
+    if case.minimal:
+        gate["min_norm_floor"] = _norm_floors(class_norms(outcomes, names))
+    images = None if outcomes is None else outcomes.csv()
     # Provenance, not a threshold: the gate reads nothing from it, so baselines without it still load.
     strength = {} if case.minimal else {"attack_strength": attack_strength or {
         "compared": False, "reason": "not compared with AutoAttack when this file was written"}}
@@ -85,26 +137,31 @@ def make_baseline(case: Case, result: dict[str, Any], class_norms: dict[str, np.
         "regenerate_with": REGEN_HINT.format(profile=case.profile),
         **strength,
         "gate": gate,
+        # What pairs a later run with this one image by image.
+        **({} if images is None else {"images": {"file": case.stem + IMAGES, "n": len(outcomes.index),
+                                                 "sha256": hashlib.sha256(images.encode()).hexdigest()}}),
         "result": result,
-    }
+    }, images
 
 
-def write_baseline(case: Case, root: Path, result: dict[str, Any],
-                   class_norms: dict[str, np.ndarray] | None = None, obtained: bool = False,
-                   attack_strength: dict[str, Any] | None = None) -> Path:
-    """CSV first, JSON last: the JSON is what the gate reads, so it only appears once both are complete.
+def write_baseline(case: Case, root: Path, result: dict[str, Any], outcomes: ImageOutcomes | None = None,
+                   obtained: bool = False, attack_strength: dict[str, Any] | None = None) -> Path:
+    """CSVs first, JSON last: the JSON is what the gate reads, so it only appears once all are complete.
 
     `obtained`: the run of a failing case, written beside its baseline as <stem>.obtained.json/.csv in the same
     schema, for a reviewer to diff (and to promote with the regen flag if the change was intended). A regenerated
     baseline replaces what was obtained before it. `attack_strength`: as make_baseline's."""
     infix = OBTAINED if obtained else ""
     json_path = case.baseline_path(root, f"{infix}.json")
-    baseline = make_baseline(case, result, class_norms, attack_strength)
-    atomic_write_files({case.baseline_path(root, f"{infix}.csv"):
-                        matrix_csv(matrix_from_json(result["flip_matrix"]), result["class_names"]).encode(),
-                        json_path: (json.dumps(baseline, indent=1) + "\n").encode()})
+    baseline, images = make_baseline(case, result, outcomes, attack_strength)
+    files = {case.baseline_path(root, f"{infix}.csv"):
+             matrix_csv(matrix_from_json(result["flip_matrix"]), result["class_names"]).encode()}
+    if images is not None:
+        baseline["images"]["file"] = case.stem + infix + IMAGES
+        files[case.baseline_path(root, f"{infix}{IMAGES}")] = images.encode()
+    atomic_write_files({**files, json_path: (json.dumps(baseline, indent=1) + "\n").encode()})
     if not obtained:
-        for suffix in (".json", ".csv"):
+        for suffix in (".json", ".csv", IMAGES):
             case.baseline_path(root, OBTAINED + suffix).unlink(missing_ok=True)
     return json_path
 
@@ -146,7 +203,7 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
         baseline = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise BaselineError(f"{path}: unreadable baseline ({exc}); regenerate it with: {hint}") from None
-    if not isinstance(baseline, dict) or baseline.get("schema") != BASELINE_SCHEMA:
+    if not isinstance(baseline, dict) or baseline.get("schema") not in (BASELINE_SCHEMA, *UNPAIRED_SCHEMAS):
         found = baseline.get("schema") if isinstance(baseline, dict) else type(baseline).__name__
         raise BaselineError(f"{path}: schema {found!r}, expected {BASELINE_SCHEMA!r}; regenerate it with: {hint}")
     try:
@@ -178,7 +235,39 @@ def load_baseline(case: Case, root: Path, class_names: list[str], n: int) -> dic
             raise BaselineError(f"{exc}; regenerate both with: {hint}") from None
         if names != class_names or not np.array_equal(matrix, recorded_matrix):
             raise BaselineError(f"{csv_path} does not match {path.name}; regenerate both with: {hint}")
-    return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success}
+    outcomes = _load_outcomes(case, path, baseline, hint) if "images" in baseline else None
+    return {**baseline, "path": str(path), "thresholds": thresholds, "min_success": min_success,
+            "outcomes": outcomes}
+
+
+def _load_outcomes(case: Case, path: Path, baseline: dict[str, Any], hint: str) -> ImageOutcomes:
+    """The per-image outcomes beside the baseline, checked against it: the file it names, unchanged (sha256), and
+    adding up to its flip matrix."""
+    try:
+        entry = baseline["images"]
+        images_path = path.with_name(entry["file"])
+        text = images_path.read_text()
+    except (KeyError, TypeError) as exc:
+        raise BaselineError(f"{path}: malformed baseline (missing images.{exc}); regenerate it with: {hint}") from None
+    except OSError as exc:
+        raise BaselineError(f"{path}: its per-image outcomes cannot be read ({exc}); regenerate it with: "
+                            f"{hint}") from None
+    if hashlib.sha256(text.encode()).hexdigest() != entry.get("sha256"):
+        raise BaselineError(f"{images_path} does not match {path.name} (sha256); regenerate both with: {hint}")
+    try:
+        outcomes = ImageOutcomes.from_csv(text, case.minimal)
+    except ValueError as exc:
+        raise BaselineError(f"{images_path}: unreadable ({exc}); regenerate it with: {hint}") from None
+    names = baseline["result"]["class_names"]
+    try:
+        matrix = flip_matrix(outcomes.label, outcomes.landed, len(names))
+    except ValueError:
+        matrix = None
+    if len(outcomes.index) != baseline["result"]["dataset"]["n"] or matrix is None or not np.array_equal(
+            matrix, matrix_from_json(baseline["result"]["flip_matrix"])):
+        raise BaselineError(f"{images_path} does not add up to the flip matrix of {path.name}; regenerate both "
+                            f"with: {hint}")
+    return outcomes
 
 
 def check_same_model(path: str | Path, recorded: str, current: str, mismatch: str) -> str | None:

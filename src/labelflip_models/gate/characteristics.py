@@ -1,9 +1,15 @@
 """The gate's own operating characteristics, by simulation: how often it fails an unchanged model (false alarms per
 run of a case), and how large a rise of one class's flip rate it catches with 80% probability.
 
-Each repetition draws a baseline run (a flip count per class ~ Binomial(n, rate)), derives the thresholds exactly as
-make_baseline does (flip_rate_threshold), draws a rerun, and decides with family_test, the same code check_flip_rates
-runs. `python -m labelflip_models.gate.characteristics` prints the table of docs/gate.md ("The gate's error rates").
+Unpaired (`table`): each repetition draws a baseline run (a flip count per class ~ Binomial(n, rate)), derives the
+thresholds exactly as make_baseline does (flip_rate_threshold), draws a rerun, and decides with family_test, the
+same code check_flip_rates runs, without a margin: the procedure's own error rates.
+
+Paired (`margin_table`): each repetition draws every image's baseline outcome, then the rerun's: an image keeps its
+outcome except that a share `churn` of them is drawn afresh at the class's rate (what another seed or a retrain
+does without changing the rate), and class 0's unflipped images flip with the probability that raises its rate by
+the increase. Decided with paired_family_test at the default margin, beside family_test with the same margin on
+the same counts. `python -m labelflip_models.gate.characteristics` prints both tables of docs/gate.md.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from scipy.stats import beta, binom
 
 from ..analysis.stats import wilson_interval
 from .baselines import flip_rate_threshold
-from .decisions import GATE_CONFIDENCE, family_test
+from .decisions import GATE_CONFIDENCE, Pairs, family_test, paired_family_test
+from .margins import RATE_MARGIN
 
 ALPHA = 1 - GATE_CONFIDENCE
 # Repetitions of the table: enough that a false-alarm rate near α would show (its 95% interval then spans about
@@ -115,8 +122,69 @@ def table(reps: int = FALSE_ALARM_REPS, power_reps: int = POWER_REPS, seed: int 
     return "\n".join(lines) + "\n"
 
 
+def _paired_draw(k: int, n: int, rate: float, increase: float, churn: float, reps: int, seed: int,
+                 ) -> tuple[Pairs, np.ndarray, np.ndarray, np.ndarray]:
+    """Per rep and class: the paired counts, the baseline's flips, the rerun's flips (class 0 risen by `increase`)."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((reps, k, n)) < rate
+    redrawn = rng.random((reps, k, n)) < churn
+    now = np.where(redrawn, rng.random((reps, k, n)) < rate, base)
+    rise = np.zeros((1, k, 1))
+    rise[0, 0, 0] = increase / (1 - rate) if rate < 1 else 0.0
+    now |= rng.random((reps, k, n)) < rise
+    pairs = Pairs((now & ~base).sum(-1), (base & ~now).sum(-1), np.full((reps, k), n))
+    return pairs, base.sum(-1), now.sum(-1), flip_rate_threshold(base.sum(-1), n)
+
+
+def paired_and_unpaired(k: int, n: int, rate: float, increase: float, churn: float, margin: float = RATE_MARGIN,
+                        reps: int = POWER_REPS, seed: int = 0) -> tuple[float, float]:
+    """How often class 0 fails, paired and unpaired, when its true flip rate rose by `increase` (the others
+    unchanged), with `churn` of each class's images drawn afresh in the rerun."""
+    pairs, base, now, thresholds = _paired_draw(k, n, rate, increase, churn, reps, seed)
+    paired = paired_family_test(pairs, base, ALPHA, margin).regressed[:, 0].mean()
+    unpaired = family_test(now, n, thresholds, ALPHA, margin).regressed[:, 0].mean()
+    return float(paired), float(unpaired)
+
+
+def smallest_rise_caught(k: int, n: int, rate: float, churn: float, margin: float = RATE_MARGIN,
+                         power: float = 0.8, reps: int = POWER_REPS, seed: int = 0) -> tuple[float, float]:
+    """The smallest rise of class 0's flip rate caught with probability `power`, paired and unpaired, on a grid of
+    0.01 (NaN: none up to rate 1). The same seed for every rise: the power curves are monotone in it."""
+    rises = np.round(np.arange(0.0, 1.0 - rate + 1e-9, 0.01), 2)
+    found = [float("nan"), float("nan")]
+    for rise in rises:
+        caught = paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed)
+        for i in (0, 1):
+            if np.isnan(found[i]) and caught[i] >= power:
+                found[i] = float(rise)
+        if not np.isnan(found).any():
+            break
+    return found[0], found[1]
+
+
+MARGIN_SIZES = ((10, 100, 0.1), (10, 100, 0.3), (10, 50, 0.3), (10, 1000, 0.3))
+CHURNS = (0.1, 0.3)
+
+
+def margin_table(reps: int = POWER_REPS, seed: int = 0) -> str:
+    """The Markdown table of the gate's decisions with the default margin, paired and unpaired (docs/gate.md)."""
+    lines = [f"| K | n per class | baseline rate | churn | fails an unchanged model (paired / unpaired) "
+             f"| fails a rise of exactly the margin {RATE_MARGIN} | smallest rise caught with 80% power: paired "
+             "| unpaired |", "|---|---|---|---|---|---|---|---|"]
+    for k, n, rate in MARGIN_SIZES:
+        for churn in CHURNS:
+            same = paired_and_unpaired(k, n, rate, 0.0, churn, reps=reps, seed=seed)
+            edge = paired_and_unpaired(k, n, rate, RATE_MARGIN, churn, reps=reps, seed=seed)
+            paired, unpaired = smallest_rise_caught(k, n, rate, churn, reps=reps, seed=seed)
+            lines.append(f"| {k} | {n} | {rate} | {churn} | {_percent(same[0])} / {_percent(same[1])} "
+                         f"| {_percent(edge[0])} / {_percent(edge[1])} | +{paired:.2f} | +{unpaired:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     started = time.perf_counter()
     print(table(), end="")
+    print()
+    print(margin_table(), end="")
     print(f"\n({FALSE_ALARM_REPS} repetitions per false-alarm rate, {POWER_REPS} per power; "
           f"{time.perf_counter() - started:.1f} s)")

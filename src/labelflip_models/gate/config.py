@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, LabelflipError
+from .margins import Margins
 from .profiles import PROFILES, Case, cases, get_profile
 
 # The reference models' baselines ship inside the package (package data).
@@ -52,6 +53,10 @@ OPTIONS = [
                                    "run no attack; missing ones are computed in the session"),
     ("model-mismatch", "labelflip_model_mismatch", "warn", "warn or error when a baseline was recorded with another "
                                                            "model (weights sha256) than the one gated"),
+    ("margin", "labelflip_margin", "0.05", "fail only when a flip rate rose (robust accuracy fell) by more than this "
+                                           "much, absolute, in [0, 1)"),
+    ("norm-margin", "labelflip_norm_margin", "0.10", "fail only when minimal norms shrank by more than this "
+                                                     "fraction, in [0, 1)"),
 ]
 FLAGS = [
     ("regen", "regenerate the baselines of the selected gate cases instead of checking them"),
@@ -60,6 +65,8 @@ FLAGS = [
     ("trust-pickle", "load a pickled whole-module --labelflip-model (this executes code from the file)"),
     ("strict", "fail the session when the baseline directory holds baselines no case of the profile uses"),
     ("require-runs", "fail, instead of computing, the gate cases that --labelflip-runs holds no run of"),
+    ("fail-on-drift", "fail on drift too: where flips and white noise land (symmetry, catch-all classes, dominant "
+                      "targets), which every retrain changes; by default drift is reported, not failed"),
 ]
 DEFAULTS = {ini: default for _, ini, default, _ in OPTIONS}
 
@@ -104,6 +111,9 @@ class GateConfig:
     dataset_classes: tuple[str, ...] | None = None
     resize: int | None = None
     center_crop: int | None = None
+    # Only a loss of robustness beyond these fails (decisions.Margins); drift fails only with fail_on_drift.
+    margins: Margins = Margins()
+    fail_on_drift: bool = False
 
     def class_names_of(self, dataset: str) -> tuple[str, ...]:
         from ..data.names import CLASS_NAMES
@@ -266,8 +276,22 @@ def parse_gate_config(setting: Callable[[str], str], flag: Callable[[str], bool]
         require_runs=flag("labelflip_require_runs"),
         dataset_path=Path(dataset).absolute() if source else None,
         dataset_classes=(class_names or source.class_names) if source else None,
-        resize=resize, center_crop=center_crop,
+        resize=resize, center_crop=center_crop, margins=_margins(setting),
+        fail_on_drift=flag("labelflip_fail_on_drift"),
     )
+
+
+def _margins(setting: Callable[[str], str]) -> Margins:
+    values = {}
+    for ini, field in (("labelflip_margin", "rate"), ("labelflip_norm_margin", "norm")):
+        text = setting(ini)
+        try:
+            values[field] = float(text)
+        except ValueError:
+            values[field] = float("nan")
+        if not 0 <= values[field] < 1:
+            raise ConfigError(f"--{ini.replace('_', '-')} must be a number in [0, 1), got {text!r}")
+    return Margins(**values)
 
 
 def _pixels(text: str, option: str) -> int | None:

@@ -18,6 +18,7 @@ from .profiles import Case, cases, get_profile, noise_baseline_path
 
 if TYPE_CHECKING:
     from .decisions import Decision
+    from .session import GateOutcomes
 
 PROPERTY_PREFIX = "labelflip_"
 # The recorded check names of the per-class flip-rate test, which the summary's table lists.
@@ -56,7 +57,7 @@ def obtained_root(cfg: GateConfig, rootpath: Path) -> Path:
 def write_obtained(cfg: GateConfig, rootpath: Path, funcargs: dict[str, Any]) -> list[Path]:
     """Write the observed run of a failing gate test's case (or white-noise probe) in the baseline's schema; the
     files written. Nothing under --labelflip-regen."""
-    from .baselines import OBTAINED, noise_obtained_path, write_baseline, write_noise_baseline
+    from .baselines import IMAGES, OBTAINED, noise_obtained_path, write_baseline, write_noise_baseline
 
     if cfg.regen:
         return []
@@ -64,8 +65,8 @@ def write_obtained(cfg: GateConfig, rootpath: Path, funcargs: dict[str, Any]) ->
     if "labelflip_case" in funcargs and "labelflip_run" in funcargs:
         case: Case = funcargs["labelflip_case"]
         run = funcargs["labelflip_run"](case)
-        path = write_baseline(case, root, run.result, run.class_norms() if case.minimal else None, obtained=True)
-        return [path, case.baseline_path(root, f"{OBTAINED}.csv")]
+        path = write_baseline(case, root, run.result, run.outcomes(), obtained=True)
+        return [path, case.baseline_path(root, f"{OBTAINED}.csv"), case.baseline_path(root, f"{OBTAINED}{IMAGES}")]
     if "labelflip_noise_dataset" in funcargs and "labelflip_noise" in funcargs:
         dataset = funcargs["labelflip_noise_dataset"]
         path = noise_obtained_path(noise_baseline_path(root, cfg.profile, dataset))
@@ -76,10 +77,10 @@ def write_obtained(cfg: GateConfig, rootpath: Path, funcargs: dict[str, Any]) ->
 def orphans(cfg: GateConfig) -> list[Path]:
     """The baseline files in the profile's folder that no case of the session's selection uses."""
     from ..data import DATASETS
-    from .baselines import orphan_baselines
+    from .baselines import IMAGES, orphan_baselines
 
     selected = cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
-    used = {c.baseline_path(cfg.baselines, s) for c in selected for s in (".json", ".csv")}
+    used = {c.baseline_path(cfg.baselines, s) for c in selected for s in (".json", ".csv", IMAGES)}
     used |= {noise_baseline_path(cfg.baselines, cfg.profile, d) for d in cfg.datasets}
     return orphan_baselines(cfg.baselines, cfg.profile, cfg.datasets, DATASETS + cfg.datasets, used)
 
@@ -93,28 +94,31 @@ def _figures(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files: list[Path],
-                  obtained: list[str], strict: bool = False) -> list[str]:
-    """The terminal section: regressed classes (flip rate above the baseline's bound) worst first, then the other
-    failing gate tests, the obtained files to review, and orphan baselines."""
-    from .decisions import GATE_CONFIDENCE  # imports the statistics (scipy, torch): only once a gate test ran
-
+                  obtained: list[str], strict: bool = False, drift: list[tuple[str, str]] = ()) -> list[str]:
+    """The terminal section: classes less robust (flip rate risen beyond the margin), largest rise first, then the
+    other failing gate tests, drift, the obtained files to review, and orphan baselines."""
     lines = []
     figures = [(nodeid, text, _figures(p)) for nodeid, text, p in failures]
-    rates = [f for _, _, f in figures if f.get("check") == FLIP_RATE]
+    rates = [f for _, _, f in figures if f.get("check") == FLIP_RATE and "rise" in f]
     if rates:
-        def excess(f: dict[str, Any]) -> float:
-            return _number(f.get("lower_bound")) - _number(f.get("threshold"))
+        def rise(f: dict[str, Any]) -> float:
+            return _number(f.get("rise"))
 
-        lines.append(f"{len(rates)} regressed class(es), worst first (flip rate; {GATE_CONFIDENCE:.0%} lower bound vs "
-                     "the bound from the baseline):")
-        for f in sorted(rates, key=excess, reverse=True):
-            lines.append(f"  {f['case']}  {f['class']!r}: {f['flips']}/{f['n']} = {_number(f['rate']):.3f} (lower "
-                         f"bound {_number(f['lower_bound']):.3f}) vs baseline {_number(f.get('baseline_rate')):.3f} "
-                         f"(bound {_number(f['threshold']):.3f}): excess {excess(f):+.3f}")
-    others = [(nodeid, text, f) for nodeid, text, f in figures if f.get("check") != FLIP_RATE]
+        lines.append(f"{len(rates)} class(es) less robust, largest rise first (flip rate now vs the baseline; the "
+                     "gate fails a rise it is confident exceeds the margin):")
+        for f in sorted(rates, key=rise, reverse=True):
+            lines.append(f"  {f['case']}  {f['class']!r}: {f['flips']}/{f['n']} = {_number(f['rate']):.3f} vs "
+                         f"baseline {_number(f.get('baseline_rate')):.3f}: rise {rise(f):+.3f} > margin "
+                         f"{_number(f.get('margin')):.2f} (p={_number(f.get('p_value')):.2g}, "
+                         f"{'paired' if f.get('paired') == 'yes' else 'unpaired'})")
+    others = [(nodeid, text, f) for nodeid, text, f in figures if not (f.get("check") == FLIP_RATE and "rise" in f)]
     if others:
         lines.append(f"{len(others)} other failing gate test(s):")
         lines += [f"  {nodeid}: {f.get('message') or _first_line(text)}" for nodeid, text, f in others]
+    if drift:
+        lines.append(f"{len(drift)} drift item(s): where flips or white noise land changed (every retrain changes it; "
+                     "not a loss of robustness; --labelflip-fail-on-drift fails on them):")
+        lines += [f"  {nodeid}: {message}" for nodeid, message in drift]
     if obtained:
         lines.append("observed runs written beside their baselines (diff them; if the change was intended, promote "
                      "them with --labelflip-regen):")
@@ -124,6 +128,14 @@ def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files:
         lines.append(f"{len(orphan_files)} baseline file(s) that no selected case uses ({consequence}):")
         lines += [f"  {path}" for path in orphan_files]
     return lines
+
+
+def verdict(outcomes: GateOutcomes) -> dict[str, Any]:
+    """The session's verdict as the report shows it."""
+    failed = [{"test": nodeid, "message": str(p.get(PROPERTY_PREFIX + "message") or _first_line(text))}
+              for nodeid, text, p in outcomes.failures]
+    return {"passed": not failed, "failed": failed,
+            "drift": [{"test": nodeid, "message": message} for nodeid, message in outcomes.drift]}
 
 
 def _first_line(text: str) -> str:

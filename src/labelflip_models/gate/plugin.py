@@ -139,10 +139,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if cfg.report is None or not (cfg.report / RUNS_DIR).is_dir():
         return  # no report asked for, or no gate case ran
     from ..reports import load_runs, load_strength, write_report
+    from .failures import verdict
 
     try:
         results, noise = load_runs([cfg.report / RUNS_DIR])
-        written = write_report(cfg.report, results, noise, load_strength([cfg.report / RUNS_DIR]))
+        written = write_report(cfg.report, results, noise, load_strength([cfg.report / RUNS_DIR]),
+                               verdict(record))
     except LabelflipError as exc:
         _write_line(config, f"labelflip: report not written: {exc.phrased(OPTION_NAMES)}", red=True)
         return
@@ -162,7 +164,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         return
     from .failures import github_annotations, summary_lines
 
-    lines = summary_lines(record.failures, record.orphans, record.obtained, record.strict)
+    lines = summary_lines(record.failures, record.orphans, record.obtained, record.strict, record.drift)
     if lines:
         terminalreporter.write_sep("=", "labelflip gate")
         for line in lines:

@@ -28,6 +28,8 @@ class GateOutcomes:
     ran: bool = False
     # (nodeid, longrepr text, user properties) of each failed gate test
     failures: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+    # (nodeid, message) of each drift a passing gate test recorded
+    drift: list[tuple[str, str]] = field(default_factory=list)
     obtained: list[str] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
     strict: bool = False
@@ -37,8 +39,11 @@ class GateOutcomes:
         if not any(name == GATE_TAG for name, _ in report.user_properties):
             return
         self.ran = True
+        properties = dict(report.user_properties)
+        if report.when == "call" and report.passed and properties.get("labelflip_drift") == "yes":
+            self.drift.append((report.nodeid, str(properties.get("labelflip_message", ""))))
         if report.failed:
-            self.failures.append((report.nodeid, report.longreprtext, dict(report.user_properties)))
+            self.failures.append((report.nodeid, report.longreprtext, properties))
             self.obtained += [str(v) for k, v in report.user_properties if k == "labelflip_obtained"]
             self.obtained += [f"(not written: {v})" for k, v in report.user_properties
                               if k == "labelflip_obtained_error"]

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save
 from ..attacks import AttackResult
 from ..storage.atomic import atomic_write_files, atomic_write_text
 from ..storage.locks import lock_timeout_error, lock_timeout_s
+from .baselines import ImageOutcomes
 from .profiles import Case
 
 T = TypeVar("T")
@@ -55,6 +56,15 @@ class CaseRun:
                    attacked.success, attacked.attacked, attacked.norms,
                    torch.tensor(attacked.adversarial_range, device="cpu"),
                    attacked.clean_pred, torch.as_tensor(np.asarray(indices, dtype=np.int64), device="cpu"))
+
+    def outcomes(self) -> ImageOutcomes:
+        """Each image's outcome, as a baseline stores it for paired decisions."""
+        landed = torch.where(self.clean_pred != self.labels, self.clean_pred, self.adv_pred)
+        norm = None
+        if self.case.minimal:
+            norm = torch.where(self.attacked, torch.where(self.success, self.norms, torch.inf), torch.nan)
+            norm = norm.double().numpy()
+        return ImageOutcomes(self.indices.numpy(), self.labels.numpy(), landed.numpy(), norm)
 
     def class_norms(self) -> dict[str, np.ndarray]:
         """Per class, the minimal norms of the images the attack had to move; a failed attack counts as inf."""

@@ -22,6 +22,8 @@ th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 figure { margin: 0; flex: 1 1 480px; max-width: 590px; } figure img { width: 100%; border: 1px solid #eee; }
 figcaption { color: #666; font-size: .85em; }
+.passed, .failed { padding: .5em .8em; border-radius: 4px; } .passed { background: #e6f4ea; }
+.failed { background: #fce8e6; }
 """
 
 
@@ -47,10 +49,26 @@ def _figure_names(ds: DatasetRuns) -> list[str]:
     return names + ([noise_name(ds.name)] if ds.noise is not None else [])
 
 
+def _verdict(verdict: dict[str, Any]) -> list[str]:
+    failed, drift = verdict["failed"], verdict["drift"]
+    head = (f"Gate failed: {len(failed)} test(s) found the model less robust than its baselines" if failed
+            else "Gate passed: no loss of robustness beyond the margins")
+    body = ["<h2>Verdict</h2>", f'<p class="{"failed" if failed else "passed"}"><strong>{escape(head)}</strong>'
+            + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + ".</p>"]
+    for title, items in (("Failed", failed), ("Drift (where flips and noise land; not a loss of robustness)", drift)):
+        if items:
+            body += [f"<h3>{title}</h3>", "<ul>", *(f"<li><code>{escape(i['test'])}</code>: {escape(i['message'])}"
+                                                  "</li>" for i in items), "</ul>"]
+    return body
+
+
 def report_html(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],
-                images: Mapping[str, bytes], strength: Sequence[dict[str, Any]] = ()) -> str:
+                images: Mapping[str, bytes], strength: Sequence[dict[str, Any]] = (),
+                verdict: dict[str, Any] | None = None) -> str:
     """The Markdown summary's tables plus every image in `images` (keyed by their report file names)."""
     body, placed = ["<h1>labelflip: where adversarial examples land</h1>"], set()
+    if verdict is not None:
+        body += _verdict(verdict)
     for ds in group_runs(results, noise):
         body += [f"<h2>{escape(ds.name)}</h2>", f"<p>{escape(dataset_intro(ds))}</p>"]
         body += [_table(t) for t in dataset_tables(ds, strength)]

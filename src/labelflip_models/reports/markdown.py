@@ -30,10 +30,26 @@ def render_table(table: Table) -> str:
     return "\n".join(lines)
 
 
+def verdict_markdown(verdict: dict[str, Any]) -> list[str]:
+    """A gate session's verdict: what failed (a loss of robustness beyond the margins) and what drifted."""
+    failed, drift = verdict["failed"], verdict["drift"]
+    head = (f"**Gate failed**: {len(failed)} test(s) found the model less robust than its baselines"
+            if failed else "**Gate passed**: no loss of robustness beyond the margins")
+    lines = ["### Verdict", "", head + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + ".",
+             ""]
+    for title, items in (("Failed", failed), ("Drift (where flips and noise land; not a loss of robustness)", drift)):
+        if items:
+            lines += [f"{title}:", "", *(f"- `{md_escape(i['test'])}`: {md_escape(i['message'])}" for i in items), ""]
+    return lines
+
+
 def summary_markdown(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],
-                     strength: Sequence[dict[str, Any]] = ()) -> str:
-    """`strength`: a gate session's attack-strength comparisons (reports.load.load_strength), if any."""
+                     strength: Sequence[dict[str, Any]] = (), verdict: dict[str, Any] | None = None) -> str:
+    """`strength`: a gate session's attack-strength comparisons (reports.load.load_strength), if any; `verdict`: a
+    gate session's failures and drift, first."""
     lines = ["## labelflip: where adversarial examples land", ""]
+    if verdict is not None:
+        lines += verdict_markdown(verdict)
     for ds in group_runs(results, noise):
         lines += [f"### {md_escape(ds.name)}", "", md_escape(dataset_intro(ds)), ""]
         lines += [render_table(t) for t in dataset_tables(ds, strength)]

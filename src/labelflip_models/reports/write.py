@@ -50,16 +50,17 @@ def _run_entry(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(out_dir: Path, results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],
-                 strength: Sequence[dict[str, Any]] = ()) -> dict[str, Path]:
+                 strength: Sequence[dict[str, Any]] = (), verdict: dict[str, Any] | None = None) -> dict[str, Path]:
     """Every file written, keyed by its path relative to `out_dir` (e.g. 'summary.md', 'heatmaps/...png');
-    `strength`: a gate session's attack-strength comparisons (load_strength), tabled in their subject's section."""
+    `strength`: a gate session's attack-strength comparisons (load_strength), tabled in their subject's section;
+    `verdict`: a gate session's {"passed", "failed": [{"test", "message"}], "drift": [...]}, shown first."""
     out_dir = check_out_dir(out_dir)
     if not results and not noise:
         raise ConfigError("nothing to report: no attack runs and no noise probes")
     groups = group_runs(results, noise)
     images = _images(groups)
-    texts = {"summary.md": summary_markdown(results, noise, strength),
-             "report.html": report_html(results, noise, images, strength)}
+    texts = {"summary.md": summary_markdown(results, noise, strength, verdict),
+             "report.html": report_html(results, noise, images, strength, verdict)}
     index = {"schema": REPORT_SCHEMA,
              "runs": [_run_entry(r) for ds in groups for r in ds.runs],
              "trends": [{"dataset": ds.name, "attack": a, "image": trend_name(ds.name, a)}
@@ -68,6 +69,7 @@ def write_report(out_dir: Path, results: Sequence[dict[str, Any]], noise: Sequen
                         "top": ds.noise["histogram"]["top"][:3], "image": noise_name(ds.name)}
                        for ds in groups if ds.noise is not None],
              "attack_strength": [{k: v for k, v in r.items() if k != "schema"} for r in strength],
+             **({"verdict": verdict} if verdict is not None else {}),
              "summary": "summary.md", "html": "report.html"}
     files = {**images, **{name: text.encode() for name, text in texts.items()},
              "report.json": (json.dumps(index, indent=2) + "\n").encode()}

@@ -1,6 +1,8 @@
 """The robustness gate, per (dataset, attack, ε) of the profile: adversarials respect their budget (or, for
-minimal-perturbation attacks, are what the run says they are), no class flips significantly more often than in
-its baseline, no class got significantly easier to flip, and the attack is not weaker."""
+minimal-perturbation attacks, are what the run says they are), and the model is not less robust than in its
+baseline by more than the margins: no class's flip rate and not the overall flip rate rose beyond the rate margin,
+no class's minimal norms shrank beyond the norm margin, and the attack did not get weaker. Decided image by image
+where the run attacked the baseline's images (gate/pairing.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ import pytest
 import torch
 
 from labelflip_models.gate.config import RUNS_DIR
-from labelflip_models.gate.decisions import Decision, check_attack_success, check_flip_rates, check_min_norms
+from labelflip_models.gate.decisions import (
+    Decision,
+    check_attack_success,
+    check_flip_rates,
+    check_min_norms,
+    check_overall_flip_rate,
+)
 from labelflip_models.gate.failures import failing_the_test
+from labelflip_models.gate.pairing import pair
 from labelflip_models.gate.strength import (
     Comparison,
     compare_with_autoattack,
@@ -23,7 +32,7 @@ from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict_with_ties
 
 __all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
-           "test_epsilon_bound", "test_minimal_adversarials"]
+           "test_epsilon_bound", "test_minimal_adversarials", "test_robust_accuracy"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -106,44 +115,73 @@ def test_minimal_adversarials(labelflip_case, labelflip_run, labelflip_case_mode
 
 
 @gate_test("fixed")
-def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
-    """Holm's procedure across the case's classes keeps the whole case's false-alarm rate at 1 − GATE_CONFIDENCE
-    (docs/gate.md, "The gate's error rates"); `labelflip_class` None checks every class in one test (many classes)."""
-    result = labelflip_run(labelflip_case).result
+def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_config,
+                         labelflip_record):
+    """A class fails when its flip rate rose by more than the margin; Holm's procedure across the case's classes
+    keeps the whole case's false-alarm rate at 1 − GATE_CONFIDENCE (docs/gate.md, "The gate's error rates");
+    `labelflip_class` None checks every class in one test (many classes)."""
+    run = labelflip_run(labelflip_case)
+    result = run.result
     names = result["class_names"]
     observed = result["per_class_flip_rate"]
-    decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
-                                 [labelflip_baseline["thresholds"][n] for n in names])
     baseline_rates = labelflip_baseline["result"]["per_class_flip_rate"]
+    paired, how = pair(run.outcomes(), result, labelflip_baseline)
+    decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
+                                 [labelflip_baseline["thresholds"][n] for n in names],
+                                 [baseline_rates[n]["rate"] or 0.0 for n in names], labelflip_config.margins.rate,
+                                 pairs=paired and paired.pairs, base_flips=paired and paired.base_flips)
     if labelflip_class is not None:
         name = names[labelflip_class]
         decision = decisions[name]
-        labelflip_record("flip_rate", decision, case=labelflip_case.id, **{"class": name},
-                         baseline_rate=baseline_rates[name]["rate"])
-        assert decision.passed, f"{labelflip_case.id}: flip rate regressed: {decision.message}"
+        labelflip_record("flip_rate", decision, case=labelflip_case.id, **{"class": name}, pairing=how)
+        assert decision.passed, f"{labelflip_case.id}: less robust: {decision.message}"
         return
     failed = sorted((n for n in names if not decisions[n].passed),
-                    key=lambda n: decisions[n].figures["lower_bound"] - decisions[n].figures["threshold"],
-                    reverse=True)
-    ungated = [n for n in names if not decisions[n].figures["gated"]]
+                    key=lambda n: decisions[n].figures["rise"] or 0.0, reverse=True)
+    ungated = [n for n in names if not decisions[n].figures["gated"] == "yes"]
     shown = failed[0] if failed else min(names, key=lambda n: decisions[n].figures["p_value"])
-    summary = (f"{len(failed)} of {len(names)} classes regressed" + (": " if failed else "")
+    summary = (f"{len(failed)} of {len(names)} classes less robust" + (": " if failed else "")
                + "; ".join(decisions[n].message for n in failed[:MAX_LISTED])
                + (f"; and {len(failed) - MAX_LISTED} more" if len(failed) > MAX_LISTED else "")
-               + (f" ({len(ungated)} not gated: n too small)" if ungated else ""))
+               + (f" ({len(ungated)} not gated: n too small)" if ungated else "") + f"; {how}")
     labelflip_record("flip_rate", Decision(not failed, summary, decisions[shown].figures), case=labelflip_case.id,
-                     **{"class": shown}, baseline_rate=baseline_rates[shown]["rate"], regressed=len(failed),
-                     not_gated=len(ungated))
-    assert not failed, f"{labelflip_case.id}: flip rate regressed: {summary}"
+                     **{"class": shown}, regressed=len(failed), not_gated=len(ungated), pairing=how)
+    assert not failed, f"{labelflip_case.id}: less robust: {summary}"
+
+
+@gate_test("fixed")
+def test_robust_accuracy(labelflip_case, labelflip_run, labelflip_baseline, labelflip_config, labelflip_record):
+    """The case's robust accuracy over all its images must not fall by more than the margin: a loss spread over
+    many classes, too small in each for its own test, shows here. Also records the worst class and the spread
+    across classes (each class's own fall is test_class_flip_rate's)."""
+    run = labelflip_run(labelflip_case)
+    result, base = run.result, labelflip_baseline["result"]
+    paired, how = pair(run.outcomes(), result, labelflip_baseline)
+    decision = check_overall_flip_rate(result["flip_fraction"]["count"], result["flip_fraction"]["n"],
+                                       base["flip_fraction"]["count"], base["flip_fraction"]["n"],
+                                       labelflip_config.margins.rate, pairs=paired and paired.overall)
+    robust = result["robust_accuracy"]
+    worst, spread = robust["worst"] or {}, robust["spread"] or {}
+    labelflip_record("robust_accuracy", decision, case=labelflip_case.id, pairing=how,
+                     robust_accuracy=robust["overall"]["rate"], worst_class=worst.get("class"),
+                     worst_class_robust_accuracy=worst.get("rate"), robust_accuracy_spread=spread.get("max_minus_min"))
+    assert decision.passed, f"{labelflip_case.id}: less robust: {decision.message}"
 
 
 @gate_test("minimal")
-def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_record):
+def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelflip_baseline, labelflip_config,
+                        labelflip_record):
+    """A class fails when its minimal norms shrank by more than the norm margin (paired sign test where the run
+    attacked the baseline's images, else against the baseline's floor); Bonferroni across the case's classes."""
     run = labelflip_run(labelflip_case)
-    floors = labelflip_baseline["gate"]["min_norm_floor"]
     names = run.result["class_names"] if labelflip_class is None else [run.result["class_names"][labelflip_class]]
-    # Bonferroni across the case's classes: as for flip rates, a case fails an unchanged model at most 1% of runs.
-    every = check_min_norms(run.class_norms(), floors)
+    paired, how = pair(run.outcomes(), run.result, labelflip_baseline)
+    margin = labelflip_config.margins.norm
+    if paired is not None:
+        every = check_min_norms({n: now for n, (now, _) in paired.norms.items()}, {}, margin,
+                                base_norms={n: base for n, (_, base) in paired.norms.items()})
+    else:
+        every = check_min_norms(run.class_norms(), labelflip_baseline["gate"]["min_norm_floor"], margin)
     checked = {n: every[n] for n in names if n in every}
     if not checked:
         pytest.skip(f"{labelflip_case.id}: too few baseline images of class(es) {', '.join(map(repr, names[:5]))} "
@@ -155,24 +193,20 @@ def test_class_min_norm(labelflip_case, labelflip_class, labelflip_run, labelfli
                             {"failed": len(failed), "checked": len(checked)})
     else:
         decision = checked[names[0]]
-    labelflip_record("min_norm", decision, case=labelflip_case.id, **{"class": names[0] if len(names) == 1 else ""})
+    labelflip_record("min_norm", decision, case=labelflip_case.id, **{"class": names[0] if len(names) == 1 else ""},
+                     pairing=how)
     assert decision.passed, f"{labelflip_case.id}: class got easier to flip: {decision.message}"
 
 
 @gate_test("all")
-def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline, labelflip_record):
-    """Also records the case's robust accuracy, its worst class and the spread across classes (each class's robust
-    accuracy is 1 − its flip rate, which test_class_flip_rate gates)."""
+def test_attack_success(labelflip_case, labelflip_run, labelflip_baseline, labelflip_config, labelflip_record):
     result = labelflip_run(labelflip_case).result
     success = result["attack_success"]
-    decision = check_attack_success(success["count"], success["n"], labelflip_baseline["min_success"])
-    robust = result["robust_accuracy"]
-    worst, spread = robust["worst"] or {}, robust["spread"] or {}
-    labelflip_record("attack_success", decision, case=labelflip_case.id, robust_accuracy=robust["overall"]["rate"],
-                     worst_class=worst.get("class"), worst_class_robust_accuracy=worst.get("rate"),
-                     robust_accuracy_spread=spread.get("max_minus_min"))
-    assert decision.passed, (f"{labelflip_case.id}: the attack got weaker, which would hide regressions: "
-                             f"{decision.message}")
+    decision = check_attack_success(success["count"], success["n"], labelflip_baseline["min_success"],
+                                    labelflip_config.margins.rate)
+    labelflip_record("attack_success", decision, case=labelflip_case.id)
+    assert decision.passed, (f"{labelflip_case.id}: the attack got weaker, which would hide regressions (or the "
+                             f"model got more robust: regenerate its baselines to keep the gain): {decision.message}")
 
 
 @gate_test("compared")

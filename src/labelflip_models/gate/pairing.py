@@ -1,0 +1,76 @@
+"""Whether a run attacked its baseline's images with its baseline's settings, so that the gate decides image by image
+(paired), and the paired counts it then decides on.
+
+Pairing needs the same images (test-set indices, data fingerprint, true classes) and the same attack settings;
+the engine, batch size and seed may differ. Under an unchanged model the two runs' outcomes of an image are then
+exchangeable whatever the random starts, so the paired tests keep their level; the same seed only makes the
+outcomes agree more often, which is where the paired tests' power comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .baselines import ImageOutcomes
+from .decisions import Pairs
+
+# Settings of a run that do not change what it measures.
+NOT_COMPARED = frozenset({"engine", "batch_size", "chunk_images", "seed"})
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A run and its baseline, image by image."""
+
+    pairs: Pairs  # per class: newly flipped, no longer flipped, images
+    base_flips: np.ndarray  # per class: the baseline's flips
+    same_seed: bool
+    # Minimal attacks, per class: (norms now, norms in the baseline) of the images both attacked.
+    norms: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    @property
+    def overall(self) -> tuple[int, int, int]:
+        return int(self.pairs.newly.sum()), int(self.pairs.no_longer.sum()), int(self.pairs.n.sum())
+
+
+def _settings(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result["attack"].items() if k not in NOT_COMPARED}
+
+
+def pair(now: ImageOutcomes, result: dict[str, Any], baseline: dict[str, Any]) -> tuple[Paired | None, str]:
+    """The run paired with its baseline, or None with the reason it cannot be."""
+    base: ImageOutcomes | None = baseline.get("outcomes")
+    if base is None:
+        return None, (f"unpaired: the baseline ({baseline['schema']}) holds no per-image outcomes; regenerate it to "
+                      "decide image by image")
+    if result["dataset"]["fingerprint"] != baseline["result"]["dataset"]["fingerprint"]:
+        return None, "unpaired: the test data differ from the baseline's (fingerprint)"
+    ours, theirs = _settings(result), _settings(baseline["result"])
+    if ours != theirs:
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        return None, f"unpaired: attack settings differ from the baseline's: {', '.join(differ)}"
+    mine, other = np.argsort(now.index, kind="stable"), np.argsort(base.index, kind="stable")
+    if not np.array_equal(now.index[mine], base.index[other]) or not np.array_equal(now.label[mine],
+                                                                                    base.label[other]):
+        return None, "unpaired: the run attacked other images than the baseline"
+    classes = len(result["class_names"])
+    label = now.label[mine]
+    flipped_now, flipped_base = now.flipped[mine], base.flipped[other]
+
+    def per_class(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(label[mask], minlength=classes)
+
+    pairs = Pairs(per_class(flipped_now & ~flipped_base), per_class(flipped_base & ~flipped_now),
+                  np.bincount(label, minlength=classes))
+    norms = None
+    if now.norm is not None and base.norm is not None:
+        a, b = now.norm[mine], base.norm[other]
+        both = ~np.isnan(a) & ~np.isnan(b)  # attacked in both runs: classified correctly both times
+        norms = {name: (a[both & (label == i)], b[both & (label == i)])
+                 for i, name in enumerate(result["class_names"])}
+    same_seed = result["attack"].get("seed") == baseline["result"]["attack"].get("seed")
+    how = "paired image by image" + ("" if same_seed else " (other attack seed than the baseline's)")
+    return Paired(pairs, per_class(flipped_base), same_seed, norms), how

@@ -1,0 +1,278 @@
+"""The whole gate's error rates on real model changes: a zoo built from a reference model (retrains with other seeds,
+re-exports, weight noise, magnitude pruning, weight quantisation, a fine-tune on shifted data), each gated against
+the original's smoke-profile runs as the gate decides (paired per image, default margins), and judged against the
+truth: each class's flip rate on the whole test set.
+
+`python -m labelflip_models.gate.zoo --out docs/zoo/fashion-mnist.json` measures it (an hour or more on a 2-core
+CPU: it trains the retrains) and writes the records; `--table FILE` renders that file's Markdown table, which
+docs/gate.md holds ("The gate on real model changes") and tests/test_gate_zoo.py keeps current.
+
+The cases are the smoke profile's FGSM cases, whose ground truth (FGSM on all test images) is cheap; every decision
+of those cases that fails a model is one the gate would fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Dataset, load_dataset
+from ..models.cache import load_or_train
+from ..models.io import load_model
+from ..models.train import recipe_for, train
+from ..runs.results import model_block
+from ..storage.atomic import atomic_write_text
+from .baselines import make_baseline
+from .cases import compute_case
+from .decisions import ALPHA, check_flip_rates, check_overall_flip_rate
+from .margins import RATE_MARGIN
+from .pairing import pair
+from .profiles import SMOKE_EPSILONS, Case
+
+SCHEMA = "labelflip.gate-zoo/1"
+DATASET = "fashion-mnist"
+RETRAIN_SEEDS = tuple(range(1, 9))
+NOISE = (0.05, 0.1, 0.2)
+PRUNE = (0.3, 0.5, 0.7)
+QUANT_BITS = (8, 6, 4)
+
+
+def _noisy(model: nn.Module, scale: float, seed: int = 0) -> nn.Module:
+    out = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale * p.std())
+    return out
+
+
+def _weights(model: nn.Module) -> Iterator[torch.Tensor]:
+    """The weight tensors of convolutions and linear layers (not biases, not normalisation)."""
+    return (m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def _pruned(model: nn.Module, fraction: float) -> nn.Module:
+    """Each layer's `fraction` of weights with the smallest magnitude set to zero."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        for w in _weights(out):
+            k = int(fraction * w.numel())
+            if k:
+                w[w.abs() <= w.abs().flatten().kthvalue(k).values] = 0
+    return out
+
+
+def _quantised(model: nn.Module, bits: int) -> nn.Module:
+    """Each layer's weights rounded to 2^bits − 1 symmetric levels of its largest magnitude."""
+    out = copy.deepcopy(model)
+    levels = 2 ** (bits - 1) - 1
+    with torch.no_grad():
+        for w in _weights(out):
+            step = w.abs().max() / levels
+            w.copy_(torch.round(w / step) * step)
+    return out
+
+
+def _shifted(data: Dataset) -> Dataset:
+    """The training images at lower contrast and higher brightness: a shift a deployment might fine-tune for."""
+    shifted = np.clip(data.train_images.astype(np.float32) * 0.6 + 60, 0, 255).astype(np.uint8)
+    return replace(data, name=f"{data.name}-shifted", train_images=shifted)
+
+
+def _fine_tuned(model: nn.Module, data: Dataset) -> nn.Module:
+    out = copy.deepcopy(model)
+    recipe = replace(recipe_for(data.name), epochs=1, lr=3e-4)
+    train(out.train(), _shifted(data), recipe, seed=0)
+    return out.eval()
+
+
+def _reexported(model: nn.Module, fmt: str, shape: tuple[int, ...], folder: Path) -> nn.Module:
+    """The model written as a user would ship it, and loaded back as the gate loads a user's model."""
+    path = folder / f"model.{fmt}"
+    example = torch.zeros(2, *shape)
+    if fmt == "pt2":
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+        torch.export.save(program, str(path))
+    elif fmt == "ts":
+        torch.jit.save(torch.jit.trace(model.eval(), example), str(path))
+    else:  # the weights alone, loaded into the architecture
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        out = copy.deepcopy(model)
+        out.load_state_dict(load_file(str(path)))
+        return out.eval()
+    return load_model(path)
+
+
+def variants(original: nn.Module, data: Dataset, folder: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS,
+             ) -> Iterator[tuple[str, str, Callable[[], nn.Module]]]:
+    """(kind, name, build) of every model of the zoo."""
+    shape = tuple(data.test_images.shape[1:]) if data.test_images.ndim == 4 else (1, *data.test_images.shape[1:])
+    for fmt in ("ts", "pt2", "safetensors"):
+        yield "re-export", fmt, lambda f=fmt: _reexported(original, f, shape, folder)
+    for scale in NOISE:
+        yield "weight noise", f"{scale}σ", lambda s=scale: _noisy(original, s)
+    for fraction in PRUNE:
+        yield "pruning", f"{fraction:.0%}", lambda f=fraction: _pruned(original, f)
+    for bits in QUANT_BITS:
+        yield "quantisation", f"{bits}-bit", lambda b=bits: _quantised(original, b)
+    yield "fine-tune", "1 epoch, shifted contrast", lambda: _fine_tuned(original, data)
+    # Last: the retrains train (minutes each on a CPU) unless the model cache has them.
+    for seed in seeds:
+        yield "retrain", f"seed {seed}", lambda s=seed: load_or_train(data, seed=s, shipped=False).model
+
+
+def _truth(model: nn.Module, data: Dataset, epsilon: float) -> tuple[list[float], float]:
+    """Per class, FGSM's flip rate at `epsilon` on the whole test set; and the clean accuracy there."""
+    run = compute_case(Case("paper", data.name, "fgsm", epsilon), data, model, model_block(model), seed=0)
+    per_class = run.result["per_class_flip_rate"]
+    return [per_class[n]["rate"] for n in run.result["class_names"]], run.result["clean_accuracy"]["rate"]
+
+
+def measure(model: nn.Module, data: Dataset, baselines: dict[float, dict[str, Any]]) -> dict[str, Any]:
+    """One model of the zoo: its clean accuracy, its true per-class flip rates, and the gate's decisions."""
+    cases, accuracy = {}, None
+    for epsilon in SMOKE_EPSILONS:
+        case = Case("smoke", data.name, "fgsm", epsilon)
+        run = compute_case(case, data, model, model_block(model), seed=0)
+        result, baseline = run.result, baselines[epsilon]
+        names = result["class_names"]
+        paired, how = pair(run.outcomes(), result, baseline)
+        observed, base = result["per_class_flip_rate"], baseline["result"]["per_class_flip_rate"]
+        decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
+                                     [baseline["thresholds"][n] for n in names], [base[n]["rate"] for n in names],
+                                     pairs=paired.pairs, base_flips=paired.base_flips)
+        unpaired = check_flip_rates(names, [observed[n]["count"] for n in names],
+                                    [observed[n]["n"] for n in names], [baseline["thresholds"][n] for n in names],
+                                    [base[n]["rate"] for n in names])
+        overall = check_overall_flip_rate(result["flip_fraction"]["count"], result["flip_fraction"]["n"],
+                                          baseline["result"]["flip_fraction"]["count"],
+                                          baseline["result"]["flip_fraction"]["n"], pairs=paired.overall)
+        truth, accuracy = _truth(model, data, epsilon)
+        cases[f"{epsilon:g}"] = {"truth": truth, "pairing": how,
+                                 "failed": [n for n in names if not decisions[n].passed],
+                                 "failed_unpaired": [n for n in names if not unpaired[n].passed],
+                                 "overall_failed": not overall.passed, "overall": overall.message}
+    return {"clean_accuracy": accuracy, "sha256": model_block(model)["sha256"], "cases": cases}
+
+
+def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS) -> dict[str, Any]:
+    data = load_dataset(DATASET)
+    original = load_or_train(data).model
+    baselines = {}
+    for epsilon in SMOKE_EPSILONS:
+        case = Case("smoke", data.name, "fgsm", epsilon)
+        run = compute_case(case, data, original, model_block(original), seed=0)
+        baseline, _ = make_baseline(case, run.result, run.outcomes())
+        baselines[epsilon] = {**baseline, "outcomes": run.outcomes(), "thresholds": baseline["gate"]["max_flip_rate"]}
+    started = time.time()
+    records = [{"kind": "original", "name": "rerun", **measure(original, data, baselines)}]
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind, name, make in variants(original, data, Path(tmp), seeds):
+            t0 = time.time()
+            records.append({"kind": kind, "name": name, **measure(make(), data, baselines),
+                            "seconds": round(time.time() - t0, 1)})
+            print(f"{kind} {name}: {records[-1]['clean_accuracy']:.4f} ({records[-1]['seconds']} s)", flush=True)
+    zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
+           "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm", "retrain_seeds": list(seeds),
+           "provenance": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+                          "seconds": round(time.time() - started), "original_sha256": model_block(original)["sha256"]},
+           "models": records}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(zoo, indent=1) + "\n")
+    return zoo
+
+
+def rises(zoo: dict[str, Any], record: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per case, each class's true rise of its flip rate over the original's."""
+    original = next(r for r in zoo["models"] if r["kind"] == "original")
+    return {e: np.array(c["truth"]) - np.array(original["cases"][e]["truth"]) for e, c in record["cases"].items()}
+
+
+def summary(zoo: dict[str, Any]) -> dict[str, Any]:
+    """The whole gate's error rates on the zoo (see render for their definitions)."""
+    margin, names = zoo["margin"], zoo["class_names"]
+    false_alarm = retrain_fail = exported_fail = 0
+    caught = big = 0
+    for record in zoo["models"]:
+        truth = rises(zoo, record)
+        failed = [(e, names.index(n)) for e, c in record["cases"].items() for n in c["failed"]]
+        unjustified = any(truth[e][i] <= margin for e, i in failed)
+        if record["kind"] == "retrain":
+            false_alarm += unjustified
+            retrain_fail += bool(failed)
+        if record["kind"] == "re-export":
+            exported_fail += bool(failed) or any(c["overall_failed"] for c in record["cases"].values())
+        for e, rise in truth.items():
+            for i in np.flatnonzero(rise > margin + 0.05):
+                big += 1
+                caught += (e, int(i)) in failed
+    retrains = sum(r["kind"] == "retrain" for r in zoo["models"])
+    exports = sum(r["kind"] == "re-export" for r in zoo["models"])
+    return {"retrains": retrains, "false_alarms": false_alarm, "retrains_failing": retrain_fail,
+            "re_exports": exports, "re_exports_failing": exported_fail, "regressions": big, "caught": caught}
+
+
+def render(zoo: dict[str, Any]) -> str:
+    """The Markdown table of docs/gate.md, one row per model, then the whole gate's rates."""
+    margin, names = zoo["margin"], zoo["class_names"]
+    lines = ["| change | clean acc | largest true per-class rise | classes rising > margin | failing classes "
+             "(paired) | of them with a true rise ≤ margin | failing classes (unpaired) | overall fails |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+    for record in zoo["models"]:
+        truth = rises(zoo, record)
+        largest = max(float(r.max()) for r in truth.values())
+        over = sum(int((r > margin).sum()) for r in truth.values())
+        failed = [(e, names.index(n)) for e, c in record["cases"].items() for n in c["failed"]]
+        wrong = sum(truth[e][i] <= margin for e, i in failed)
+        unpaired = sum(len(c["failed_unpaired"]) for c in record["cases"].values())
+        overall = sum(c["overall_failed"] for c in record["cases"].values())
+        lines.append(f"| {record['kind']}: {record['name']} | {record['clean_accuracy']:.4f} | {largest:+.3f} | "
+                     f"{over} | {len(failed)} | {wrong} | {unpaired} | {overall} |")
+    s = summary(zoo)
+    lines += ["", f"- False alarms: {s['false_alarms']} of {s['retrains']} retrains fail a class whose true rise is "
+                  f"at most the margin {margin}; {s['retrains_failing']} of {s['retrains']} fail at all.",
+              f"- Re-exports failing: {s['re_exports_failing']} of {s['re_exports']}.",
+              f"- True per-class regressions above the margin + 0.05 (case × class, all models): {s['caught']} of "
+              f"{s['regressions']} caught."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m labelflip_models.gate.zoo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="measure the zoo and write its records here (JSON)")
+    parser.add_argument("--table", type=Path, help="print the Markdown table of this records file")
+    parser.add_argument("--seeds", default=",".join(map(str, RETRAIN_SEEDS)),
+                        help="training seeds of the retrains (default: %(default)s; the original is seed 0)")
+    args = parser.parse_args(argv)
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    if 0 in seeds:
+        parser.error("--seeds: seed 0 is the original model")
+    if args.out is None and args.table is None:
+        parser.error("give --out to measure, or --table to render")
+    if args.out is not None:
+        build(args.out, seeds)
+    print(render(json.loads((args.table or args.out).read_text())), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

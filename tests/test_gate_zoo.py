@@ -1,0 +1,76 @@
+"""The zoo of real model changes (gate/zoo.py) is measured by a script too costly for CI; CI checks its committed
+output: docs/gate.md shows exactly the table of the committed records, and the records are whole."""
+
+import json
+import re
+from pathlib import Path
+
+from labelflip_models.gate.zoo import RETRAIN_SEEDS, SCHEMA, render, summary
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "docs" / "zoo" / "fashion-mnist.json"
+
+
+def test_docs_show_the_committed_zoo():
+    zoo = json.loads(RECORDS.read_text())
+    text = (REPO / "docs" / "gate.md").read_text()
+    section = re.search(r"^## The gate on real model changes\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert section, "docs/gate.md lacks the section '## The gate on real model changes'"
+    assert render(zoo) in section.group(1), ("docs/gate.md's zoo table is stale; replace it with the output of "
+                                             f"python -m labelflip_models.gate.zoo --table {RECORDS.relative_to(REPO)}")
+
+
+def test_the_zoo_holds_every_kind_of_change():
+    zoo = json.loads(RECORDS.read_text())
+    assert zoo["schema"] == SCHEMA and zoo["provenance"]["original_sha256"]
+    kinds = [r["kind"] for r in zoo["models"]]
+    assert kinds.count("retrain") == len(zoo["retrain_seeds"]) >= 1 and len(RETRAIN_SEEDS) >= 8
+    assert kinds.count("re-export") == 3 and "fine-tune" in kinds
+    for kind in ("weight noise", "pruning", "quantisation"):
+        assert kinds.count(kind) >= 3
+    for record in zoo["models"]:
+        assert set(record["cases"]) == {f"{e:g}" for e in zoo["epsilons"]}
+        assert all(len(c["truth"]) == len(zoo["class_names"]) for c in record["cases"].values())
+    s = summary(zoo)
+    assert s["retrains"] == len(zoo["retrain_seeds"]) and s["re_exports"] == 3
+
+
+def test_model_changes_do_what_they_say(tmp_path):
+    import torch
+    from torch import nn
+
+    from labelflip_models.gate.zoo import _noisy, _pruned, _quantised, _reexported
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)).eval()
+    weights = [model[0].weight, model[2].weight]
+    pruned = _pruned(model, 0.5)
+    for w in (pruned[0].weight, pruned[2].weight):
+        assert abs(float((w == 0).float().mean()) - 0.5) < 0.02
+    quantised = _quantised(model, 4)
+    for w in (quantised[0].weight, quantised[2].weight):
+        assert len(torch.unique(w)) <= 15
+    noisy = _noisy(model, 0.1)
+    assert all(not torch.equal(a, b) for a, b in zip(weights, (noisy[0].weight, noisy[2].weight)))
+    x = torch.rand(5, 1, 28, 28)
+    for fmt in ("ts", "pt2", "safetensors"):
+        assert torch.allclose(_reexported(model, fmt, (1, 28, 28), tmp_path)(x), model(x), atol=1e-5)
+
+
+def test_summary_counts_false_alarms_against_the_truth():
+    def record(kind, truth, failed):
+        return {"kind": kind, "name": kind, "clean_accuracy": 0.9,
+                "cases": {"0.1": {"truth": truth, "failed": failed, "failed_unpaired": [], "overall_failed": False}}}
+
+    zoo = {"margin": 0.05, "class_names": ["a", "b"], "epsilons": [0.1], "models": [
+        record("original", [0.1, 0.1], []),
+        record("retrain", [0.12, 0.3], ["b"]),  # b truly rose by 0.2: a justified failure
+        record("retrain", [0.14, 0.1], ["a"]),  # a rose by 0.04 only: a false alarm
+        record("re-export", [0.1, 0.1], []),
+        record("weight noise", [0.25, 0.1], []),  # a rose by 0.15 and was missed
+    ]}
+    assert summary(zoo) == {"retrains": 2, "false_alarms": 1, "retrains_failing": 2, "re_exports": 1,
+                            "re_exports_failing": 0, "regressions": 2, "caught": 1}
+    table = render(zoo)
+    assert "| retrain: retrain | 0.9000 | +0.200 | 1 | 1 | 0 | 0 | 0 |" in table
+    assert "1 of 2 retrains fail a class whose true rise is at most the margin 0.05" in table
