@@ -4,13 +4,15 @@ test_wheel_install.py)."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from labelflip_models.errors import ConfigError
 from labelflip_models.gate import config, failures
 from labelflip_models.gate.baselines import noise_obtained_path, orphan_baselines, write_baseline, write_noise_baseline
-from labelflip_models.gate.failures import github_annotations, summary_lines
+from labelflip_models.gate.failures import github_annotations, summary_lines, verdict
+from labelflip_models.gate.session import GATE_TAG, GateOutcomes
 
 from .helpers import GATE_FILE, copied_baselines
 from .test_faults import CASE, _baseline_result
@@ -129,3 +131,41 @@ def test_failing_runs_against_installed_reference_baselines_go_to_the_rootdir(mo
     own = config.parse_gate_config({**config.DEFAULTS, "labelflip_baselines": "mine"}.__getitem__, lambda _: False,
                                    tmp_path)
     assert failures.obtained_root(own, tmp_path) == tmp_path / "mine"
+
+
+def _report(when, outcome, properties):
+    return SimpleNamespace(when=when, passed=outcome == "passed", failed=outcome == "failed",
+                           nodeid=f"t.py::{properties.get('labelflip_check', 'x')}", longreprtext="E   failed",
+                           user_properties=[(GATE_TAG, True), *properties.items()])
+
+
+def test_drift_is_collected_once_from_passing_tests_and_shown_in_the_verdict():
+    outcomes = GateOutcomes()
+    drift = {"labelflip_check": "white_noise", "labelflip_drift": "yes", "labelflip_message": "noise moved"}
+    for when in ("setup", "call", "teardown"):  # the properties ride on every phase's report; the call counts
+        outcomes.pytest_runtest_logreport(_report(when, "passed", drift))
+    outcomes.pytest_runtest_logreport(_report("call", "passed", {**drift, "labelflip_drift": "no"}))
+    outcomes.pytest_runtest_logreport(_report("call", "failed", {"labelflip_check": "flip_rate",
+                                                                 "labelflip_message": "class '9' rose"}))
+    assert outcomes.drift == [("t.py::white_noise", "noise moved")]
+    assert verdict(outcomes) == {"passed": False, "failed": [{"test": "t.py::flip_rate", "message": "class '9' rose"}],
+                                 "drift": [{"test": "t.py::white_noise", "message": "noise moved"}]}
+
+
+@pytest.mark.parametrize("fail_on_drift", [False, True])
+def test_drift_fails_only_when_asked(fail_on_drift):
+    from labelflip_models.gate.decisions import Decision
+    from labelflip_models.gate.tests.test_flip_structure import judge_drift
+
+    recorded = {}
+    config = SimpleNamespace(fail_on_drift=fail_on_drift)
+    changed = Decision(False, "'3' became a catch-all", {"new_catch_all": "3"})
+    judge_drift(lambda check, d, **figures: recorded.update(figures, check=check), config, "catch_all",
+                Decision(True, "same"), "c: catch-all classes changed", case="c")
+    assert recorded["drift"] == "no"
+    if fail_on_drift:
+        with pytest.raises(pytest.fail.Exception, match="drift; failing under --labelflip-fail-on-drift"):
+            judge_drift(lambda check, d, **figures: recorded.update(figures), config, "catch_all", changed, "c")
+    else:
+        judge_drift(lambda check, d, **figures: recorded.update(figures), config, "catch_all", changed, "c")
+    assert recorded["drift"] == "yes"

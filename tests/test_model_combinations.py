@@ -148,11 +148,11 @@ def test_whole_gate_session_with_mean_std_and_0_255(pytester_gate, model_files, 
            "--labelflip-baselines", str(tmp_path / "b"), "-k", "fgsm", "-p", "no:xdist", "-p", "no:cacheprovider",
            *[o.replace("--", "--labelflip-") for o in extra]]
     pytester_gate.makepyfile(test_gate=GATE_TESTS)
-    pytester_gate.runpytest_subprocess(*own, "--labelflip-regen").assert_outcomes(passed=1, skipped=12)
+    pytester_gate.runpytest_subprocess(*own, "--labelflip-regen").assert_outcomes(passed=1, skipped=13)
     recorded = json.loads((tmp_path / "b" / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
     assert recorded["case"]["epsilon"] == 0.1 and recorded["result"]["attack"]["epsilon"] == pytest.approx(25.5)
     assert np.isclose(recorded["result"]["perturbation_linf"]["max"], 25.5, rtol=1e-4)
-    pytester_gate.runpytest_subprocess(*own).assert_outcomes(passed=12, skipped=1)
+    pytester_gate.runpytest_subprocess(*own).assert_outcomes(passed=13, skipped=1)
 
 
 def test_own_model_with_mean_std_bounds_and_class_names(capsys, tmp_path, model_files):

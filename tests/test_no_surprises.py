@@ -140,7 +140,7 @@ def test_gate_writes_only_to_the_cache_the_report_and_tmp(pytester_gate, tmp_pat
     result = pytester_gate.runpytest_subprocess(
         "-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "--labelflip-dataset", "mnist-5k",
         "-k", "fgsm", "--labelflip-report", str(report), "--labelflip-baselines", str(REFERENCE_BASELINES))
-    result.assert_outcomes(passed=12, skipped=1)  # attack strength: quick has no AutoAttack case
+    result.assert_outcomes(passed=13, skipped=1)  # attack strength: quick has no AutoAttack case
     # pytest-benchmark, when installed, makes its storage folder in the rootdir at startup: not labelflip's doing.
     benchmarks = str(pytester_gate.path / ".benchmarks")
     writes = [w for w in json.loads(log.read_text()) if w[1] not in (str(log), benchmarks)]

@@ -21,17 +21,17 @@ def gate(pytester_gate, baselines, *args):
 def test_missing_then_regenerated_then_passing(pytester_gate, tmp_path):
     baselines = tmp_path / "baselines"
     missing = gate(pytester_gate, baselines, "-p", "no:xdist")
-    missing.assert_outcomes(passed=1, errors=11, skipped=1)  # the baseline fixture fails in setup
+    missing.assert_outcomes(passed=1, errors=12, skipped=1)  # the baseline fixture fails in setup
     missing.stdout.fnmatch_lines(["*no baseline for mnist-5k-fgsm-eps0.1*--labelflip-regen --labelflip-profile quick*"])
 
     regen = gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen")
-    regen.assert_outcomes(passed=1, skipped=12)
+    regen.assert_outcomes(passed=1, skipped=13)
     written = sorted(p.name for p in (baselines / "quick" / "mnist-5k").iterdir())
-    assert written == ["fgsm-eps0.1.csv", "fgsm-eps0.1.json"]
+    assert written == ["fgsm-eps0.1.csv", "fgsm-eps0.1.images.csv", "fgsm-eps0.1.json"]
 
     # Same model, same seed: the gate passes, with and without xdist.
     for mode in (["-p", "no:xdist"], ["-n", "0"], ["-n", "2"]):
-        gate(pytester_gate, baselines, *mode).assert_outcomes(passed=12, skipped=1)
+        gate(pytester_gate, baselines, *mode).assert_outcomes(passed=13, skipped=1)
 
 
 @pytest.mark.parametrize("option, message", [

@@ -103,7 +103,8 @@ def test_unrelated_suite_is_unchanged_by_the_plugin(tmp_path, xdist):
         assert not seen["torch"] and not seen["foolbox"], process
         assert set(seen["labelflip"]) <= {"labelflip_models.errors", "labelflip_models.gate",
                                           "labelflip_models.gate.config", "labelflip_models.gate.fixtures",
-                                          "labelflip_models.gate.failures", "labelflip_models.gate.plugin",
+                                          "labelflip_models.gate.failures", "labelflip_models.gate.margins",
+                                          "labelflip_models.gate.plugin",
                                           "labelflip_models.gate.profiles", "labelflip_models.gate.session",
                                           "labelflip_models.models", "labelflip_models.models.reference"}, process
         assert seen["filters"] == without[2][process]["filters"], process

@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from ..data import Dataset, load_dataset
 from ..models.cache import load_or_train
 from ..models.io import load_model
 from ..models.train import recipe_for, train
+from ..provenance import machine, now_iso, versions
 from ..runs.results import model_block
 from ..storage.atomic import atomic_write_text
 from .baselines import make_baseline
@@ -180,20 +179,23 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS) -> dict[str, Any]:
         baseline, _ = make_baseline(case, run.result, run.outcomes())
         baselines[epsilon] = {**baseline, "outcomes": run.outcomes(), "thresholds": baseline["gate"]["max_flip_rate"]}
     started = time.time()
-    records = [{"kind": "original", "name": "rerun", **measure(original, data, baselines)}]
+    zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
+           "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm", "retrain_seeds": list(seeds),
+           "provenance": {"date": now_iso(), "machine": machine(), "versions": versions(),
+                          "original_sha256": model_block(original)["sha256"]},
+           "complete": False, "models": [{"kind": "original", "name": "rerun", **measure(original, data, baselines)}]}
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for kind, name, make in variants(original, data, Path(tmp), seeds):
             t0 = time.time()
-            records.append({"kind": kind, "name": name, **measure(make(), data, baselines),
-                            "seconds": round(time.time() - t0, 1)})
-            print(f"{kind} {name}: {records[-1]['clean_accuracy']:.4f} ({records[-1]['seconds']} s)", flush=True)
-    zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
-           "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm", "retrain_seeds": list(seeds),
-           "provenance": {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-                          "seconds": round(time.time() - started), "original_sha256": model_block(original)["sha256"]},
-           "models": records}
-    out.parent.mkdir(parents=True, exist_ok=True)
+            zoo["models"].append({"kind": kind, "name": name, **measure(make(), data, baselines),
+                                  "seconds": round(time.time() - t0, 1)})
+            # Written after every model: an interrupted measurement keeps what it measured ("complete": false).
+            atomic_write_text(out, json.dumps(zoo, indent=1) + "\n")
+            print(f"{kind} {name}: {zoo['models'][-1]['clean_accuracy']:.4f} ({zoo['models'][-1]['seconds']} s)",
+                  flush=True)
+    zoo["complete"] = True
+    zoo["provenance"]["seconds"] = round(time.time() - started)
     atomic_write_text(out, json.dumps(zoo, indent=1) + "\n")
     return zoo
 
