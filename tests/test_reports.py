@@ -366,6 +366,26 @@ def test_write_report_writes_images_texts_and_index(tmp_path: Path, report_input
     assert not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_gate_report_opens_with_its_verdict(tmp_path: Path, failed: bool) -> None:
+    results = fixed_runs((0.1,))
+    verdict = {"passed": not failed,
+               "failed": [{"test": "t.py::test_class_flip_rate[c-9]", "message": "class '9' rose <by> +0.3"}] * failed,
+               "drift": [{"test": "t.py::test_white_noise[d]", "message": "noise moved"}]}
+    files = write_report(tmp_path / "report", results, [], verdict=verdict)
+    summary = files["summary.md"].read_text()
+    head = summary.split("### fashion-mnist")[0]
+    assert ("**Gate failed**: 1 test(s) found the model less robust" if failed else "**Gate passed**") in head
+    assert "1 drift item(s), reported, not failed" in head and "- t.py::test\\_white\\_noise[d]: noise moved" in head
+    assert ("class '9' rose \\<by> +0.3" in head) == failed
+    page = files["report.html"].read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>fashion-mnist</h2>")
+    assert ('class="failed"' in page) == failed and ("&lt;by&gt;" in page) == failed
+    assert json.loads(files["report.json"].read_text())["verdict"] == verdict
+    # Outside a gate session (labelflip report) there is no verdict.
+    assert "Verdict" not in write_report(tmp_path / "plain", results, [])["summary.md"].read_text()
+
+
 def test_write_report_refuses_bad_output_and_empty_input(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):

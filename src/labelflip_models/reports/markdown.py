@@ -39,7 +39,8 @@ def verdict_markdown(verdict: dict[str, Any]) -> list[str]:
              ""]
     for title, items in (("Failed", failed), ("Drift (where flips and noise land; not a loss of robustness)", drift)):
         if items:
-            lines += [f"{title}:", "", *(f"- `{md_escape(i['test'])}`: {md_escape(i['message'])}" for i in items), ""]
+            # Not in backticks: a code span would show md_escape's backslashes.
+            lines += [f"{title}:", "", *(f"- {md_escape(i['test'])}: {md_escape(i['message'])}" for i in items), ""]
     return lines
 
 
