@@ -74,3 +74,21 @@ def test_summary_counts_false_alarms_against_the_truth():
     table = render(zoo)
     assert "| retrain: retrain | 0.9000 | +0.200 | 1 | 1 | 0 | 0 | 0 |" in table
     assert "1 of 2 retrains fail a class whose true rise is at most the margin 0.05" in table
+
+
+def test_a_longer_measurement_keeps_only_records_of_the_same_original(tmp_path):
+    from labelflip_models.gate.margins import RATE_MARGIN
+    from labelflip_models.gate.profiles import SMOKE_EPSILONS
+    from labelflip_models.gate.zoo import _earlier
+
+    out = tmp_path / "zoo.json"
+    assert _earlier(out, "abc") is None  # nothing measured yet
+    records = {"schema": SCHEMA, "margin": RATE_MARGIN, "epsilons": list(SMOKE_EPSILONS),
+               "provenance": {"original_sha256": "abc"}, "models": []}
+    out.write_text(json.dumps(records))
+    assert _earlier(out, "abc") == records
+    assert _earlier(out, "other") is None  # another original: its truths and decisions do not carry over
+    out.write_text(json.dumps({**records, "margin": 0.1}))
+    assert _earlier(out, "abc") is None
+    out.write_text("{")
+    assert _earlier(out, "abc") is None

@@ -3,9 +3,10 @@ re-exports, weight noise, magnitude pruning, weight quantisation, a fine-tune on
 the original's smoke-profile runs as the gate decides (paired per image, default margins), and judged against the
 truth: each class's flip rate on the whole test set.
 
-`python -m labelflip_models.gate.zoo --out docs/zoo/fashion-mnist.json` measures it (an hour or more on a 2-core
-CPU: it trains the retrains) and writes the records; `--table FILE` renders that file's Markdown table, which
-docs/gate.md holds ("The gate on real model changes") and tests/test_gate_zoo.py keeps current.
+`python -m labelflip_models.gate.zoo --out docs/zoo/fashion-mnist.json` measures it (hours on a 2-core CPU: it
+trains the retrains) and writes the records, keeping the models already measured there (`--fresh` measures all
+again); `--table FILE` renders that file's Markdown table, which docs/gate.md holds ("The gate on real model
+changes") and tests/test_gate_zoo.py keeps current.
 
 The cases are the smoke profile's FGSM cases, whose ground truth (FGSM on all test images) is cheap; every decision
 of those cases that fails a model is one the gate would fail.
@@ -169,9 +170,25 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float, dict[str, An
     return {"clean_accuracy": accuracy, "sha256": model_block(model)["sha256"], "cases": cases}
 
 
-def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS) -> dict[str, Any]:
+def _earlier(out: Path, original_sha256: str) -> dict[str, Any] | None:
+    """The records at `out` if they were measured from the same original, margin and cases (else None)."""
+    try:
+        zoo = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (zoo.get("schema") == SCHEMA and zoo.get("provenance", {}).get("original_sha256") == original_sha256
+            and zoo.get("margin") == RATE_MARGIN and zoo.get("epsilons") == list(SMOKE_EPSILONS))
+    return zoo if same else None
+
+
+def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False) -> dict[str, Any]:
+    """Measure the zoo into `out`; models already there, measured from the same original, are kept (unless
+    `fresh`), so a longer list of seeds adds only its new retrains."""
     data = load_dataset(DATASET)
     original = load_or_train(data).model
+    sha = model_block(original)["sha256"]
+    earlier = None if fresh else _earlier(out, sha)
+    kept = {(r["kind"], r["name"]): r for r in earlier["models"]} if earlier else {}
     baselines = {}
     for epsilon in SMOKE_EPSILONS:
         case = Case("smoke", data.name, "fgsm", epsilon)
@@ -179,14 +196,19 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS) -> dict[str, Any]:
         baseline, _ = make_baseline(case, run.result, run.outcomes())
         baselines[epsilon] = {**baseline, "outcomes": run.outcomes(), "thresholds": baseline["gate"]["max_flip_rate"]}
     started = time.time()
+    first = kept.get(("original", "rerun")) or {"kind": "original", "name": "rerun",
+                                                **measure(original, data, baselines)}
     zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
            "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm", "retrain_seeds": list(seeds),
-           "provenance": {"date": now_iso(), "machine": machine(), "versions": versions(),
-                          "original_sha256": model_block(original)["sha256"]},
-           "complete": False, "models": [{"kind": "original", "name": "rerun", **measure(original, data, baselines)}]}
+           "provenance": {"date": earlier["provenance"]["date"] if earlier else now_iso(), "updated": now_iso(),
+                          "machine": machine(), "versions": versions(), "original_sha256": sha},
+           "complete": False, "models": [first]}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for kind, name, make in variants(original, data, Path(tmp), seeds):
+            if (kind, name) in kept:
+                zoo["models"].append(kept[kind, name])
+                continue
             t0 = time.time()
             zoo["models"].append({"kind": kind, "name": name, **measure(make(), data, baselines),
                                   "seconds": round(time.time() - t0, 1)})
@@ -259,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m labelflip_models.gate.zoo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="measure the zoo and write its records here (JSON)")
     parser.add_argument("--table", type=Path, help="print the Markdown table of this records file")
+    parser.add_argument("--fresh", action="store_true", help="measure every model again, keeping none of --out's")
     parser.add_argument("--seeds", default=",".join(map(str, RETRAIN_SEEDS)),
                         help="training seeds of the retrains (default: %(default)s; the original is seed 0)")
     args = parser.parse_args(argv)
@@ -271,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None and args.table is None:
         parser.error("give --out to measure, or --table to render")
     if args.out is not None:
-        build(args.out, seeds)
+        build(args.out, seeds, args.fresh)
     print(render(json.loads((args.table or args.out).read_text())), end="")
     return 0
 
