@@ -143,7 +143,7 @@ def test_dry_run_lists_every_step_in_valid_json_and_markdown(bundle, tmp_path, c
     assert all(f"| {gc.label(r)} |" in text for r in report["steps"])
     printed = capsys.readouterr().out
     assert all(f"{gc.label(r)} (timeout" in printed for r in report["steps"])
-    assert "usable" in printed and "foolbox 3.3.4  (needed by labelflip)" in printed
+    assert ": usable" in printed and "foolbox 3.3.4  (needed by labelflip)" in printed
     assert "torch >=2.11 (labelflip)" in printed
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.json", "gpu-check.md"]  # no temp file left
 
@@ -360,6 +360,17 @@ def test_bundle_walk_resolves_what_the_gpu_machine_lacks_with_real_pip(index):
     assert found.left_out == {"ruff"}
 
 
+def test_bundle_walk_adds_only_the_extras_a_later_requirement_asks_for(index):
+    _wheel(index, "kappa", "1.0", ("nu", "numpy", 'mu; extra == "x"'), extras=("x",))
+    _wheel(index, "lam", "1.0", ("kappa[x]",))
+    for name in ("mu", "nu"):
+        _wheel(index, name, "1.0")
+    found = gb.walk([gb.Requirement("kappa"), gb.Requirement("lam"),
+                     gb.Requirement('old-backport; python_version < "3.12"')], "labelflip", find_links=[index])
+    assert found.pins == {"kappa": "1.0", "lam": "1.0", "mu": "1.0", "nu": "1.0"}  # markers hold at the roots too
+    assert found.from_image == {"numpy": ["any (kappa)"]}  # kappa's own requirements walked once
+
+
 def test_bundle_walk_names_the_wheel_it_cannot_find(index):
     _wheel(index, "delta", "1.0", ("nosuch>=3",))
     with pytest.raises(gb.BundleError, match=r"(?s)no Python 3.12 manylinux x86-64 wheel of nosuch>=3 .*nosuch"):
@@ -394,13 +405,18 @@ def _edit(path: Path, old: str, new: str) -> None:
     (lambda b: _edit(b / "manifest.json", '"inputs": "', '"inputs": "0'),
      "labelflip's requirements or scripts/gpu-bundle changed since the bundle was made"),
     (lambda b: (b / "manifest.json").write_text("{"), "manifest.json cannot be read"),
+    # A bundle of the previous script: no schema, wheels without names.
+    (lambda b: (b / "manifest.json").write_text('{"wheels": [{"file": "x.whl"}]}'),
+     "manifest.json is of another format (None), not labelflip.gpu-bundle/2: run scripts/gpu-bundle --refresh"),
+    (lambda b: _edit(b / "manifest.json", '"data": {', '"data": 3, "x": {'), "manifest.json is malformed"),
+    (lambda b: (b / "requirements.txt").write_text(""), "does not pin foolbox==3.3.4, which the bundle holds"),
 ])
 def test_bundle_check_finds_what_makes_a_bundle_unusable(bundle, damage, problem, capsys):
     assert gb.main(["--check", "--bundle", str(bundle)]) == 0
     damage(bundle)
     assert gb.main(["--check", "--bundle", str(bundle), "--json", str(bundle.parent / "found.json")]) == 1
     printed = capsys.readouterr().out
-    assert "NOT usable" in printed and problem in printed
+    assert "NOT usable" in printed and problem in printed and "Traceback" not in printed
     found = json.loads((bundle.parent / "found.json").read_text())
     assert not found["usable"] and any(problem in p for p in found["problems"])
 
