@@ -107,10 +107,10 @@ def test_own_model_gets_its_own_baselines_and_passes(pytester_gate, tmp_path, mn
     torch.jit.script(mnist5k_reference).save(str(model))
     own = ["--labelflip-model", str(model), "--labelflip-dataset", "mnist-5k"]
     baselines = tmp_path / "mine"
-    gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=12)
+    gate(pytester_gate, baselines, "-p", "no:xdist", "--labelflip-regen", *own).assert_outcomes(passed=1, skipped=13)
     recorded = json.loads((baselines / "quick" / "mnist-5k" / "fgsm-eps0.1.json").read_text())
     assert recorded["result"]["model"]["path"] == str(model)
-    gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=12, skipped=1)
+    gate(pytester_gate, baselines, "-n", "2", *own).assert_outcomes(passed=13, skipped=1)
 
 
 @pytest.mark.slow

@@ -102,11 +102,12 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
     rc, out = _run(pytest_ + ["--labelflip-regen"], repo, env)
     assert rc == 0, out
     assert sorted(p.name for p in (repo / "baselines" / "quick" / "mnist-5k").iterdir()) == [
-        "fgsm-eps0.1.csv", "fgsm-eps0.1.json", "l2-deepfool-min.csv", "l2-deepfool-min.json",
-        "linf-pgd-eps0.1.csv", "linf-pgd-eps0.1.json", "white-noise.json"]
+        "fgsm-eps0.1.csv", "fgsm-eps0.1.images.csv", "fgsm-eps0.1.json", "l2-deepfool-min.csv",
+        "l2-deepfool-min.images.csv", "l2-deepfool-min.json", "linf-pgd-eps0.1.csv", "linf-pgd-eps0.1.images.csv",
+        "linf-pgd-eps0.1.json", "white-noise.json"]
 
     rc, out = _run(pytest_ + ["-n", "2", "--labelflip-strict"], repo, env)
-    assert rc == 0 and re.search(r"\b49 passed", out), out
+    assert rc == 0 and re.search(r"\b51 passed", out), out
     assert "labelflip gate" not in out
 
     noisy = weakened(load_or_train(data, seed=0, device="cpu").model, WEIGHT_NOISE)
