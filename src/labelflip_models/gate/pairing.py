@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .baselines import ImageOutcomes
-from .decisions import Pairs
+from .decisions import Decision, Pairs, check_flip_rates
 
 # Settings of a run that do not change what it measures.
 NOT_COMPARED = frozenset({"engine", "batch_size", "chunk_images", "seed"})
@@ -34,6 +34,17 @@ class Paired:
     @property
     def overall(self) -> tuple[int, int, int]:
         return int(self.pairs.newly.sum()), int(self.pairs.no_longer.sum()), int(self.pairs.n.sum())
+
+
+def flip_rate_decisions(result: dict[str, Any], baseline: dict[str, Any], margin: float,
+                        paired: Paired | None) -> dict[str, Decision]:
+    """check_flip_rates on a run's result.json content against its loaded baseline: paired where `paired` is given,
+    else unpaired against the baseline's thresholds."""
+    names, observed = result["class_names"], result["per_class_flip_rate"]
+    base = baseline["result"]["per_class_flip_rate"]
+    return check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
+                            [baseline["thresholds"][n] for n in names], [base[n]["rate"] or 0.0 for n in names],
+                            margin, pairs=paired and paired.pairs, base_flips=paired and paired.base_flips)
 
 
 def _settings(result: dict[str, Any]) -> dict[str, Any]:

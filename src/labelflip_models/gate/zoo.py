@@ -37,9 +37,9 @@ from ..runs.results import model_block
 from ..storage.atomic import atomic_write_text
 from .baselines import make_baseline
 from .cases import compute_case
-from .decisions import ALPHA, check_flip_rates, check_overall_flip_rate
+from .decisions import ALPHA, check_overall_flip_rate
 from .margins import RATE_MARGIN
-from .pairing import pair
+from .pairing import flip_rate_decisions, pair
 from .profiles import SMOKE_EPSILONS, Case
 
 SCHEMA = "labelflip.gate-zoo/1"
@@ -152,13 +152,8 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float, dict[str, An
         result, baseline = run.result, baselines[epsilon]
         names = result["class_names"]
         paired, how = pair(run.outcomes(), result, baseline)
-        observed, base = result["per_class_flip_rate"], baseline["result"]["per_class_flip_rate"]
-        decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
-                                     [baseline["thresholds"][n] for n in names], [base[n]["rate"] for n in names],
-                                     pairs=paired.pairs, base_flips=paired.base_flips)
-        unpaired = check_flip_rates(names, [observed[n]["count"] for n in names],
-                                    [observed[n]["n"] for n in names], [baseline["thresholds"][n] for n in names],
-                                    [base[n]["rate"] for n in names])
+        decisions = flip_rate_decisions(result, baseline, RATE_MARGIN, paired)
+        unpaired = flip_rate_decisions(result, baseline, RATE_MARGIN, None)
         overall = check_overall_flip_rate(result["flip_fraction"]["count"], result["flip_fraction"]["n"],
                                           baseline["result"]["flip_fraction"]["count"],
                                           baseline["result"]["flip_fraction"]["n"], pairs=paired.overall)
@@ -193,8 +188,9 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False
     for epsilon in SMOKE_EPSILONS:
         case = Case("smoke", data.name, "fgsm", epsilon)
         run = compute_case(case, data, original, model_block(original), seed=0)
-        baseline, _ = make_baseline(case, run.result, run.outcomes())
-        baselines[epsilon] = {**baseline, "outcomes": run.outcomes(), "thresholds": baseline["gate"]["max_flip_rate"]}
+        outcomes = run.outcomes()
+        baseline, _ = make_baseline(case, run.result, outcomes)
+        baselines[epsilon] = {**baseline, "outcomes": outcomes, "thresholds": baseline["gate"]["max_flip_rate"]}
     started = time.time()
     first = kept.get(("original", "rerun")) or {"kind": "original", "name": "rerun",
                                                 **measure(original, data, baselines)}

@@ -16,12 +16,11 @@ from labelflip_models.gate.config import RUNS_DIR
 from labelflip_models.gate.decisions import (
     Decision,
     check_attack_success,
-    check_flip_rates,
     check_min_norms,
     check_overall_flip_rate,
 )
 from labelflip_models.gate.failures import failing_the_test
-from labelflip_models.gate.pairing import pair
+from labelflip_models.gate.pairing import flip_rate_decisions, pair
 from labelflip_models.gate.strength import (
     Comparison,
     compare_with_autoattack,
@@ -123,13 +122,8 @@ def test_class_flip_rate(labelflip_case, labelflip_class, labelflip_run, labelfl
     run = labelflip_run(labelflip_case)
     result = run.result
     names = result["class_names"]
-    observed = result["per_class_flip_rate"]
-    baseline_rates = labelflip_baseline["result"]["per_class_flip_rate"]
     paired, how = pair(run.outcomes(), result, labelflip_baseline)
-    decisions = check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
-                                 [labelflip_baseline["thresholds"][n] for n in names],
-                                 [baseline_rates[n]["rate"] or 0.0 for n in names], labelflip_config.margins.rate,
-                                 pairs=paired and paired.pairs, base_flips=paired and paired.base_flips)
+    decisions = flip_rate_decisions(result, labelflip_baseline, labelflip_config.margins.rate, paired)
     if labelflip_class is not None:
         name = names[labelflip_class]
         decision = decisions[name]
