@@ -27,7 +27,7 @@ from labelflip_models.gate.decisions import (
     check_symmetry,
 )
 from labelflip_models.gate.pairing import pair
-from labelflip_models.gate.profiles import PROFILES, Case, cases, get_profile
+from labelflip_models.gate.profiles import FGSM_SMOKE, PROFILES, Case, cases, get_profile
 from labelflip_models.runs.results import analyse
 
 NAMES = [str(c) for c in range(10)]
@@ -192,7 +192,12 @@ def test_profiles():
     assert paper.spec("linf-pgd").epsilons == (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
     assert paper.spec("l2-cw").params == ()  # the paper profile keeps Foolbox's defaults
     assert paper.images_per_class("l0-bb") == 100 and paper.images_per_class("l0-bb", uncapped=True) is None
-    assert get_profile("smoke").images_per_class("fgsm") == 100
+    smoke_profile = get_profile("smoke")
+    # An attack's own size overrides the profile's, above it as well as below; uncapped lifts only the smaller.
+    assert smoke_profile.images_per_class("fgsm") == FGSM_SMOKE > smoke_profile.per_class
+    assert smoke_profile.images_per_class("fgsm", uncapped=True) == FGSM_SMOKE
+    assert smoke_profile.images_per_class("linf-pgd") == 50
+    assert smoke_profile.images_per_class("linf-pgd", uncapped=True) == smoke_profile.per_class
     assert set(PROFILES) >= {"smoke", "paper", "quick"}
     with pytest.raises(ConfigError, match="unknown profile"):
         get_profile("nightly")

@@ -12,6 +12,7 @@ from labelflip_models.analysis.stats import one_sided_wilson, wilson_interval
 from labelflip_models.gate.baselines import flip_rate_threshold
 from labelflip_models.gate.characteristics import (
     count_false_alarms,
+    equal_power_table,
     margin_table,
     min_detectable_increase,
     power,
@@ -183,7 +184,7 @@ def test_docs_table_is_current():
     section = re.search(r"^## The gate's error rates\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     assert section, "docs/gate.md lacks the section '## The gate's error rates'"
     documented = "".join(line + "\n" for line in section.group(1).splitlines() if line.startswith("|"))
-    assert documented == table() + margin_table(), (
+    assert documented == table() + margin_table() + equal_power_table(), (
         "docs/gate.md's tables of error rates are stale; replace them with the output of "
         "python -m labelflip_models.gate.characteristics")
 

@@ -21,8 +21,10 @@ def select(profile: Profile, data: Dataset, attack: str, uncapped: bool = False)
     per_class = profile.images_per_class(attack, uncapped)
     if per_class is None:
         return np.arange(len(data.test_labels)), "whole test set"
-    indices = balanced_subset(data.test_labels, per_class, data.num_classes, at_most=data.own)
-    return indices, f"first {'up to ' if data.own else ''}{per_class} test images of each class"
+    # A class with fewer test images gives all it has; the gate reports a class too small to gate.
+    short = bool((np.bincount(data.test_labels, minlength=data.num_classes) < per_class).any())
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes, at_most=True)
+    return indices, f"first {'up to ' if short else ''}{per_class} test images of each class"
 
 
 def case_images(case: Case, data: Dataset, uncapped: bool = False) -> tuple[np.ndarray, str]:

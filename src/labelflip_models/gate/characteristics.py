@@ -9,7 +9,9 @@ Paired (`margin_table`): each repetition draws every image's baseline outcome, t
 outcome except that a share `churn` of them is drawn afresh at the class's rate (what another seed or a retrain
 does without changing the rate), and class 0's unflipped images flip with the probability that raises its rate by
 the increase. Decided with paired_family_test at the default margin, beside family_test with the same margin on
-the same counts. `python -m labelflip_models.gate.characteristics` prints both tables of docs/gate.md.
+the same counts; and (`equal_power_table`) the images per class each needs to catch a rise of the margin + 0.10 with
+80% power, which sizes the smoke profile's FGSM cases. `python -m labelflip_models.gate.characteristics` prints the
+three tables of docs/gate.md.
 """
 
 from __future__ import annotations
@@ -162,8 +164,11 @@ def smallest_rise_caught(k: int, n: int, rate: float, churn: float, margin: floa
     return found[0], found[1]
 
 
-MARGIN_SIZES = ((10, 100, 0.1), (10, 100, 0.3), (10, 50, 0.3), (10, 1000, 0.3))
+MARGIN_SIZES = ((10, 100, 0.1), (10, 100, 0.3), (10, 50, 0.3), (10, 400, 0.3), (10, 1000, 0.3))
 CHURNS = (0.1, 0.3)
+# The rise the gate is meant to catch with 80% power: the margin plus this.
+TARGET_EXCESS = 0.10
+SIZE_STEP, MOST_IMAGES = 50, 2000
 
 
 def margin_table(reps: int = POWER_REPS, seed: int = 0) -> str:
@@ -181,10 +186,41 @@ def margin_table(reps: int = POWER_REPS, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+def images_for_power(k: int, rate: float, churn: float, rise: float, margin: float = RATE_MARGIN,
+                     power: float = 0.8, reps: int = POWER_REPS, seed: int = 0) -> tuple[int | None, int | None]:
+    """The fewest images per class, on a grid of SIZE_STEP up to MOST_IMAGES, at which a rise of class 0's flip rate
+    by `rise` is caught with probability `power`, paired and unpaired (None: not within MOST_IMAGES)."""
+    found: list[int | None] = [None, None]
+    for n in range(SIZE_STEP, MOST_IMAGES + 1, SIZE_STEP):
+        caught = paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed)
+        for i in (0, 1):
+            if found[i] is None and caught[i] >= power:
+                found[i] = n
+        if None not in found:
+            break
+    return found[0], found[1]
+
+
+def equal_power_table(reps: int = POWER_REPS, seed: int = 0) -> str:
+    """The Markdown table of the images per class each decision needs to catch a rise of the margin + TARGET_EXCESS
+    with 80% power (docs/gate.md)."""
+    rise = round(RATE_MARGIN + TARGET_EXCESS, 2)
+    lines = [f"| K | baseline rate | churn | images per class to catch +{rise:.2f} with 80% power: paired | unpaired |",
+             "|---|---|---|---|---|"]
+    for rate in (0.1, 0.3):
+        for churn in CHURNS:
+            paired, unpaired = images_for_power(10, rate, churn, rise, reps=reps, seed=seed)
+            lines.append(f"| 10 | {rate} | {churn} | {paired or f'> {MOST_IMAGES}'} "
+                         f"| {unpaired or f'> {MOST_IMAGES}'} |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     started = time.perf_counter()
     print(table(), end="")
     print()
     print(margin_table(), end="")
+    print()
+    print(equal_power_table(), end="")
     print(f"\n({FALSE_ALARM_REPS} repetitions per false-alarm rate, {POWER_REPS} per power; "
           f"{time.perf_counter() - started:.1f} s)")
