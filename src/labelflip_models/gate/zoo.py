@@ -9,7 +9,8 @@ again); `--table FILE` renders that file's Markdown table, which docs/gate.md ho
 changes") and tests/test_gate_zoo.py keeps current.
 
 The cases are the smoke profile's FGSM cases, whose ground truth (FGSM on every other test image) is cheap; every
-decision of those cases that fails a model is one the gate would fail.
+decision of those cases that fails a model is one the gate would fail. Beside them, the smoke profile's L2 DeepFool
+case's minimal-norm decisions, without a truth.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset, load_dataset
@@ -37,14 +39,16 @@ from ..runs.results import model_block
 from ..storage.atomic import atomic_write_text
 from .baselines import make_baseline
 from .cases import compute_case
-from .decisions import ALPHA, check_overall_flip_rate
-from .margins import RATE_MARGIN
+from .decisions import ALPHA, check_min_norms, check_overall_flip_rate
+from .margins import NORM_MARGIN, RATE_MARGIN
 from .pairing import flip_rate_decisions, pair
 from .profiles import SMOKE_EPSILONS, Case, get_profile
 
 SCHEMA = "labelflip.gate-zoo/2"
 DATASET = "fashion-mnist"
 RETRAIN_SEEDS = tuple(range(1, 9))
+# The minimal attack whose norm decisions the zoo records (no truth: minimal attacks on every test image cost hours).
+NORM_ATTACK = "l2-deepfool"
 NOISE = (0.05, 0.1, 0.2)
 PRUNE = (0.3, 0.5, 0.7)
 QUANT_BITS = (8, 6, 4)
@@ -136,37 +140,77 @@ def variants(original: nn.Module, data: Dataset, folder: Path, seeds: tuple[int,
         yield "retrain", f"seed {seed}", lambda s=seed: load_or_train(data, seed=s, shipped=False).model
 
 
-def _truth(model: nn.Module, data: Dataset, epsilon: float, attacked: np.ndarray) -> tuple[list[float], float]:
-    """Per class, FGSM's flip rate at `epsilon` on the test images the gate did not attack (indices `attacked`):
-    independent of the gate's own sample; and the clean accuracy on the whole test set."""
-    run = compute_case(Case("paper", data.name, "fgsm", epsilon), data, model, model_block(model), seed=0)
-    outcomes = run.outcomes()
-    held_out = ~np.isin(outcomes.index, attacked)
-    labels, k = outcomes.label[held_out], data.num_classes
-    rates = np.bincount(labels, weights=outcomes.flipped[held_out], minlength=k) / np.bincount(labels, minlength=k)
-    return rates.tolist(), run.result["clean_accuracy"]["rate"]
+def _fgsm_flips(model: nn.Module, data: Dataset, epsilons: tuple[float, ...], batch_size: int = 500,
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """On every test image: per ε (rows), whether FGSM at ε leaves it misclassified (or the model already got it
+    wrong); and whether the model classifies it correctly. FGSM as Foolbox's: one step of ε·sign(∇ cross-entropy)
+    from the clean image, clipped to [0, 1]. Its gradient is the same at every ε, so one backward pass serves all."""
+    images, labels = data.tensors("test")
+    flipped = np.zeros((len(epsilons), len(labels)), dtype=bool)
+    correct = np.zeros(len(labels), dtype=bool)
+    for i in range(0, len(labels), batch_size):
+        x, y = images[i:i + batch_size].clone().requires_grad_(True), labels[i:i + batch_size]
+        logits = model(x)
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+        right = logits.argmax(1) == y
+        correct[i:i + batch_size] = right.numpy()
+        with torch.no_grad():
+            for j, epsilon in enumerate(epsilons):
+                adversarial = (x + epsilon * grad.sign()).clamp(0, 1)
+                flipped[j, i:i + batch_size] = (~right | (model(adversarial).argmax(1) != y)).numpy()
+    return flipped, correct
 
 
-def measure(model: nn.Module, data: Dataset, baselines: dict[float, dict[str, Any]]) -> dict[str, Any]:
-    """One model of the zoo: its clean accuracy, its true per-class flip rates, and the gate's decisions."""
-    cases, accuracy = {}, None
-    for epsilon in SMOKE_EPSILONS:
+def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[str, Any]]) -> dict[str, Any]:
+    """One model of the zoo: its clean accuracy, its true per-class flip rates (FGSM on the test images the gate did
+    not attack), and the gate's decisions."""
+    flipped, correct = _fgsm_flips(model, data, SMOKE_EPSILONS)
+    cases = {}
+    for j, epsilon in enumerate(SMOKE_EPSILONS):
         case = Case("smoke", data.name, "fgsm", epsilon)
         run = compute_case(case, data, model, model_block(model), seed=0)
-        result, baseline = run.result, baselines[epsilon]
+        result, baseline, outcomes = run.result, baselines[epsilon], run.outcomes()
+        # The gate's own FGSM on its images must agree with the truth's, but for images on a decision boundary.
+        disagree = int((flipped[j, outcomes.index] != outcomes.flipped).sum())
+        if disagree > 0.01 * len(outcomes.index):
+            raise RuntimeError(f"FGSM ε={epsilon:g}: the truth's FGSM disagrees with the gate's on {disagree} of "
+                               f"{len(outcomes.index)} images")
+        held_out = np.ones(len(correct), dtype=bool)
+        held_out[outcomes.index] = False
+        labels, k = data.test_labels[held_out], data.num_classes
+        truth = np.bincount(labels, weights=flipped[j, held_out], minlength=k) / np.bincount(labels, minlength=k)
         names = result["class_names"]
-        paired, how = pair(run.outcomes(), result, baseline)
+        paired, how = pair(outcomes, result, baseline)
         decisions = flip_rate_decisions(result, baseline, RATE_MARGIN, paired)
         unpaired = flip_rate_decisions(result, baseline, RATE_MARGIN, None)
         overall = check_overall_flip_rate(result["flip_fraction"]["count"], result["flip_fraction"]["n"],
                                           baseline["result"]["flip_fraction"]["count"],
                                           baseline["result"]["flip_fraction"]["n"], pairs=paired.overall)
-        truth, accuracy = _truth(model, data, epsilon, run.outcomes().index)
-        cases[f"{epsilon:g}"] = {"truth": truth, "pairing": how,
+        cases[f"{epsilon:g}"] = {"truth": truth.tolist(), "truth_images": int(held_out.sum()),
+                                 "truth_disagreements": disagree, "pairing": how,
                                  "failed": [n for n in names if not decisions[n].passed],
                                  "failed_unpaired": [n for n in names if not unpaired[n].passed],
                                  "overall_failed": not overall.passed, "overall": overall.message}
-    return {"clean_accuracy": accuracy, "sha256": model_block(model)["sha256"], "cases": cases}
+    return {"clean_accuracy": float(correct.mean()), "sha256": model_block(model)["sha256"], "cases": cases,
+            "norms": _norm_decisions(model, data, baselines[NORM_ATTACK])}
+
+
+def _norm_decisions(model: nn.Module, data: Dataset, baseline: dict[str, Any]) -> dict[str, Any]:
+    """The smoke profile's minimal-norm decisions (paired, default norm margin), and per class the median ratio of
+    each image's minimal norm to the original's (inf where only one of the two attacks failed)."""
+    run = compute_case(Case("smoke", data.name, NORM_ATTACK, None), data, model, model_block(model), seed=0)
+    paired, how = pair(run.outcomes(), run.result, baseline)
+    if paired is None or paired.norms is None:
+        raise RuntimeError(f"the zoo's {NORM_ATTACK} run did not pair with the original's: {how}")
+    decisions = check_min_norms({n: now for n, (now, _) in paired.norms.items()}, {}, NORM_MARGIN,
+                                base_norms={n: base for n, (_, base) in paired.norms.items()})
+    ratios = {}
+    for name, (now, base) in paired.norms.items():
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(np.isinf(now) & np.isinf(base), 1.0, now / base)  # failed both times: unchanged
+        ratios[name] = float(np.median(ratio)) if len(ratio) else None
+    return {"attack": NORM_ATTACK, "margin": NORM_MARGIN, "failed": [n for n, d in decisions.items() if not d.passed],
+            "median_ratio": ratios}
 
 
 def _earlier(out: Path, original_sha256: str) -> dict[str, Any] | None:
@@ -176,7 +220,8 @@ def _earlier(out: Path, original_sha256: str) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     same = (zoo.get("schema") == SCHEMA and zoo.get("provenance", {}).get("original_sha256") == original_sha256
-            and zoo.get("margin") == RATE_MARGIN and zoo.get("epsilons") == list(SMOKE_EPSILONS)
+            and zoo.get("margin") == RATE_MARGIN and zoo.get("norm_margin") == NORM_MARGIN
+            and zoo.get("epsilons") == list(SMOKE_EPSILONS)
             and zoo.get("images_per_class") == get_profile("smoke").images_per_class("fgsm"))
     return zoo if same else None
 
@@ -189,17 +234,19 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False
     sha = model_block(original)["sha256"]
     earlier = None if fresh else _earlier(out, sha)
     kept = {(r["kind"], r["name"]): r for r in earlier["models"]} if earlier else {}
-    baselines = {}
-    for epsilon in SMOKE_EPSILONS:
-        case = Case("smoke", data.name, "fgsm", epsilon)
+    baselines: dict[float | str, dict[str, Any]] = {}
+    for epsilon in (*SMOKE_EPSILONS, None):
+        case = Case("smoke", data.name, "fgsm" if epsilon else NORM_ATTACK, epsilon)
         run = compute_case(case, data, original, model_block(original), seed=0)
         outcomes = run.outcomes()
         baseline, _ = make_baseline(case, run.result, outcomes)
-        baselines[epsilon] = {**baseline, "outcomes": outcomes, "thresholds": baseline["gate"]["max_flip_rate"]}
+        baselines[epsilon or NORM_ATTACK] = {**baseline, "outcomes": outcomes,
+                                             "thresholds": baseline["gate"]["max_flip_rate"]}
     started = time.time()
     first = kept.get(("original", "rerun")) or {"kind": "original", "name": "rerun",
                                                 **measure(original, data, baselines)}
     zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
+           "norm_margin": NORM_MARGIN,
            "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm",
            "images_per_class": get_profile("smoke").images_per_class("fgsm"), "retrain_seeds": list(seeds),
            "provenance": {"date": earlier["provenance"]["date"] if earlier else now_iso(), "updated": now_iso(),
@@ -243,7 +290,8 @@ def summary(zoo: dict[str, Any]) -> dict[str, Any]:
             false_alarm += unjustified
             retrain_fail += bool(failed)
         if record["kind"] == "re-export":
-            exported_fail += bool(failed) or any(c["overall_failed"] for c in record["cases"].values())
+            exported_fail += (bool(failed) or any(c["overall_failed"] for c in record["cases"].values())
+                              or bool(record["norms"]["failed"]))
         for e, rise in truth.items():
             for i in np.flatnonzero(rise > margin + 0.05):
                 big += 1
@@ -252,17 +300,20 @@ def summary(zoo: dict[str, Any]) -> dict[str, Any]:
     moved = np.concatenate([np.concatenate(list(rises(zoo, r).values())) for r in retrains]) if retrains else \
         np.zeros(0)
     exports = sum(r["kind"] == "re-export" for r in zoo["models"])
+    ratios = np.array([v for r in retrains for v in r["norms"]["median_ratio"].values() if v is not None])
     return {"retrains": len(retrains), "false_alarms": false_alarm, "retrains_failing": retrain_fail,
             "re_exports": exports, "re_exports_failing": exported_fail, "regressions": big, "caught": caught,
-            "retrain_rises": moved}
+            "retrain_rises": moved, "retrain_norm_ratios": ratios,
+            "retrains_failing_norms": sum(bool(r["norms"]["failed"]) for r in retrains)}
 
 
 def render(zoo: dict[str, Any]) -> str:
     """The Markdown table of docs/gate.md, one row per model, then the whole gate's rates."""
     margin, names = zoo["margin"], zoo["class_names"]
     lines = ["| change | clean acc | largest true per-class rise | classes rising > margin | failing classes "
-             "(paired) | of them with a true rise ≤ margin | failing classes (unpaired) | overall fails |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|"]
+             "(paired) | of them with a true rise ≤ margin | failing classes (unpaired) | overall fails "
+             "| classes failing the norm margin |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for record in zoo["models"]:
         truth = rises(zoo, record)
         largest = max(float(r.max()) for r in truth.values())
@@ -272,7 +323,7 @@ def render(zoo: dict[str, Any]) -> str:
         unpaired = sum(len(c["failed_unpaired"]) for c in record["cases"].values())
         overall = sum(c["overall_failed"] for c in record["cases"].values())
         lines.append(f"| {record['kind']}: {record['name']} | {record['clean_accuracy']:.4f} | {largest:+.3f} | "
-                     f"{over} | {len(failed)} | {wrong} | {unpaired} | {overall} |")
+                     f"{over} | {len(failed)} | {wrong} | {unpaired} | {overall} | {len(record['norms']['failed'])} |")
     s = summary(zoo)
     lines += ["", f"- False alarms: {s['false_alarms']} of {s['retrains']} retrains fail a class whose true rise is "
                   f"at most the margin {margin}; {s['retrains_failing']} of {s['retrains']} fail at all.",
@@ -285,6 +336,12 @@ def render(zoo: dict[str, Any]) -> str:
                      f"|change| {np.median(np.abs(moved)):.3f}, 90th percentile {np.quantile(np.abs(moved), 0.9):.3f}; "
                      f"{int((moved > margin).sum())} ({(moved > margin).mean():.0%}) rose by more than the margin, "
                      f"{int((moved > margin + 0.05).sum())} by more than the margin + 0.05.")
+    ratios = s["retrain_norm_ratios"]
+    if len(ratios):
+        lines.append(f"- Retrains, minimal {NORM_ATTACK} norms: {s['retrains_failing_norms']} of {s['retrains']} "
+                     f"fail a class at the norm margin {zoo['norm_margin']:.0%}; a class's median ratio of new to "
+                     f"original norm lies between {np.quantile(ratios, 0.1):.2f} and "
+                     f"{np.quantile(ratios, 0.9):.2f} (10th–90th percentile of {len(ratios)} classes).")
     return "\n".join(lines) + "\n"
 
 
