@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from labelflip_models.gate.profiles import get_profile
-from labelflip_models.gate.zoo import RETRAIN_SEEDS, SCHEMA, render, summary
+from labelflip_models.gate.zoo import RETRAIN_SEEDS, SCHEMA, failed_at, render, summary
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "docs" / "zoo" / "fashion-mnist.json"
@@ -63,17 +63,23 @@ def test_model_changes_do_what_they_say(tmp_path):
 
 
 def test_summary_counts_false_alarms_against_the_truth():
-    def record(kind, truth, failed, norms_failed=(), ratios=(1.0, 1.0)):
-        return {"kind": kind, "name": kind, "clean_accuracy": 0.9,
-                "cases": {"0.1": {"truth": truth, "failed": failed, "failed_unpaired": [], "overall_failed": False}},
+    def counts(newly):
+        """Class a's and b's paired counts of 100 images each, 10 flipped in the baseline; `newly` flip now."""
+        return {"flips": [10 + k for k in newly], "n": [100, 100], "thresholds": [0.2, 0.2], "base_rates": [0.1, 0.1],
+                "newly": list(newly), "no_longer": [0, 0], "paired_n": [100, 100], "base_flips": [10, 10]}
+
+    def record(kind, truth, newly=(0, 0), norms_failed=(), ratios=(1.0, 1.0)):
+        case = {"truth": truth, "counts": counts(newly), "failed_unpaired": [], "overall_failed": False}
+        case["failed"] = failed_at(case["counts"], ["a", "b"], 0.05)
+        return {"kind": kind, "name": kind, "clean_accuracy": 0.9, "cases": {"0.1": case},
                 "norms": {"failed": list(norms_failed), "median_ratio": dict(zip("ab", ratios))}}
 
     zoo = {"margin": 0.05, "norm_margin": 0.1, "class_names": ["a", "b"], "epsilons": [0.1], "models": [
-        record("original", [0.1, 0.1], []),
-        record("retrain", [0.12, 0.3], ["b"], ["b"], (0.95, 0.6)),  # b truly rose by 0.2: a justified failure
-        record("retrain", [0.14, 0.1], ["a"], (), (1.05, 0.9)),  # a rose by 0.04 only: a false alarm
-        record("re-export", [0.1, 0.1], [], ["a"]),  # a re-export failing only its norms still fails
-        record("weight noise", [0.25, 0.1], []),  # a rose by 0.15 and was missed
+        record("original", [0.1, 0.1]),
+        record("retrain", [0.12, 0.3], (0, 15), ["b"], (0.95, 0.6)),  # b truly rose by 0.2: a justified failure
+        record("retrain", [0.14, 0.1], (15, 0), (), (1.05, 0.9)),  # a rose by 0.04 only: a false alarm
+        record("re-export", [0.1, 0.1], (0, 0), ["a"]),  # a re-export failing only its norms still fails
+        record("weight noise", [0.25, 0.1]),  # a rose by 0.15 and was missed
     ]}
     s = summary(zoo)
     assert {k: v for k, v in s.items() if k not in ("retrain_rises", "retrain_norm_ratios")} == {
@@ -81,11 +87,15 @@ def test_summary_counts_false_alarms_against_the_truth():
         "regressions": 2, "caught": 1, "retrains_failing_norms": 1}
     assert sorted(s["retrain_rises"].round(3)) == [0.0, 0.02, 0.04, 0.2]
     assert sorted(s["retrain_norm_ratios"]) == [0.6, 0.9, 0.95, 1.05]
+    # Decided again at a larger margin from the counts: 15 newly flipped of 100 is no clear rise beyond 0.10.
+    wider = summary(zoo, 0.10)
+    assert (wider["retrains_failing"], wider["false_alarms"], wider["regressions"], wider["caught"]) == (0, 0, 1, 0)
     table = render(zoo)
     assert "| retrain: retrain | 0.9000 | +0.200 | 1 | 1 | 0 | 0 | 0 | 1 |" in table
-    assert "norms: 1 of 2 fail a class at the norm margin 10%" in table
     assert "1 of 2 retrains fail a class whose true rise is at most the margin 0.05" in table
     assert "(4): the true change of the flip rate has median |change| 0.030, 90th percentile 0.152; 1 (25%)" in table
+    assert "norms: 1 of 2 fail a class at the norm margin 10%" in table
+    assert "| 0.05 | 2 of 2 | 1 | 1 of 2 | 1 of 1 |" in table and "| 0.10 | 0 of 2 | 0 | 0 of 1 | 1 of 1 |" in table
 
 
 def test_a_longer_measurement_keeps_only_records_of_the_same_original(tmp_path):

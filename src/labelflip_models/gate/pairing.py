@@ -36,15 +36,36 @@ class Paired:
         return int(self.pairs.newly.sum()), int(self.pairs.no_longer.sum()), int(self.pairs.n.sum())
 
 
+def flip_rate_counts(result: dict[str, Any], baseline: dict[str, Any], paired: Paired | None) -> dict[str, list[Any]]:
+    """What the flip-rate decision weighs, per class, from a run's result.json content and its loaded baseline: the
+    run's flips and images, the baseline's thresholds and rates, and where `paired` is given the paired counts."""
+    names, observed = result["class_names"], result["per_class_flip_rate"]
+    base = baseline["result"]["per_class_flip_rate"]
+    counts: dict[str, list[Any]] = {
+        "flips": [observed[n]["count"] for n in names], "n": [observed[n]["n"] for n in names],
+        "thresholds": [baseline["thresholds"][n] for n in names], "base_rates": [base[n]["rate"] or 0.0 for n in names]}
+    if paired is not None:
+        counts.update(newly=paired.pairs.newly.tolist(), no_longer=paired.pairs.no_longer.tolist(),
+                      paired_n=paired.pairs.n.tolist(), base_flips=paired.base_flips.tolist())
+    return counts
+
+
+def decide_flip_rates(names: list[str], counts: dict[str, list[Any]], margin: float,
+                      paired: bool = True) -> dict[str, Decision]:
+    """check_flip_rates on flip_rate_counts: paired where the counts hold paired ones and `paired` is true, else
+    unpaired against the baseline's thresholds."""
+    pairs = None
+    if paired and "newly" in counts:
+        pairs = Pairs(*(np.asarray(counts[k]) for k in ("newly", "no_longer", "paired_n")))
+    return check_flip_rates(names, counts["flips"], counts["n"], counts["thresholds"], counts["base_rates"], margin,
+                            pairs=pairs, base_flips=counts["base_flips"] if pairs is not None else None)
+
+
 def flip_rate_decisions(result: dict[str, Any], baseline: dict[str, Any], margin: float,
                         paired: Paired | None) -> dict[str, Decision]:
     """check_flip_rates on a run's result.json content against its loaded baseline: paired where `paired` is given,
     else unpaired against the baseline's thresholds."""
-    names, observed = result["class_names"], result["per_class_flip_rate"]
-    base = baseline["result"]["per_class_flip_rate"]
-    return check_flip_rates(names, [observed[n]["count"] for n in names], [observed[n]["n"] for n in names],
-                            [baseline["thresholds"][n] for n in names], [base[n]["rate"] or 0.0 for n in names],
-                            margin, pairs=paired and paired.pairs, base_flips=paired and paired.base_flips)
+    return decide_flip_rates(result["class_names"], flip_rate_counts(result, baseline, paired), margin)
 
 
 def _settings(result: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from .baselines import make_baseline
 from .cases import compute_case
 from .decisions import ALPHA, check_min_norms, check_overall_flip_rate
 from .margins import NORM_MARGIN, RATE_MARGIN
-from .pairing import flip_rate_decisions, pair
+from .pairing import decide_flip_rates, flip_rate_counts, pair
 from .profiles import SMOKE_EPSILONS, Case, get_profile
 
 SCHEMA = "labelflip.gate-zoo/2"
@@ -52,6 +52,8 @@ NORM_ATTACK = "l2-deepfool"
 NOISE = (0.05, 0.1, 0.2)
 PRUNE = (0.3, 0.5, 0.7)
 QUANT_BITS = (8, 6, 4)
+# The margins the records are decided at again, for choosing the default.
+SWEEP = (0.03, 0.05, 0.10, 0.15, 0.20)
 
 
 def _noisy(model: nn.Module, scale: float, seed: int = 0) -> nn.Module:
@@ -161,6 +163,13 @@ def _fgsm_flips(model: nn.Module, data: Dataset, epsilons: tuple[float, ...], ba
     return flipped, correct
 
 
+def failed_at(counts: dict[str, list[Any]], names: list[str], margin: float, paired: bool = True) -> list[str]:
+    """The classes the flip-rate decision fails at `margin`, from a case's recorded counts: the records decide again
+    at any margin."""
+    decisions = decide_flip_rates(names, counts, margin, paired)
+    return [n for n in names if not decisions[n].passed]
+
+
 def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[str, Any]]) -> dict[str, Any]:
     """One model of the zoo: its clean accuracy, its true per-class flip rates (FGSM on the test images the gate did
     not attack), and the gate's decisions."""
@@ -181,15 +190,16 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[s
         truth = np.bincount(labels, weights=flipped[j, held_out], minlength=k) / np.bincount(labels, minlength=k)
         names = result["class_names"]
         paired, how = pair(outcomes, result, baseline)
-        decisions = flip_rate_decisions(result, baseline, RATE_MARGIN, paired)
-        unpaired = flip_rate_decisions(result, baseline, RATE_MARGIN, None)
+        if paired is None:
+            raise RuntimeError(f"the zoo's FGSM ε={epsilon:g} run did not pair with the original's: {how}")
+        counts = flip_rate_counts(result, baseline, paired)
         overall = check_overall_flip_rate(result["flip_fraction"]["count"], result["flip_fraction"]["n"],
                                           baseline["result"]["flip_fraction"]["count"],
                                           baseline["result"]["flip_fraction"]["n"], pairs=paired.overall)
         cases[f"{epsilon:g}"] = {"truth": truth.tolist(), "truth_images": int(held_out.sum()),
-                                 "truth_disagreements": disagree, "pairing": how,
-                                 "failed": [n for n in names if not decisions[n].passed],
-                                 "failed_unpaired": [n for n in names if not unpaired[n].passed],
+                                 "truth_disagreements": disagree, "pairing": how, "counts": counts,
+                                 "failed": failed_at(counts, names, RATE_MARGIN),
+                                 "failed_unpaired": failed_at(counts, names, RATE_MARGIN, paired=False),
                                  "overall_failed": not overall.passed, "overall": overall.message}
     return {"clean_accuracy": float(correct.mean()), "sha256": model_block(model)["sha256"], "cases": cases,
             "norms": _norm_decisions(model, data, baselines[NORM_ATTACK])}
@@ -277,14 +287,22 @@ def rises(zoo: dict[str, Any], record: dict[str, Any]) -> dict[str, np.ndarray]:
     return {e: np.array(c["truth"]) - np.array(original["cases"][e]["truth"]) for e, c in record["cases"].items()}
 
 
-def summary(zoo: dict[str, Any]) -> dict[str, Any]:
-    """The whole gate's error rates on the zoo (see render for their definitions)."""
-    margin, names = zoo["margin"], zoo["class_names"]
+def _failed(zoo: dict[str, Any], record: dict[str, Any], margin: float) -> list[tuple[str, int]]:
+    """(ε, class index) of every class the gate fails at `margin`: as measured at the zoo's own margin, else decided
+    again from the recorded counts."""
+    names = zoo["class_names"]
+    return [(e, names.index(n)) for e, c in record["cases"].items()
+            for n in (c["failed"] if margin == zoo["margin"] else failed_at(c["counts"], names, margin))]
+
+
+def summary(zoo: dict[str, Any], margin: float | None = None) -> dict[str, Any]:
+    """The whole gate's error rates on the zoo at `margin` (default: the zoo's; see render for their definitions)."""
+    margin = zoo["margin"] if margin is None else margin
     false_alarm = retrain_fail = exported_fail = 0
     caught = big = 0
     for record in zoo["models"]:
         truth = rises(zoo, record)
-        failed = [(e, names.index(n)) for e, c in record["cases"].items() for n in c["failed"]]
+        failed = _failed(zoo, record, margin)
         unjustified = any(truth[e][i] <= margin for e, i in failed)
         if record["kind"] == "retrain":
             false_alarm += unjustified
@@ -308,8 +326,9 @@ def summary(zoo: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(zoo: dict[str, Any]) -> str:
-    """The Markdown table of docs/gate.md, one row per model, then the whole gate's rates."""
-    margin, names = zoo["margin"], zoo["class_names"]
+    """The Markdown tables of docs/gate.md: one row per model, the whole gate's rates, then those rates at other
+    margins (SWEEP), decided again from the recorded counts."""
+    margin = zoo["margin"]
     lines = ["| change | clean acc | largest true per-class rise | classes rising > margin | failing classes "
              "(paired) | of them with a true rise ≤ margin | failing classes (unpaired) | overall fails "
              "| classes failing the norm margin |",
@@ -318,7 +337,7 @@ def render(zoo: dict[str, Any]) -> str:
         truth = rises(zoo, record)
         largest = max(float(r.max()) for r in truth.values())
         over = sum(int((r > margin).sum()) for r in truth.values())
-        failed = [(e, names.index(n)) for e, c in record["cases"].items() for n in c["failed"]]
+        failed = _failed(zoo, record, margin)
         wrong = sum(truth[e][i] <= margin for e, i in failed)
         unpaired = sum(len(c["failed_unpaired"]) for c in record["cases"].values())
         overall = sum(c["overall_failed"] for c in record["cases"].values())
@@ -342,6 +361,12 @@ def render(zoo: dict[str, Any]) -> str:
                      f"fail a class at the norm margin {zoo['norm_margin']:.0%}; a class's median ratio of new to "
                      f"original norm lies between {np.quantile(ratios, 0.1):.2f} and "
                      f"{np.quantile(ratios, 0.9):.2f} (10th–90th percentile of {len(ratios)} classes).")
+    lines += ["", "| margin | retrains failing | of them for a class with a true rise ≤ margin | true regressions > "
+                  "margin + 0.05 caught | re-exports failing |", "|--:|--:|--:|--:|--:|"]
+    for other in SWEEP:
+        t = summary(zoo, other)
+        lines.append(f"| {other:.2f} | {t['retrains_failing']} of {t['retrains']} | {t['false_alarms']} | "
+                     f"{t['caught']} of {t['regressions']} | {t['re_exports_failing']} of {t['re_exports']} |")
     return "\n".join(lines) + "\n"
 
 
