@@ -17,6 +17,8 @@ three tables of docs/gate.md.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from scipy.optimize import brentq
@@ -148,20 +150,29 @@ def paired_and_unpaired(k: int, n: int, rate: float, increase: float, churn: flo
     return float(paired), float(unpaired)
 
 
+def _first_caught(grid: Iterable[Any], caught_at: Callable[[Any], tuple[float, float]],
+                  power: float) -> tuple[Any | None, Any | None]:
+    """The first point of `grid` at which `caught_at` (paired, unpaired) reaches `power`, for each of the two (None:
+    no point does); the search stops once both are found."""
+    found: list[Any | None] = [None, None]
+    for point in grid:
+        caught = caught_at(point)
+        for i in (0, 1):
+            if found[i] is None and caught[i] >= power:
+                found[i] = point
+        if None not in found:
+            break
+    return found[0], found[1]
+
+
 def smallest_rise_caught(k: int, n: int, rate: float, churn: float, margin: float = RATE_MARGIN,
                          power: float = 0.8, reps: int = POWER_REPS, seed: int = 0) -> tuple[float, float]:
     """The smallest rise of class 0's flip rate caught with probability `power`, paired and unpaired, on a grid of
     0.01 (NaN: none up to rate 1). The same seed for every rise: the power curves are monotone in it."""
     rises = np.round(np.arange(0.0, 1.0 - rate + 1e-9, 0.01), 2)
-    found = [float("nan"), float("nan")]
-    for rise in rises:
-        caught = paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed)
-        for i in (0, 1):
-            if np.isnan(found[i]) and caught[i] >= power:
-                found[i] = float(rise)
-        if not np.isnan(found).any():
-            break
-    return found[0], found[1]
+    found = _first_caught(rises, lambda rise: paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed), power)
+    paired, unpaired = (float("nan") if rise is None else float(rise) for rise in found)
+    return paired, unpaired
 
 
 MARGIN_SIZES = ((10, 100, 0.1), (10, 100, 0.3), (10, 50, 0.3), (10, 400, 0.3), (10, 1000, 0.3))
@@ -190,15 +201,8 @@ def images_for_power(k: int, rate: float, churn: float, rise: float, margin: flo
                      power: float = 0.8, reps: int = POWER_REPS, seed: int = 0) -> tuple[int | None, int | None]:
     """The fewest images per class, on a grid of SIZE_STEP up to MOST_IMAGES, at which a rise of class 0's flip rate
     by `rise` is caught with probability `power`, paired and unpaired (None: not within MOST_IMAGES)."""
-    found: list[int | None] = [None, None]
-    for n in range(SIZE_STEP, MOST_IMAGES + 1, SIZE_STEP):
-        caught = paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed)
-        for i in (0, 1):
-            if found[i] is None and caught[i] >= power:
-                found[i] = n
-        if None not in found:
-            break
-    return found[0], found[1]
+    return _first_caught(range(SIZE_STEP, MOST_IMAGES + 1, SIZE_STEP),
+                         lambda n: paired_and_unpaired(k, n, rate, rise, churn, margin, reps, seed), power)
 
 
 def equal_power_table(reps: int = POWER_REPS, seed: int = 0) -> str:

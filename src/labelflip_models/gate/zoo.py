@@ -174,10 +174,11 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[s
     """One model of the zoo: its clean accuracy, its true per-class flip rates (FGSM on the test images the gate did
     not attack), and the gate's decisions."""
     flipped, correct = _fgsm_flips(model, data, SMOKE_EPSILONS)
+    info = model_block(model)
     cases = {}
     for j, epsilon in enumerate(SMOKE_EPSILONS):
         case = Case("smoke", data.name, "fgsm", epsilon)
-        run = compute_case(case, data, model, model_block(model), seed=0)
+        run = compute_case(case, data, model, info, seed=0)
         result, baseline, outcomes = run.result, baselines[epsilon], run.outcomes()
         # The gate's own FGSM on its images must agree with the truth's, but for images on a decision boundary.
         disagree = int((flipped[j, outcomes.index] != outcomes.flipped).sum())
@@ -201,14 +202,14 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[s
                                  "failed": failed_at(counts, names, RATE_MARGIN),
                                  "failed_unpaired": failed_at(counts, names, RATE_MARGIN, paired=False),
                                  "overall_failed": not overall.passed, "overall": overall.message}
-    return {"clean_accuracy": float(correct.mean()), "sha256": model_block(model)["sha256"], "cases": cases,
-            "norms": _norm_decisions(model, data, baselines[NORM_ATTACK])}
+    return {"clean_accuracy": float(correct.mean()), "sha256": info["sha256"], "cases": cases,
+            "norms": _norm_decisions(model, info, data, baselines[NORM_ATTACK])}
 
 
-def _norm_decisions(model: nn.Module, data: Dataset, baseline: dict[str, Any]) -> dict[str, Any]:
+def _norm_decisions(model: nn.Module, info: dict[str, Any], data: Dataset, baseline: dict[str, Any]) -> dict[str, Any]:
     """The smoke profile's minimal-norm decisions (paired, default norm margin), and per class the median ratio of
     each image's minimal norm to the original's (inf where only one of the two attacks failed)."""
-    run = compute_case(Case("smoke", data.name, NORM_ATTACK, None), data, model, model_block(model), seed=0)
+    run = compute_case(Case("smoke", data.name, NORM_ATTACK, None), data, model, info, seed=0)
     paired, how = pair(run.outcomes(), run.result, baseline)
     if paired is None or paired.norms is None:
         raise RuntimeError(f"the zoo's {NORM_ATTACK} run did not pair with the original's: {how}")
@@ -241,13 +242,14 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False
     `fresh`), so a longer list of seeds adds only its new retrains."""
     data = load_dataset(DATASET)
     original = load_or_train(data).model
-    sha = model_block(original)["sha256"]
+    info = model_block(original)
+    sha = info["sha256"]
     earlier = None if fresh else _earlier(out, sha)
     kept = {(r["kind"], r["name"]): r for r in earlier["models"]} if earlier else {}
     baselines: dict[float | str, dict[str, Any]] = {}
     for epsilon in (*SMOKE_EPSILONS, None):
         case = Case("smoke", data.name, "fgsm" if epsilon else NORM_ATTACK, epsilon)
-        run = compute_case(case, data, original, model_block(original), seed=0)
+        run = compute_case(case, data, original, info, seed=0)
         outcomes = run.outcomes()
         baseline, _ = make_baseline(case, run.result, outcomes)
         baselines[epsilon or NORM_ATTACK] = {**baseline, "outcomes": outcomes,
