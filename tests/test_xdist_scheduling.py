@@ -20,3 +20,16 @@ def test_tests_of_one_case_share_a_scope_and_compiled_attacks_share_one_across_d
     assert split("t.py::test_symmetry_score[fashion-mnist-l1-bb-min-entrywise]") == "l1-bb"
     assert split("t.py::test_attack_success[mnist-5k-l1-bb-min]") == "l1-bb"
     assert split("tests/test_x.py::test_other[mnist-5k]") == "tests/test_x.py::test_other[mnist-5k]"
+
+
+def test_a_models_fgsm_cases_share_a_worker_and_its_gradient():
+    from labelflip_models.gate.profiles import Case
+    from labelflip_models.gate.xdist_scheduling import case_scope
+
+    fgsm = [Case("smoke", d, "fgsm", e, a) for d in ("fashion-mnist", "mnist-5k") for e in (0.1, 0.2)
+            for a in ("", "other")]
+    scopes = {c: case_scope(c) for c in fgsm}
+    assert len(set(scopes.values())) == 4  # per dataset and model, across ε
+    assert scopes[fgsm[0]] == scopes[fgsm[2]] == "fashion-mnist-fgsm"
+    assert case_scope(Case("smoke", "mnist-5k", "linf-pgd", 0.1)) == "mnist-5k-linf-pgd-eps0.1"
+    assert case_scope(Case("smoke", "mnist-5k", "l1-bb", None)) == "l1-bb"

@@ -18,23 +18,30 @@ from .bounds import Bounds
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, norm: str, steps: int,
-        rel_stepsize: float, start: torch.Tensor | None, bounds: Bounds, bf16: bool) -> torch.Tensor:
+        rel_stepsize: float, start: torch.Tensor | None, bounds: Bounds, bf16: bool, *,
+        first_gradient: torch.Tensor | None = None) -> torch.Tensor:
     """The adversarials for one batch (fp32, within ε of `x` in `norm` and within `bounds`), from x + `start`
-    (a perturbation inside the ε-ball, `seeds.random_start`) or from x itself."""
+    (a perturbation inside the ε-ball, `seeds.random_start`) or from x itself. `first_gradient`: the loss gradient
+    at the starting point where the caller has it (loss_gradient's, e.g. memoised for FGSM at several ε)."""
     x = x.float()
     if norm not in ("linf", "l2"):
         raise ValueError(f"pgd supports the linf and l2 norms, not {norm!r}")
     adv = x if start is None else (x + start).clamp(bounds.lower, bounds.upper)
     step = rel_stepsize * epsilon
-    for _ in range(steps):
-        adv = adv.detach().requires_grad_(True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(adv)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, adv)
+    for i in range(steps):
+        grad = first_gradient if i == 0 and first_gradient is not None else loss_gradient(model, adv, y, bf16)
         adv = adv.detach() + step * _direction(grad, norm)
         adv = (x + _project(adv - x, epsilon, norm)).clamp(bounds.lower, bounds.upper)
     return adv.detach()
+
+
+def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """The gradient of the summed cross-entropy at `x` (fp32; the model evaluated in bf16 autocast if `bf16`)."""
+    x = x.detach().requires_grad_(True)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), x)
+    return grad
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:

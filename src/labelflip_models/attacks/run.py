@@ -19,7 +19,8 @@ from .autoattack import AutoAttackFamily
 from .bounds import Bounds, check_epsilon_for
 from .engine import Engine, choose_engine, fast_copy
 from .fixed import FixedAttack
-from .kernels import pgd
+from .kernels import loss_gradient, pgd
+from .memo import Memo, fingerprint
 from .minimal import MinimalAttack
 from .registry import Attack, describe
 from .result import AttackResult
@@ -38,7 +39,7 @@ def default_batch(device_type: str) -> int:
 def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: Attack,
                epsilon: float | None = None, bounds: Bounds = Bounds(), batch_size: int | None = None,
                seed: int = 0, progress: bool = False, engine: str = "auto",
-               ids: torch.Tensor | None = None) -> AttackResult:
+               ids: torch.Tensor | None = None, memo: Memo | None = None) -> AttackResult:
     """Attack the images on the model's device; everything in the result is on the CPU.
 
     Fixed-ε attacks need `epsilon` (in `attack.norm`, pixel units) and attack every image. Minimal attacks take
@@ -48,6 +49,9 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     Randomness comes from `seed` and `ids`, each image's global id (default 0, 1, ...): random starts are drawn per
     image, whole-batch draws per batch from its first id (`seeds`). Images keep their results when the same ids
     come in another call, whatever the batch size for attacks that treat images independently.
+
+    `memo` (one per model, which must not change meanwhile) shares the clean predictions and a single-step attack's
+    gradients with the model's other runs on the same images; the results are the same with or without it.
     """
     epsilon = check_epsilon_for(attack, epsilon, bounds)
     device = next(model.parameters()).device
@@ -64,7 +68,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
     chosen = choose_engine(engine, attack.native_kernel, model, device, attack.reference, bf16=not attack.minimal)
     images, labels = images.cpu(), labels.cpu()
     fast = fast_copy(model)
-    clean_pred = predict(model, images)
+    clean_pred = (predict(model, images) if memo is None
+                  else memo.get(("predictions", fingerprint(images)), lambda: predict(model, images)))
     start = time.perf_counter()
 
     def attack_in(batch: int) -> tuple[torch.Tensor, ...]:
@@ -86,7 +91,7 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         else:
             attacked = torch.ones(len(images), dtype=torch.bool, device="cpu")
             raw, clipped = fixed_adversarials(fast, images, labels, attack, epsilon, chosen, bounds, batch, progress,
-                                              ids, seed)
+                                              ids, seed, memo)
             adv_pred = predict(model, clipped)
             success = adv_pred != labels
         return attacked, raw, clipped, success, adv_pred, broken_by
@@ -113,9 +118,10 @@ def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:
 def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tensor, attack: FixedAttack,
                        epsilon: float, engine: Engine, bounds: Bounds = Bounds(), batch_size: int = 256,
                        progress: bool = False, ids: torch.Tensor | None = None,
-                       seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                       seed: int = 0, memo: Memo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The attack kernel alone: raw and ε-clipped adversarials of every image, on the CPU, with no verdicts.
-    Both engines start from the same per-image random starts (`seeds.random_start`).
+    Both engines start from the same per-image random starts (`seeds.random_start`). With `memo`, a single-step
+    attack from the clean images (FGSM) takes each batch's gradient from there (native engine).
 
     `fast` is `engine.fast_copy(model)`; arguments are trusted (`run_attack` checks them), which is what lets the
     benchmarks time the kernel without the bookkeeping around it.
@@ -132,8 +138,13 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
         start = random_start(x, ids[i:i + batch_size], seed, epsilon, attack.norm) if attack.random_start else None
         if engine.name == "native":
             x = x.contiguous(memory_format=torch.channels_last)
+            first = None
+            if memo is not None and attack.steps == 1 and start is None:
+                # The same at every ε: FGSM's step is ε times its sign.
+                first = memo.get(("loss gradient", fingerprint(x, y), engine.bf16),
+                                 lambda x=x, y=y: loss_gradient(fast, x.float(), y, engine.bf16))
             raw = clipped = pgd(fast, x, y, epsilon, attack.norm, attack.steps, attack.rel_stepsize, start, bounds,
-                                engine.bf16)
+                                engine.bf16, first_gradient=first)
         else:
             if start is not None:  # Foolbox adds it where it would have drawn its own (`get_random_start`)
                 foolbox_attack.get_random_start = lambda x0, _epsilon, delta=start: x0 + ep.astensor(delta)

@@ -9,6 +9,7 @@ import numpy as np
 from torch import nn
 
 from ..attacks import AttackResult, Bounds, make_attack
+from ..attacks.memo import Memo
 from ..data import Dataset, balanced_subset
 from ..runs.distributed import World
 from ..runs.evaluate import attack_images
@@ -35,7 +36,8 @@ def case_images(case: Case, data: Dataset, uncapped: bool = False) -> tuple[np.n
 
 def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
              bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto", *, world: World = World(),
-             scratch: Path | None = None, batch_size: int | None = None) -> tuple[dict[str, Any], AttackResult] | None:
+             scratch: Path | None = None, batch_size: int | None = None,
+             memo: Memo | None = None) -> tuple[dict[str, Any], AttackResult] | None:
     """Attack the case's images; return result.json's content and the adversarials (on rank 0 of `world`; None
     on the others, which attack their shard: runs/distributed.py).
 
@@ -49,16 +51,17 @@ def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, 
     # The gate's engine option applies where the attack has that engine: native kernels exist for some attacks only.
     return attack_images(data, model, model_info, indices, selection, attack, epsilon, bounds=bounds, seed=seed,
                          engine=engine if attack.native_kernel or not engine.startswith("native") else "auto",
-                         world=world, scratch=scratch, batch_size=batch_size)
+                         world=world, scratch=scratch, batch_size=batch_size, memo=memo)
 
 
 def compute_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
                  bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto", *,
-                 world: World = World(), scratch: Path | None = None, batch_size: int | None = None) -> CaseRun | None:
+                 world: World = World(), scratch: Path | None = None, batch_size: int | None = None,
+                 memo: Memo | None = None) -> CaseRun | None:
     """The case's run as the gate tests check it: the one way a case is computed, in a pytest session or by
-    `labelflip run` (None on ranks other than 0)."""
+    `labelflip run` (None on ranks other than 0). `memo`: the model's (attacks/memo.py), shared by its cases."""
     out = run_case(case, data, model, model_info, seed, bounds, uncapped, engine, world=world, scratch=scratch,
-                   batch_size=batch_size)
+                   batch_size=batch_size, memo=memo)
     if out is None:
         return None
     result, attacked = out

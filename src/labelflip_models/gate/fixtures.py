@@ -195,7 +195,7 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
     def compute(case: Case, data: Dataset) -> CaseRun:
         model = labelflip_case_model(case)
         run = compute_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
-                           Bounds(*cfg.bounds), cfg.uncapped, cfg.engine)
+                           Bounds(*cfg.bounds), cfg.uncapped, cfg.engine, memo=labelflip_models_under_test.memo(model))
         result = run.result
         if cfg.regen and regenerated(case):
             strength = None

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from ..attacks.memo import Memo, Memos
 from ..runs.results import model_block
 
 
@@ -16,11 +17,16 @@ class ModelsUnderTest:
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[nn.Module, dict[str, Any]]] = {}
+        self._memos = Memos()
 
     def add(self, model: nn.Module, *, arch: str | None = None, path: str | Path | None = None,
             reference: dict[str, Any] | None = None) -> nn.Module:
         self._known[id(model)] = (model, {"arch": arch, "path": path, "reference": reference})
         return model
+
+    def memo(self, model: nn.Module) -> Memo:
+        """What the model's cases share (attacks/memo.py): a session never changes the models it tests."""
+        return self._memos(model)
 
     def info(self, model: nn.Module) -> dict[str, Any]:
         known = self._known.get(id(model))

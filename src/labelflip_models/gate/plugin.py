@@ -16,7 +16,7 @@ import pytest
 
 from ..errors import LabelflipError
 from .config import FLAGS, OPTION_NAMES, OPTIONS, PER_CLASS_ITEMS, RUNS_DIR
-from .profiles import CASE_KINDS, COMPILED_PER_PROCESS, cases, get_profile, noise_scope
+from .profiles import CASE_KINDS, cases, get_profile, noise_scope
 from .session import (
     GATE_TAG,
     asked,
@@ -65,10 +65,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     selected = selected_cases(config) if asked(config) and config.getvalue("dist") == "load" else None
     if selected is None:
         return None  # not asked for, another distribution mode chosen, or settings the workers will reject
-    from .xdist_scheduling import CaseScheduling
+    from .xdist_scheduling import CaseScheduling, case_scope
 
-    # Cases of attacks that compile per process (numba) share a worker, so each process compiles at most once.
-    scopes = {c.id: c.attack if c.attack in COMPILED_PER_PROCESS else c.id for c in selected}
+    scopes = {c.id: case_scope(c) for c in selected}
     datasets = {c.dataset for c in selected}
     return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in datasets})
 

@@ -63,6 +63,9 @@ BB_SMOKE = (("steps", 100),)
 # Attacks whose solver compiles in every process that runs them (Brendel-Bethge's numba code, tens of seconds).
 # Under xdist their cases share one worker, which compiles once.
 COMPILED_PER_PROCESS = ("l0-bb", "l1-bb")
+# Single-step attacks from the clean image: a model's cases of one of them share its gradient at every ε when one
+# process runs them (attacks/memo.py), so under xdist they share a worker.
+ONE_GRADIENT = ("fgsm",)
 # The paper profile caps BB to this many images per class unless --labelflip-uncapped asks for all of them.
 PAPER_BB_PER_CLASS = 100
 # AutoAttack's APGD-T and FAB-T try 9 target classes of 100 steps and Square 5,000 queries on every image still

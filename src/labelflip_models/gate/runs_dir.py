@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..attacks import Bounds, make_attack
+from ..attacks.memo import Memos
 from ..data import Dataset
 from ..errors import ConfigError
 from ..runs.distributed import World, all_values, broadcast
@@ -134,6 +135,7 @@ def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], t
     ranks finished (runs/distributed.py), which go once rank 0 has written the run.
     """
     computed, images, start = [], 0, time.perf_counter()
+    memos = Memos()
     for number, case in enumerate(cases, 1):
         data, model, info = model_of(case)
         shas = all_values(info["sha256"], world)
@@ -152,7 +154,7 @@ def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], t
             # A rank that fails inside compute_case stops the job through its launcher (torchrun; srun with
             # --kill-on-bad-exit): the others are waiting in one of its collectives.
             run = compute_case(case, data, model, info, seed, bounds, uncapped, engine, world=world, scratch=scratch,
-                               batch_size=batch_size)
+                               batch_size=batch_size, memo=memos(model))
             _on_main(partial(save_run, run, directory), world)
             if world.local_rank == 0:  # one process per host clears the chunks its host's ranks kept
                 for folder in directory.glob(f"{SCRATCH}-*"):

@@ -13,6 +13,18 @@ from collections.abc import Mapping
 
 from xdist.scheduler import LoadScopeScheduling
 
+from .profiles import COMPILED_PER_PROCESS, ONE_GRADIENT, Case
+
+
+def case_scope(case: Case) -> str:
+    """The worker a case's tests share: its own, but cases of attacks that compile per process (numba) share one,
+    which compiles once, and a model's cases of a single-step attack share one, which takes its gradient once."""
+    if case.attack in COMPILED_PER_PROCESS:
+        return case.attack
+    if case.attack in ONE_GRADIENT:
+        return f"{case.model_key}-{case.attack}"
+    return case.id
+
 
 class CaseScheduling(LoadScopeScheduling):
     """LoadScopeScheduling whose scope is looked up from the gate case named in a test's parameter id

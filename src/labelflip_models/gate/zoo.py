@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks.memo import Memo
 from ..data import Dataset, load_dataset
 from ..models.cache import load_or_train
 from ..models.io import load_model
@@ -174,11 +175,11 @@ def measure(model: nn.Module, data: Dataset, baselines: dict[float | str, dict[s
     """One model of the zoo: its clean accuracy, its true per-class flip rates (FGSM on the test images the gate did
     not attack), and the gate's decisions."""
     flipped, correct = _fgsm_flips(model, data, SMOKE_EPSILONS)
-    info = model_block(model)
+    info, memo = model_block(model), Memo()
     cases = {}
     for j, epsilon in enumerate(SMOKE_EPSILONS):
         case = Case("smoke", data.name, "fgsm", epsilon)
-        run = compute_case(case, data, model, info, seed=0)
+        run = compute_case(case, data, model, info, seed=0, memo=memo)
         result, baseline, outcomes = run.result, baselines[epsilon], run.outcomes()
         # The gate's own FGSM on its images must agree with the truth's, but for images on a decision boundary.
         disagree = int((flipped[j, outcomes.index] != outcomes.flipped).sum())
@@ -247,16 +248,18 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False
     earlier = None if fresh else _earlier(out, sha)
     kept = {(r["kind"], r["name"]): r for r in earlier["models"]} if earlier else {}
     baselines: dict[float | str, dict[str, Any]] = {}
+    memo = Memo()
     for epsilon in (*SMOKE_EPSILONS, None):
         case = Case("smoke", data.name, "fgsm" if epsilon else NORM_ATTACK, epsilon)
-        run = compute_case(case, data, original, info, seed=0)
+        run = compute_case(case, data, original, info, seed=0, memo=memo)
         outcomes = run.outcomes()
         baseline, _ = make_baseline(case, run.result, outcomes)
         baselines[epsilon or NORM_ATTACK] = {**baseline, "outcomes": outcomes,
                                              "thresholds": baseline["gate"]["max_flip_rate"]}
-    started = time.time()
+    t0 = time.time()
     first = kept.get(("original", "rerun")) or {"kind": "original", "name": "rerun",
-                                                **measure(original, data, baselines)}
+                                                **measure(original, data, baselines),
+                                                "seconds": round(time.time() - t0, 1)}
     zoo = {"schema": SCHEMA, "dataset": DATASET, "class_names": list(data.class_names), "margin": RATE_MARGIN,
            "norm_margin": NORM_MARGIN,
            "alpha": ALPHA, "epsilons": list(SMOKE_EPSILONS), "attack": "fgsm",
@@ -278,7 +281,8 @@ def build(out: Path, seeds: tuple[int, ...] = RETRAIN_SEEDS, fresh: bool = False
             print(f"{kind} {name}: {zoo['models'][-1]['clean_accuracy']:.4f} ({zoo['models'][-1]['seconds']} s)",
                   flush=True)
     zoo["complete"] = True
-    zoo["provenance"]["seconds"] = round(time.time() - started)
+    # Over every resume: each model's measurement (a retrain's includes its training where the cache lacked it).
+    zoo["provenance"]["seconds"] = round(sum(r.get("seconds", 0) for r in zoo["models"]))
     atomic_write_text(out, json.dumps(zoo, indent=1) + "\n")
     return zoo
 

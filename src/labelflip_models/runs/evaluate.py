@@ -14,6 +14,7 @@ from torch import nn
 from ..analysis.noise import noise_probe
 from ..attacks import Attack, AttackResult, Bounds, run_attack
 from ..attacks.autoattack import AutoAttackFamily
+from ..attacks.memo import Memo
 from ..attacks.run import default_batch
 from ..data import Dataset
 from ..errors import DataError
@@ -58,11 +59,13 @@ def _device(model: nn.Module) -> str:
 def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], indices: np.ndarray,
                   selection: str, attack: Attack, epsilon: float | None, *, bounds: Bounds, seed: int,
                   engine: str = "auto", batch_size: int | None = None, progress: bool = False,
-                  world: World = World(), scratch: Path | None = None) -> tuple[dict[str, Any], AttackResult] | None:
+                  world: World = World(), scratch: Path | None = None,
+                  memo: Memo | None = None) -> tuple[dict[str, Any], AttackResult] | None:
     """Attack the test images `indices` (described by `selection`); result.json's content and the adversarials.
 
     Split over the processes of `world`, each rank attacks its shard (runs/distributed.py) and only rank 0 gets
     the result (the others None). With `scratch`, each finished chunk is kept there and not attacked again.
+    `memo`: the model's, shared with its other runs (run_attack).
 
     The images stream through in chunks of CHUNK_IMAGES (or the batch size), so memory does not grow with the test
     set; each image's randomness comes from (seed, its test-set index), so chunking changes no result. A run whose
@@ -88,7 +91,8 @@ def attack_images(data: Dataset, model: nn.Module, model_info: dict[str, Any], i
         part = None if path is None else load_chunk(path, ids)
         if part is None:
             part = run_attack(model, to_pixels(images, bounds), labels, attack, epsilon, bounds=bounds,
-                              batch_size=batch_size, seed=seed, progress=progress, engine=engine, ids=ids)
+                              batch_size=batch_size, seed=seed, progress=progress, engine=engine, ids=ids,
+                              memo=memo)
             part = part if keep else part.reduced()
             if path is not None:
                 save_chunk(part, ids, path)
