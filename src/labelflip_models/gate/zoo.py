@@ -40,6 +40,7 @@ from ..runs.results import model_block
 from ..storage.atomic import atomic_write_text
 from .baselines import make_baseline
 from .cases import compute_case
+from .characteristics import ZOO_EXCESS
 from .decisions import ALPHA, check_min_norms, check_overall_flip_rate
 from .margins import NORM_MARGIN, RATE_MARGIN
 from .pairing import decide_flip_rates, flip_rate_counts, pair
@@ -317,7 +318,7 @@ def summary(zoo: dict[str, Any], margin: float | None = None) -> dict[str, Any]:
             exported_fail += (bool(failed) or any(c["overall_failed"] for c in record["cases"].values())
                               or bool(record["norms"]["failed"]))
         for e, rise in truth.items():
-            for i in np.flatnonzero(rise > margin + 0.05):
+            for i in np.flatnonzero(rise > margin + ZOO_EXCESS):
                 big += 1
                 caught += (e, int(i)) in failed
     retrains = [r for r in zoo["models"] if r["kind"] == "retrain"]
@@ -353,14 +354,14 @@ def render(zoo: dict[str, Any]) -> str:
     lines += ["", f"- False alarms: {s['false_alarms']} of {s['retrains']} retrains fail a class whose true rise is "
                   f"at most the margin {margin}; {s['retrains_failing']} of {s['retrains']} fail at all.",
               f"- Re-exports failing: {s['re_exports_failing']} of {s['re_exports']}.",
-              f"- True per-class regressions above the margin + 0.05 (case × class, all models): {s['caught']} of "
-              f"{s['regressions']} caught."]
+              f"- True per-class regressions above the margin + {ZOO_EXCESS} (case × class, all models): "
+              f"{s['caught']} of {s['regressions']} caught."]
     moved = s["retrain_rises"]
     if len(moved):
         lines.append(f"- Retrains, all (ε, class) pairs ({len(moved)}): the true change of the flip rate has median "
                      f"|change| {np.median(np.abs(moved)):.3f}, 90th percentile {np.quantile(np.abs(moved), 0.9):.3f}; "
                      f"{int((moved > margin).sum())} ({(moved > margin).mean():.0%}) rose by more than the margin, "
-                     f"{int((moved > margin + 0.05).sum())} by more than the margin + 0.05.")
+                     f"{int((moved > margin + ZOO_EXCESS).sum())} by more than the margin + {ZOO_EXCESS}.")
     ratios = s["retrain_norm_ratios"]
     if len(ratios):
         lines.append(f"- Retrains, minimal {NORM_ATTACK} norms: {s['retrains_failing_norms']} of {s['retrains']} "
@@ -368,7 +369,7 @@ def render(zoo: dict[str, Any]) -> str:
                      f"original norm lies between {np.quantile(ratios, 0.1):.2f} and "
                      f"{np.quantile(ratios, 0.9):.2f} (10th–90th percentile of {len(ratios)} classes).")
     lines += ["", "| margin | retrains failing | of them for a class with a true rise ≤ margin | true regressions > "
-                  "margin + 0.05 caught | re-exports failing |", "|--:|--:|--:|--:|--:|"]
+                  f"margin + {ZOO_EXCESS} caught | re-exports failing |", "|--:|--:|--:|--:|--:|"]
     for other in SWEEP:
         t = summary(zoo, other)
         lines.append(f"| {other:.2f} | {t['retrains_failing']} of {t['retrains']} | {t['false_alarms']} | "
