@@ -100,3 +100,13 @@ def test_fingerprint_sees_values_dtype_shape_and_not_layout():
 def test_memos_give_each_model_object_its_own():
     memos, a, b = Memos(), _model(0), _model(0)
     assert memos(a) is memos(a) and memos(a) is not memos(b)
+
+
+def test_batches_too_large_to_keep_are_computed_without_a_fingerprint(gradients, monkeypatch):
+    model, (images, labels) = _model(), _images(20)
+    memo = Memo(max_bytes=4 * 64 * 4 - 1)  # less than either batch's gradient (16 and 4 images of 8x8)
+    hashed = []
+    real = fingerprint
+    monkeypatch.setattr("labelflip_models.attacks.run.fingerprint", lambda *t: hashed.append(len(t)) or real(*t))
+    _fgsm(model, images, labels, memo)
+    assert len(gradients) == 4 * 2 and hashed == [1] * 4  # each run's clean predictions only

@@ -38,6 +38,10 @@ class Memo:
         self._entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.hits = self.misses = 0
 
+    def holds(self, like: torch.Tensor) -> bool:
+        """Whether a value of this tensor's size would be kept (else a caller can spare the key's fingerprint)."""
+        return _size(like) <= self.max_bytes
+
     def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """compute(), or what an earlier call with the same key computed. Callers must not change the result in
         place: a later hit returns the same tensor."""
@@ -47,7 +51,7 @@ class Memo:
             return self._entries[key]
         self.misses += 1
         value = compute()
-        if _size(value) <= self.max_bytes:
+        if self.holds(value):
             self._entries[key] = value
             while sum(map(_size, self._entries.values())) > self.max_bytes:
                 self._entries.popitem(last=False)

@@ -139,7 +139,7 @@ def fixed_adversarials(fast: nn.Module, images: torch.Tensor, labels: torch.Tens
         if engine.name == "native":
             x = x.contiguous(memory_format=torch.channels_last)
             first = None
-            if memo is not None and attack.steps == 1 and start is None:
+            if memo is not None and attack.steps == 1 and start is None and memo.holds(x):
                 # The same at every ε: FGSM's step is ε times its sign.
                 first = memo.get(("loss gradient", fingerprint(x, y), engine.bf16),
                                  lambda x=x, y=y: loss_gradient(fast, x.float(), y, engine.bf16))
