@@ -1,0 +1,217 @@
+"""Whether gradient attacks can evaluate a model at all: cheap checks, run once per model on some of the dataset's
+images before any attack. Each failure makes a model look more robust than it is, or its flips meaningless
+(Carlini et al. 2019, "On Evaluating Adversarial Robustness", sections 3 and 5; AutoAttack's `checks.py`):
+
+- accuracy: clean accuracy clearly above chance, and no class classified clearly below chance (wrong class order,
+  normalisation or input bounds);
+- preprocessing: no common input convention (0-255, [-1, 1], MNIST or ImageNet normalisation, or undoing one)
+  makes the model clearly more accurate than the inputs it is given;
+- deterministic: two forward passes on the same images agree (noise or dropout at inference);
+- batch independent: an image's output does not depend on the other images of its batch;
+- logits: the outputs are not probabilities (softmax outputs saturate, and their gradients vanish);
+- gradients: the loss has a finite, nonzero input gradient at almost every image (non-differentiable
+  preprocessing such as input quantisation, or saturated logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from scipy.stats import binomtest
+from torch import nn
+
+from ..analysis.stats import one_sided_wilson
+from ..devices import ieee_fp32
+
+CONFIDENCE = 0.99
+# Largest difference between two outputs for the same image, relative to the outputs' scale, that still reads as
+# the same output: floating-point differences between kernels (another batch shape, GPU kernels) stay below it.
+SAME_OUTPUT = 1e-3
+# Share of images whose input gradient may be zero or non-finite: a correctly classified image whose loss has
+# underflowed to zero has no gradient in float32 (a logit margin above ~100).
+MAX_DEAD_GRADIENTS = 0.02
+# Images checked for batch independence one at a time.
+ALONE = 16
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    name: str
+    passed: bool
+    # One line: what is wrong and what to do (or what was found).
+    message: str
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _outputs(model: nn.Module, images: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
+    device = next(model.parameters()).device
+    with ieee_fp32(), torch.no_grad():
+        return torch.cat([model(images[i:i + batch].to(device)).float().cpu() for i in range(0, len(images), batch)])
+
+
+def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1.0)) if len(a) else 0.0
+
+
+def check_accuracy(outputs: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> ModelCheck:
+    """Clean accuracy's lower bound above chance (1/K), and no class whose accuracy's upper bound lies below it
+    (Bonferroni across the classes): a class whose images mostly go to one other class points at the class order."""
+    k = len(class_names)
+    pred = outputs.argmax(1)
+    correct = pred == labels
+    n, right = len(labels), int(correct.sum())
+    lower = float(one_sided_wilson(right, n, CONFIDENCE, "lower"))
+    chance = 1 / k
+    wrong_classes = []
+    for c, name in enumerate(class_names):
+        mine = labels == c
+        m = int(mine.sum())
+        if m and one_sided_wilson(int(correct[mine].sum()), m, 1 - (1 - CONFIDENCE) / k, "upper") < chance:
+            went = int(torch.bincount(pred[mine], minlength=k).argmax())
+            wrong_classes.append(f"{name!r} ({int(correct[mine].sum())}/{m} right, most as {class_names[went]!r})")
+    figures = {"accuracy": right / n if n else None, "lower_bound": lower, "chance": chance, "n": n}
+    if lower <= chance or wrong_classes:
+        found = (f"clean accuracy {right}/{n} ({CONFIDENCE:.0%} lower bound {lower:.3f}) vs chance {chance:.3f}"
+                 if lower <= chance else f"classes classified below chance: {', '.join(wrong_classes[:5])}")
+        return ModelCheck("accuracy", False, f"{found}: the model does not read this data as it was trained to; "
+                                             "check the class order (class names), the normalisation (mean, std) "
+                                             "and the input bounds", figures)
+    return ModelCheck("accuracy", True, f"clean accuracy {right}/{n} ({CONFIDENCE:.0%} lower bound {lower:.3f}) above "
+                                        f"chance {chance:.3f}, every class above it", figures)
+
+
+# Input conventions a model may expect instead of the one it is given: a mapping of the given images, each the
+# fix of a common mistake (scaling, normalising twice or not at all).
+_MNIST, _IMAGENET_MEAN, _IMAGENET_STD = (0.1307, 0.3081), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CONVENTIONS = {
+    "times 255": lambda x: x * 255,
+    "divided by 255": lambda x: x / 255,
+    "mapped to [-1, 1]": lambda x: 2 * x - 1,
+    "mapped back from [-1, 1]": lambda x: (x + 1) / 2,
+    "MNIST-normalised": lambda x: (x - _MNIST[0]) / _MNIST[1],
+    "MNIST-normalisation undone": lambda x: x * _MNIST[1] + _MNIST[0],
+    "ImageNet-normalised": lambda x: (x - _channels(_IMAGENET_MEAN, x)) / _channels(_IMAGENET_STD, x),
+    "ImageNet-normalisation undone": lambda x: x * _channels(_IMAGENET_STD, x) + _channels(_IMAGENET_MEAN, x),
+}
+# How much more accurate another convention must be, at least, to be reported (besides being significant).
+BETTER_BY = 0.05
+
+
+def _channels(values: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    """Per-channel constants shaped for (N, C, H, W); one channel takes their mean."""
+    v = torch.tensor(values if x.shape[1] == len(values) else (sum(values) / len(values),) * x.shape[1])
+    return v.view(1, -1, 1, 1).to(x)
+
+
+def check_preprocessing(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                        outputs: torch.Tensor) -> ModelCheck:
+    """No convention in CONVENTIONS may make the model clearly more accurate than the given images (`outputs`):
+    by BETTER_BY at least, and significantly (one-sided exact McNemar test on the images right in only one)."""
+    given = outputs.argmax(1) == labels
+    best: tuple[float, str, float] | None = None
+    for name, convert in CONVENTIONS.items():
+        other = _outputs(model, convert(images)).argmax(1) == labels
+        gain, up, down = float(other.float().mean() - given.float().mean()), int((other & ~given).sum()), \
+            int((given & ~other).sum())
+        if gain >= BETTER_BY and up + down:
+            p = binomtest(up, up + down, 0.5, alternative="greater").pvalue
+            if p < 1 - CONFIDENCE and (best is None or gain > best[0]):
+                best = (gain, name, p)
+    accuracy = float(given.float().mean())
+    if best is not None:
+        gain, name, p = best
+        message = (f"the model is more accurate with its inputs {name} ({accuracy + gain:.3f} vs {accuracy:.3f}, "
+                   f"p={p:.2g}): it probably expects other inputs; check the input bounds and the normalisation "
+                   "(mean, std)")
+        return ModelCheck("preprocessing", False, message, {"accuracy": accuracy, "better": name,
+                                                            "better_accuracy": accuracy + gain, "p_value": p})
+    return ModelCheck("preprocessing", True, f"no common input convention is clearly more accurate than the given one "
+                                             f"({accuracy:.3f})", {"accuracy": accuracy})
+
+
+def check_deterministic(model: nn.Module, images: torch.Tensor, first: torch.Tensor) -> ModelCheck:
+    """A second forward pass on the same images must give the same outputs as `first`."""
+    again = _outputs(model, images)
+    diff = _relative_difference(first, again)
+    changed = int((first.argmax(1) != again.argmax(1)).sum())
+    figures = {"relative_difference": diff, "predictions_changed": changed, "n": len(images)}
+    if diff > SAME_OUTPUT:
+        return ModelCheck("deterministic", False, f"two forward passes on the same {len(images)} images differ (by "
+                                                  f"{diff:.2g} of the outputs' scale; {changed} predictions changed): "
+                                                  "the forward pass is random (noise or dropout at inference?), "
+                                                  "which makes attacks look weaker than they are; evaluate the model "
+                                                  "deterministically", figures)
+    return ModelCheck("deterministic", True, f"two forward passes agree (difference {diff:.2g} of the scale)", figures)
+
+
+def check_batch_independent(model: nn.Module, images: torch.Tensor, in_batch: torch.Tensor) -> ModelCheck:
+    """The first ALONE images' outputs one at a time must be their outputs in the batch (`in_batch`)."""
+    alone = _outputs(model, images[:ALONE], batch=1)
+    diff = _relative_difference(in_batch[:ALONE], alone)
+    changed = int((in_batch[:ALONE].argmax(1) != alone.argmax(1)).sum())
+    figures = {"relative_difference": diff, "predictions_changed": changed, "n": len(alone)}
+    if diff > SAME_OUTPUT:
+        return ModelCheck("batch independent", False, f"{len(alone)} images classified one at a time differ from "
+                                                      f"the same images in a batch (by {diff:.2g} of the outputs' "
+                                                      f"scale; {changed} predictions changed): the output depends on "
+                                                      "the other images of the batch (batch norm in training mode?)",
+                          figures)
+    return ModelCheck("batch independent", True, f"outputs alone and in a batch agree (difference {diff:.2g})",
+                      figures)
+
+
+def check_logits(outputs: torch.Tensor) -> ModelCheck:
+    """Outputs that are non-negative rows summing to 1 are probabilities, not logits."""
+    sums = outputs.sum(1)
+    probabilities = bool(len(outputs)) and bool((outputs >= 0).all()) and bool(((sums - 1).abs() < 1e-3).all())
+    figures = {"probabilities": "yes" if probabilities else "no", "min": float(outputs.min()),
+               "max": float(outputs.max())}
+    if probabilities:
+        return ModelCheck("logits", False, "the model returns probabilities (every row non-negative and summing to "
+                                           "1): the loss of softmax outputs saturates and its gradients vanish; "
+                                           "return the logits (drop the final softmax)", figures)
+    return ModelCheck("logits", True, f"outputs are logits (range {figures['min']:.3g} to {figures['max']:.3g})",
+                      figures)
+
+
+def check_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ModelCheck:
+    """The cross-entropy's input gradient must be finite and nonzero at all but MAX_DEAD_GRADIENTS of the images."""
+    device = next(model.parameters()).device
+    dead = 0
+    with ieee_fp32():
+        for i in range(0, len(images), BATCH):
+            x = images[i:i + BATCH].to(device).requires_grad_(True)
+            loss = F.cross_entropy(model(x).float(), labels[i:i + BATCH].to(device), reduction="sum")
+            (grad,) = torch.autograd.grad(loss, x)
+            flat = grad.flatten(1)
+            dead += int((~torch.isfinite(flat).all(1) | (flat == 0).all(1)).sum())
+    share = dead / len(images) if len(images) else 0.0
+    figures = {"dead": dead, "n": len(images), "share": share}
+    if share > MAX_DEAD_GRADIENTS:
+        return ModelCheck("gradients", False, f"the loss has no usable input gradient at {dead} of {len(images)} "
+                                              f"images ({share:.0%}; zero or not finite): gradient attacks cannot "
+                                              "move them (preprocessing that cannot be differentiated, such as "
+                                              "rounding the input, or saturated logits?); give the attacks a "
+                                              "differentiable model", figures)
+    return ModelCheck("gradients", True, f"usable input gradients at {len(images) - dead} of {len(images)} images",
+                      figures)
+
+
+def model_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 class_names: list[str]) -> list[ModelCheck]:
+    """Every check, on `images` (pixel space, as the attacks see them) and their `labels`."""
+    if model.training:
+        raise ValueError("the model is in training mode; call model.eval() before checking it")
+    if len(images) != len(labels) or not len(images):
+        raise ValueError(f"need images with one label each, got {len(images)} images and {len(labels)} labels")
+    if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
+        raise ValueError(f"labels must lie in [0, {len(class_names)}), got {int(labels.min())}..{int(labels.max())}")
+    outputs = _outputs(model, images)
+    return [check_accuracy(outputs, labels, class_names), check_preprocessing(model, images, labels, outputs),
+            check_deterministic(model, images, outputs),
+            check_batch_independent(model, images, outputs), check_logits(outputs),
+            check_gradients(model, images, labels)]
