@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from ..data import Dataset
+    from ..runs.model_checks import ModelCheck
     from .decisions import Decision
     from .models_under_test import ModelsUnderTest
     from .shared_runs import CaseRun
@@ -162,6 +163,31 @@ def labelflip_case_model(labelflip_dataset: Callable[[str], Dataset],
     return get
 
 
+@pytest.fixture(scope="session")
+def labelflip_model_checks(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
+                           labelflip_case_model: Callable[[Case], nn.Module]) -> Callable[[Case], list[ModelCheck]]:
+    """Factory: case -> the checks (runs/model_checks.py) of the model its attack runs on, on the first test images
+    of each class, computed once per model and process."""
+    from ..attacks import Bounds
+    from ..data import balanced_subset
+    from ..runs.evaluate import pixel_images
+    from ..runs.model_checks import images_per_class, model_checks
+
+    done: dict[int, tuple[nn.Module, list[ModelCheck]]] = {}
+
+    def get(case: Case) -> list[ModelCheck]:
+        model = labelflip_case_model(case)
+        if id(model) not in done:
+            data = labelflip_dataset(case.dataset)
+            indices = balanced_subset(data.test_labels, images_per_class(data.num_classes), data.num_classes,
+                                      at_most=True)
+            images, labels = pixel_images(data, indices, Bounds(*labelflip_config.bounds))
+            done[id(model)] = (model, model_checks(model, images, labels, list(data.class_names)))
+        return done[id(model)][1]
+
+    return get
+
+
 def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
     if not hasattr(request.config, "workerinput"):
@@ -198,6 +224,10 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
                            Bounds(*cfg.bounds), cfg.uncapped, cfg.engine, memo=labelflip_models_under_test.memo(model))
         result = run.result
         if cfg.regen and regenerated(case):
+            failed = [c for c in request.getfixturevalue("labelflip_model_checks")(case) if not c.passed]
+            if failed:
+                pytest.fail(f"not writing {case.id}'s baseline: the model fails its checks (test_model_checks): "
+                            + "; ".join(f"{c.name}: {c.message}" for c in failed), pytrace=False)
             strength = None
             if not case.minimal:
                 from .strength import compare_with_autoattack

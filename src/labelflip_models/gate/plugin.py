@@ -74,7 +74,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fixtures = set(metafunc.fixturenames)
-    if not {"labelflip_noise_dataset", "labelflip_case", "labelflip_class"} & fixtures:
+    if not {"labelflip_noise_dataset", "labelflip_checked_model", "labelflip_case", "labelflip_class"} & fixtures:
         return
     try:
         cfg = gate_config(metafunc.config)
@@ -82,6 +82,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.fail(str(exc), pytrace=False)
     if "labelflip_noise_dataset" in fixtures:
         metafunc.parametrize("labelflip_noise_dataset", cfg.datasets, ids=[noise_scope(d) for d in cfg.datasets])
+    if "labelflip_checked_model" in fixtures:
+        # One case per model under test stands for it: the checks need only its dataset and architecture.
+        models = list({(c.dataset, c.arch): c for c in cases(get_profile(cfg.profile), cfg.datasets,
+                                                             own_model=cfg.model is not None)}.values())
+        metafunc.parametrize("labelflip_checked_model", models, ids=[f"{c.model_key}-model-checks" for c in models])
     if not {"labelflip_case", "labelflip_class"} & fixtures:
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")

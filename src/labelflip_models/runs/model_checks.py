@@ -36,6 +36,14 @@ MAX_DEAD_GRADIENTS = 0.02
 # Images checked for batch independence one at a time.
 ALONE = 16
 BATCH = 256
+# Test images the checks take: this many per class (enough for a class at 0% to lie clearly below chance at K = 10),
+# at most CHECK_IMAGES in all.
+CHECK_PER_CLASS, CHECK_IMAGES = 100, 10_000
+
+
+def images_per_class(num_classes: int) -> int:
+    """How many test images of each class the checks take."""
+    return max(1, min(CHECK_PER_CLASS, CHECK_IMAGES // num_classes))
 
 
 @dataclass(frozen=True)

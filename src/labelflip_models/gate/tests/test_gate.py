@@ -31,7 +31,7 @@ from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict_with_ties
 
 __all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
-           "test_epsilon_bound", "test_minimal_adversarials", "test_robust_accuracy"]
+           "test_epsilon_bound", "test_minimal_adversarials", "test_model_checks", "test_robust_accuracy"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -55,6 +55,19 @@ def bounds_problem(run) -> str | None:
     if low >= lower and high <= upper:
         return None
     return f"adversarials leave the input bounds [{lower}, {upper}]: range [{low}, {high}]"
+
+
+@gate_test()
+def test_model_checks(labelflip_checked_model, labelflip_model_checks, labelflip_record):
+    """Whether attacks can evaluate the model at all (runs/model_checks.py): accuracy above chance under the given
+    class order and preprocessing, a deterministic and batch-independent forward pass, logits, usable gradients."""
+    checks = labelflip_model_checks(labelflip_checked_model)
+    failed = [c for c in checks if not c.passed]
+    decision = Decision(not failed, "; ".join(f"{c.name}: {c.message}" for c in failed)
+                        or f"all {len(checks)} model checks passed", {c.name: "passed" if c.passed else "failed"
+                                                                      for c in checks})
+    labelflip_record("model_checks", decision, model=labelflip_checked_model.model_key)
+    assert decision.passed, decision.message
 
 
 @gate_test("fixed")
