@@ -32,6 +32,25 @@ def weakened(model: nn.Module, noise: float, seed: int = 0) -> nn.Module:
     return noisy
 
 
+def reference_net(dataset: str, scale: float = 1.0, mean: float = 0.0, std: float = 1.0) -> nn.Module:
+    """The bare C&W net of `dataset`'s shipped reference model, for a user who feeds it (x - mean) / std with pixels
+    x in [0, scale]: the reference's own normalisation is folded into the first convolution, which has no padding,
+    so the result classifies as well as the reference does (a trained stand-in for a user's model)."""
+    from labelflip_models.data import load_dataset
+    from labelflip_models.models.cache import load_or_train
+
+    reference = load_or_train(load_dataset(dataset)).model
+    net = copy.deepcopy(reference.net).eval()
+    # The reference sees (x / scale - m) / s = a * z + c for the user's z = (x - mean) / std.
+    m, s = float(reference.mean.flatten()[0]), float(reference.std.flatten()[0])
+    a, c = std / (scale * s), (mean / scale - m) / s
+    first = net[0]
+    with torch.no_grad():
+        first.bias.add_(c * first.weight.sum(dim=(1, 2, 3)))
+        first.weight.mul_(a)
+    return net
+
+
 def tiny_dataset(n_train: int = 64, n_test: int = 40, seed: int = 0) -> Dataset:
     """Random 28x28 digits-shaped data: enough to exercise training, caching and attacks in seconds."""
     rng = np.random.default_rng(seed)

@@ -74,9 +74,40 @@ def test_a_weak_attack_is_flagged_and_says_how_many_flips_it_misses():
     decision = check_attack_strength(case, aa, attack="fgsm")
     assert not decision.passed
     assert decision.figures == {"n": 40, "case_flips": 20, "autoattack_flips": 30, "missed": 10, "only_case": 0,
-                                "p_value": pytest.approx(2 ** -10), "alpha": 0.01, "weak": True}
+                                "p_value": pytest.approx(2 ** -10), "equivalence_p": pytest.approx(1.0),
+                                "alpha": 0.01, "margin": 0.05, "verdict": "weaker", "weak": True}
     assert "fgsm misses 10 of AutoAttack's flips" in decision.message
-    assert "significantly weaker" in decision.message and "not significantly" not in decision.message
+    assert "weaker than AutoAttack (p=0.00098 < 0.01)" in decision.message
+
+
+def test_a_small_comparison_says_not_shown_with_its_n_and_p():
+    """The smoke profile's sample size: 10 paired images, 3 flips missed, none found the other way (p = 1/8) is
+    neither weak nor shown as strong; the message says why, never a bare "no"."""
+    decision = check_attack_strength(*outcomes(5, 3, 0, 2))
+    assert decision.passed and decision.figures["verdict"] == "not shown"
+    assert "not shown: n=10 is too small (McNemar p=0.12" in decision.message
+
+
+def test_as_strong_needs_enough_images_that_agree():
+    # Identical outcomes on 400 images: AutoAttack cannot flip 5% more; on 40 the same agreement shows nothing.
+    assert check_attack_strength(*outcomes(200, 0, 0, 200)).figures["verdict"] == "as strong"
+    assert check_attack_strength(*outcomes(20, 0, 0, 20)).figures["verdict"] == "not shown"
+    # 400 images with 4 missed and 4 found the other way: still as strong; with 40 missed (10%): weaker.
+    assert check_attack_strength(*outcomes(196, 4, 4, 196)).figures["verdict"] == "as strong"
+    assert check_attack_strength(*outcomes(160, 40, 0, 200)).figures["verdict"] == "weaker"
+
+
+@pytest.mark.parametrize("n", [100, 400, 1000])
+def test_as_strong_is_rarely_said_of_an_attack_missing_the_margin(n):
+    """Seeded simulation at the boundary of "as strong": AutoAttack flips exactly `margin` (0.05) of the images
+    more (discordant 8% one way, 3% the other). The paired score test says "as strong" in at most ~1% of runs."""
+    rng = np.random.default_rng(n)
+    said = 0
+    for _ in range(2000):
+        category = rng.choice(4, size=n, p=(0.5, 0.08, 0.03, 0.39))  # both, only AutoAttack, only the case, neither
+        said += check_attack_strength(np.isin(category, (0, 2)), np.isin(category, (0, 1))).figures["verdict"] \
+            == "as strong"
+    assert said / 2000 <= 0.015
 
 
 @pytest.mark.parametrize("both, only_aa, only_case, neither", [(20, 0, 0, 20), (15, 3, 2, 20), (0, 0, 0, 5),

@@ -52,18 +52,26 @@ def write_pickle(path: Path, obj: Any, protocol: int = 2) -> None:
     path.write_bytes(pickle.dumps(obj, protocol=protocol))
 
 
-def fake_split(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
+def fake_split(n: int, seed: int, learnable: bool = False) -> tuple[np.ndarray, list[int]]:
+    """n random images and labels; `learnable`: each class a colour of its own under the noise, which a model
+    learns in seconds (a gate refuses a model at chance accuracy)."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), [int(c) for c in rng.permutation(n) % 10]
+    labels = rng.permutation(n) % 10
+    if not learnable:
+        return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), [int(c) for c in labels]
+    colours = np.array([[(c * 7 // 3) % 3 * 100 + 28, c % 3 * 100 + 28, c // 5 * 150 + 50] for c in range(10)])
+    noise = rng.integers(-25, 26, (n, 32, 32, 3))
+    images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+    return images, [int(c) for c in labels]
 
 
-def write_cifar(folder: Path, n: int = PER_BATCH, seed: int = 0, skip: tuple[str, ...] = (),
+def write_cifar(folder: Path, n: int = PER_BATCH, seed: int = 0, skip: tuple[str, ...] = (), learnable: bool = False,
                 **files: Any) -> dict[str, Any]:
     """The six batches and batches.meta in `folder`; `files` replaces a file's dict (or bytes, written raw).
 
     Returns the images and labels that were written, as the loader should return them.
     """
-    splits = {name: fake_split(n, seed + i) for i, name in enumerate([*TRAIN_FILES, "test_batch"])}
+    splits = {name: fake_split(n, seed + i, learnable) for i, name in enumerate([*TRAIN_FILES, "test_batch"])}
     contents: dict[str, Any] = {"batches.meta": meta(), **{name: batch(*split) for name, split in splits.items()}}
     for name, content in {**contents, **files}.items():
         if name in skip:

@@ -72,7 +72,7 @@ def test_gate_life_cycle_on_generated_cifar_files(pytester_gate, monkeypatch, tm
     the session report has a section per model."""
     from .test_cifar10_data import write_cifar
 
-    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=50)
+    write_cifar(tmp_path / "data" / "cifar-10-batches-py", n=120, learnable=True)  # enough to learn: 600 images
     monkeypatch.setenv("LABELFLIP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LABELFLIP_CACHE_DIR", str(tmp_path / "cache"))
     pytester_gate.makeconftest(GENERATED_PROFILE)

@@ -148,8 +148,33 @@ def test_drift_is_collected_once_from_passing_tests_and_shown_in_the_verdict():
     outcomes.pytest_runtest_logreport(_report("call", "failed", {"labelflip_check": "flip_rate",
                                                                  "labelflip_message": "class '9' rose"}))
     assert outcomes.drift == [("t.py::white_noise", "noise moved")]
-    assert verdict(outcomes) == {"passed": False, "failed": [{"test": "t.py::flip_rate", "message": "class '9' rose"}],
-                                 "drift": [{"test": "t.py::white_noise", "message": "noise moved"}]}
+    assert verdict(outcomes) == {"passed": False, "failed": [{"test": "t.py::flip_rate", "message": "class '9' rose",
+                                                           "evaluation": False}],
+                                 "drift": [{"test": "t.py::white_noise", "message": "noise moved"}], "evaluation": []}
+
+
+def test_evaluation_checks_are_collected_and_their_failures_told_apart():
+    """A failing evaluation check is a verdict of its own: the figures cannot be trusted, not "less robust"; every
+    evaluation check that ran is listed in the report's section, failed first."""
+    from labelflip_models.gate.failures import verdict
+    from labelflip_models.gate.session import GateOutcomes
+    from labelflip_models.reports.markdown import verdict_markdown
+
+    outcomes = GateOutcomes()
+    outcomes.pytest_runtest_logreport(_report("call", "passed", {"labelflip_check": "model_checks",
+                                                                 "labelflip_message": "all 6 model checks passed"}))
+    outcomes.pytest_runtest_logreport(_report("call", "failed", {"labelflip_check": "covers_single_step",
+                                                                 "labelflip_message": "30 of 100 missed"}))
+    result = verdict(outcomes)
+    assert result["failed"] == [{"test": "t.py::covers_single_step", "message": "30 of 100 missed", "evaluation": True}]
+    assert [(i["check"], i["passed"]) for i in result["evaluation"]] == [("model_checks", True),
+                                                                         ("covers_single_step", False)]
+    text = "\n".join(verdict_markdown(result))
+    assert "**Gate failed**: 1 evaluation check(s) failed: the figures may not mean what they say." in text
+    assert "less robust" not in text.split("#### Evaluation checks")[0]
+    table = text[text.index("#### Evaluation checks"):].splitlines()
+    assert table[4].startswith("| covers\\_single\\_step | FAILED | 30 of 100 missed")
+    assert table[5].startswith("| model\\_checks | passed | all 6 model checks passed")
 
 
 @pytest.mark.parametrize("fail_on_drift", [False, True])

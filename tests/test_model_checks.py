@@ -1,5 +1,8 @@
 """The model checks (runs/model_checks.py) on the Fashion-MNIST reference model as it is and broken in each of the
-ways that make attacks meaningless: each break is flagged by its own check, and the model as it is by none."""
+ways that make attacks meaningless: each break is flagged by its own check, and the model as it is by none; the
+checks in `labelflip attack`, result.json and the gate's refusal to write baselines."""
+
+import json
 
 import pytest
 import torch
@@ -16,13 +19,14 @@ BROKEN = {
     "input rounded to 8 bits, no straight-through gradient": (lambda m, x: m(torch.round(x * 255) / 255),
                                                               {"gradients"}),
     "softmax outputs": (lambda m, x: F.softmax(m(x), 1), {"logits"}),
-    "logits times 1000": (lambda m, x: m(x) * 1000, {"gradients"}),
     "noise at inference": (lambda m, x: m(x + 0.05 * torch.randn_like(x)), {"deterministic", "batch independent"}),
     "dropout at inference": (lambda m, x: m(F.dropout(x, 0.1, training=True)), {"deterministic", "batch independent"}),
     "two classes swapped": (lambda m, x: m(x)[:, [1, 0, *range(2, 10)]], {"accuracy"}),
     "normalised twice": (lambda m, x: m((x - 0.5) / 0.5), {"preprocessing"}),
-    "inputs expected in 0-255": (lambda m, x: m(x * 255), {"preprocessing", "gradients"}),
+    "inputs expected in 0-255": (lambda m, x: m(x * 255), {"preprocessing"}),
 }
+# Logits times 1000 saturate the cross-entropy, not the model's gradient: the large-ε probe flags them
+# (tests/test_evaluation_checks.py).
 
 
 class Broken(nn.Module):
@@ -77,3 +81,60 @@ def test_bad_input_is_refused(reference):
         model_checks(model, images, labels[:5], names)
     with pytest.raises(ValueError, match="labels must lie in"):
         model_checks(model, images, labels, names[:5])
+
+
+def _export(model: nn.Module, path):
+    program = torch.export.export(model, (torch.rand(2, 1, 28, 28),),
+                                  dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    torch.export.save(program, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_attack_prints_the_checks_and_result_json_records_them(reference, capsys, tmp_path):
+    """`labelflip attack` on a user's .pt2 that returns probabilities: the failed check is printed before the
+    figures it puts in doubt, every check lands in result.json; the reference model passes all six."""
+    from .helpers import run_cli
+
+    model = reference[0]
+    path = _export(Broken(model, BROKEN["softmax outputs"][0]).eval(), tmp_path / "softmax.pt2")
+    rc, out, err = run_cli(capsys, ["attack", "--dataset", "fashion-mnist", "--model", str(path), "--attack", "fgsm",
+                                    "--epsilon", "0.1", "--limit", "50", "--out", str(tmp_path / "run")])
+    assert rc == 0, err
+    first = out.splitlines()[0]
+    assert first.startswith("model check failed, the figures below may not mean what they say: logits: the model "
+                            "returns probabilities"), out
+    recorded = json.loads((tmp_path / "run" / "result.json").read_text())["model_checks"]
+    assert [(c["name"], c["passed"]) for c in recorded] == [
+        ("accuracy", True), ("preprocessing", True), ("deterministic", True), ("batch independent", True),
+        ("logits", False), ("gradients", True)]
+    rc, out, err = run_cli(capsys, ["attack", "--dataset", "fashion-mnist", "--attack", "fgsm", "--epsilon", "0.1",
+                                    "--limit", "50", "--out", str(tmp_path / "reference")])
+    assert rc == 0 and out.startswith("model checks: all 6 passed\n"), (out, err)
+    recorded = json.loads((tmp_path / "reference" / "result.json").read_text())["model_checks"]
+    assert all(c["passed"] for c in recorded) and recorded[0]["figures"]["n"] == 1000
+
+
+GATE_ONLY_FGSM = ["-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "-k", "fgsm or model"]
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(pytester_gate, tmp_path):
+    """A user's MNIST-5k model with two classes swapped: test_model_checks fails with the accuracy check's message,
+    each case's tests say they wrote no baseline and point at it, and no baseline file is written."""
+    from labelflip_models.data import load_dataset
+
+    from .helpers import GATE_ONLY
+
+    model = load_or_train(load_dataset("mnist-5k")).model.eval()
+    path = _export(Broken(model, BROKEN["two classes swapped"][0]).eval(), tmp_path / "swapped.pt2")
+    pytester_gate.makepyfile(test_gate=GATE_ONLY)
+    result = pytester_gate.runpytest_subprocess(*GATE_ONLY_FGSM, "--labelflip-model", str(path),
+                                                "--labelflip-dataset", "mnist-5k", "--labelflip-baselines",
+                                                str(tmp_path / "b"), "--labelflip-regen")
+    out = result.stdout.str()
+    assert "FAILED test_gate.py::test_model_checks[mnist-5k-model-checks]" in out
+    assert "classes classified below chance: '0' (0/100 right, most as '1')" in out
+    assert "not writing mnist-5k-fgsm-eps0.1's baseline: the model fails accuracy in " \
+           "test_model_checks[mnist-5k-model-checks]" in out
+    assert not list((tmp_path / "b").rglob("*.json")) if (tmp_path / "b").exists() else True

@@ -23,7 +23,7 @@ from labelflip_models.models.architectures import build_model
 from labelflip_models.runs.evaluate import load_user_model
 from labelflip_models.runs.results import model_block
 
-from .helpers import GATE_ONLY, run_cli
+from .helpers import GATE_ONLY, reference_net, run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.(script|trace|trace_method)` is deprecated:FutureWarning")
 
@@ -40,10 +40,8 @@ def net():
     return build_model("cw-mnist").net.eval()
 
 
-@pytest.fixture(scope="module")
-def model_files(net, tmp_path_factory):
+def _saved(net, root):
     """The same weights saved the five ways a user may hand them over, with the CLI options each needs."""
-    root = tmp_path_factory.mktemp("models")
     example = torch.rand(2, 1, 28, 28)
     torch.jit.script(net).save(str(root / "scripted.ts"))
     torch.jit.trace(net, example).save(str(root / "traced.ts"))
@@ -54,6 +52,18 @@ def model_files(net, tmp_path_factory):
             "state-dict": (root / "weights.pt", ["--arch", "cw-mnist"]),
             "safetensors": (root / "weights.safetensors", ["--arch", "cw-mnist"]),
             "pickle": (root / "whole.pt", ["--trust-pickle"])}
+
+
+@pytest.fixture(scope="module")
+def model_files(net, tmp_path_factory):
+    return _saved(net, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def trained_model_files(tmp_path_factory):
+    """The MNIST-5k reference weights for inputs (x - 127.5) / 64 with x in 0..255, saved the five ways: a gate
+    session refuses an untrained model (test_model_checks)."""
+    return _saved(reference_net("mnist-5k", scale=255.0, mean=127.5, std=64.0), tmp_path_factory.mktemp("trained"))
 
 
 def _refused(fmt: str, engine: str) -> bool:
@@ -139,10 +149,10 @@ GATE_TESTS = GATE_ONLY
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_whole_gate_session_with_mean_std_and_0_255(pytester_gate, model_files, tmp_path, fmt):
+def test_whole_gate_session_with_mean_std_and_0_255(pytester_gate, trained_model_files, tmp_path, fmt):
     """Each format with --labelflip-mean/--labelflip-std and --labelflip-bounds 0,255 through a real gate session:
     baselines regenerated, then the gate passes on them."""
-    path, extra = model_files[fmt]
+    path, extra = trained_model_files[fmt]
     own = ["--labelflip-model", str(path), "--labelflip-dataset", "mnist-5k", "--labelflip-mean", "127.5",
            "--labelflip-std", "64", "--labelflip-bounds", "0,255", "--labelflip-profile", "quick",
            "--labelflip-baselines", str(tmp_path / "b"), "-k", "fgsm", "-p", "no:xdist", "-p", "no:cacheprovider",

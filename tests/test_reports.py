@@ -408,12 +408,15 @@ def strength_record(attack: str, epsilon: float, n: int = 20, case_flips: int = 
         return {**record, "compared": False, "reason": kw["reason"]}
     return {**record, "compared": True, "autoattack_case": f"{subject}-linf-autoattack-eps{epsilon:g}", "n": n,
             "case_flips": case_flips, "autoattack_flips": aa_flips, "missed": missed, "only_case": only_case,
-            "p_value": p_value, "alpha": 0.01, "weak": p_value < 0.01, "message": "…"}
+            "p_value": p_value, "alpha": 0.01, "margin": 0.05, "weak": p_value < 0.01,
+            "verdict": kw.get("verdict", "weaker" if p_value < 0.01 else "not shown"), "message": "…"}
 
 
 def strength_records() -> list[dict[str, Any]]:
     return [strength_record("linf-pgd", 0.1, case_flips=15, missed=1, only_case=1, p_value=0.75),
             strength_record("linf-pgd", 0.03),
+            strength_record("linf-pgd", 0.2, n=400, case_flips=300, aa_flips=301, missed=1, only_case=0, p_value=0.5,
+                            verdict="as strong"),
             strength_record("l2-pgd", 1.0, reason="profile 'smoke' has no l2-autoattack case at ε=1"),
             strength_record("linf-pgd", 0.1, subject="mnist-5k")]  # another subject: not in this section
 
@@ -422,11 +425,13 @@ def test_markdown_tables_attack_strength_per_case_in_its_datasets_section(report
     results, noise = report_input
     text = summary_markdown(results, noise, strength_records())
     rows = _md_tables(text)["Attack strength vs AutoAttack"]
-    assert rows[0] == ["attack", "ε", "n", "flipped", "AutoAttack flipped", "missed", "only by attack", "p", "weaker"]
-    assert rows[1:] == [["linf-pgd", "0.03", "20", "40.0%", "75.0%", "7", "0", "0.008", "yes"],
-                        ["linf-pgd", "0.1", "20", "75.0%", "75.0%", "1", "1", "0.750", "no"]]
+    assert rows[0] == ["attack", "ε", "n", "flipped", "AutoAttack flipped", "missed", "only by attack", "p", "verdict"]
+    assert rows[1:] == [["linf-pgd", "0.03", "20", "40.0%", "75.0%", "7", "0", "0.008", "weaker"],
+                        ["linf-pgd", "0.1", "20", "75.0%", "75.0%", "1", "1", "0.750", "not shown (n = 20, p = 0.750)"],
+                        ["linf-pgd", "0.2", "400", "75.0%", "75.2%", "1", "0", "0.500", "as strong"]]
     note = text[text.index("#### Attack strength vs AutoAttack"):]
     assert "exact one-sided McNemar" in note and "weaker when p < 0.01" in note
+    assert "as strong when the images show AutoAttack flips at most 0.05 of them more" in note
     assert "Not compared: l2-pgd at ε = 1: profile 'smoke' has no l2-autoattack case at ε=1." in note
     # Without records (runs made outside a gate session) there is no such table.
     assert "Attack strength" not in summary_markdown(results, noise)
@@ -435,13 +440,14 @@ def test_markdown_tables_attack_strength_per_case_in_its_datasets_section(report
 def test_html_and_report_json_carry_the_attack_strength_table(tmp_path: Path, report_input: Any) -> None:
     results, noise = report_input
     page = report_html(results, noise, {}, strength_records())
-    assert "<h3>Attack strength vs AutoAttack</h3>" in page and "<td>0.008</td><td>yes</td>" in page
+    assert "<h3>Attack strength vs AutoAttack</h3>" in page and "<td>0.008</td><td>weaker</td>" in page
     files = write_report(tmp_path / "report", results, noise, strength_records())
     assert files["summary.md"].read_text() == summary_markdown(results, noise, strength_records())
     index = json.loads(files["report.json"].read_text())
     assert [(r["case"], r["compared"]) for r in index["attack_strength"]] == [
         ("fashion-mnist-linf-pgd-eps0.1", True), ("fashion-mnist-linf-pgd-eps0.03", True),
-        ("fashion-mnist-l2-pgd-eps1", False), ("mnist-5k-linf-pgd-eps0.1", True)]
+        ("fashion-mnist-linf-pgd-eps0.2", True), ("fashion-mnist-l2-pgd-eps1", False),
+        ("mnist-5k-linf-pgd-eps0.1", True)]
 
 
 def test_load_strength_finds_the_gate_sessions_records_and_rejects_others(tmp_path: Path) -> None:

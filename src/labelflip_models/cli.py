@@ -30,7 +30,8 @@ from .models.cache import SHIPPED_DIR, load_or_train
 from .models.io import parse_bounds, parse_channel_values, parse_class_names
 from .reports import load_runs, load_strength, write_report
 from .runs.evaluate import attack_images, load_user_model, probe_noise
-from .runs.results import model_block, write_noise, write_run
+from .runs.model_checks import ModelCheck, checks_on_test_images
+from .runs.results import model_block, with_model_checks, write_noise, write_run
 from .storage.out_dir import check_out_dir
 
 # The library's parameters, as this command line names them (LabelflipError.phrased).
@@ -261,11 +262,13 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
     check_engine(args.engine, attack.native_kernel)
     data, model, info, bounds = _model_and_data(args, progress)
+    checks = checks_on_test_images(model, data, bounds)
+    _print_checks(checks)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     summary, _ = attack_images(data, model, info, indices, f"first {len(indices)} test images", attack, args.epsilon,
                                bounds=bounds, seed=args.seed, engine=args.engine, batch_size=args.batch_size,
                                progress=progress)
-    csv_path, json_path = write_run(out, summary)
+    csv_path, json_path = write_run(out, with_model_checks(summary, checks))
     frac = summary["flip_fraction"]
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
     sym = summary["analysis"]["symmetry"]
@@ -287,6 +290,15 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         # Some test sets are ordered by class (mnist-5k's split is): a small --limit then sees only a few classes.
         print(f"note: the first {len(indices)} test images cover {covered} of {data.num_classes} classes; the flip "
               "statistics describe those classes only (a larger --limit covers more)")
+
+
+def _print_checks(checks: list[ModelCheck]) -> None:
+    """One line for the model checks, or one per failed check: its figures would mislead (docs/methods.md)."""
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        print(f"model checks: all {len(checks)} passed")
+    for c in failed:
+        print(f"model check failed, the figures below may not mean what they say: {c.name}: {c.message}")
 
 
 def _rate(r: dict[str, Any]) -> str:

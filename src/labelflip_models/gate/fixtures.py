@@ -16,13 +16,14 @@ import pytest
 from ..errors import DataNotFound
 from .config import OPTION_NAMES, RUNS_DIR, GateConfig
 from .failures import failing_the_test, record_decision
-from .profiles import Case, get_profile, noise_baseline_path, noise_scope
+from .profiles import Case, checked_model_id, get_profile, noise_baseline_path, noise_scope
 from .session import gate_config
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ..data import Dataset
+    from ..runs.model_checks import ModelCheck
     from .decisions import Decision
     from .models_under_test import ModelsUnderTest
     from .shared_runs import CaseRun
@@ -162,6 +163,26 @@ def labelflip_case_model(labelflip_dataset: Callable[[str], Dataset],
     return get
 
 
+@pytest.fixture(scope="session")
+def labelflip_model_checks(labelflip_config: GateConfig, labelflip_dataset: Callable[[str], Dataset],
+                           labelflip_case_model: Callable[[Case], nn.Module]) -> Callable[[Case], list[ModelCheck]]:
+    """Factory: case -> the checks (runs/model_checks.py) of the model its attack runs on, on the first test images
+    of each class, computed once per model and process."""
+    from ..attacks import Bounds
+    from ..runs.model_checks import checks_on_test_images
+
+    done: dict[int, tuple[nn.Module, list[ModelCheck]]] = {}
+
+    def get(case: Case) -> list[ModelCheck]:
+        model = labelflip_case_model(case)
+        if id(model) not in done:  # the model is kept beside its checks, so its id is not reused
+            done[id(model)] = (model, checks_on_test_images(model, labelflip_dataset(case.dataset),
+                                                            Bounds(*labelflip_config.bounds)))
+        return done[id(model)][1]
+
+    return get
+
+
 def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
     if not hasattr(request.config, "workerinput"):
@@ -194,10 +215,17 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
 
     def compute(case: Case, data: Dataset) -> CaseRun:
         model = labelflip_case_model(case)
+        regen = cfg.regen and regenerated(case)
+        if regen:  # before the attack: a baseline of a model the attacks cannot evaluate guards a fiction
+            failed = [c.name for c in request.getfixturevalue("labelflip_model_checks")(case) if not c.passed]
+            if failed:
+                # Once per case's test: the failing checks' messages are test_model_checks' own.
+                pytest.fail(f"not writing {case.id}'s baseline: the model fails {', '.join(failed)} in "
+                            f"test_model_checks[{checked_model_id(case)}]", pytrace=False)
         run = compute_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
                            Bounds(*cfg.bounds), cfg.uncapped, cfg.engine, memo=labelflip_models_under_test.memo(model))
         result = run.result
-        if cfg.regen and regenerated(case):
+        if regen:
             strength = None
             if not case.minimal:
                 from .strength import compare_with_autoattack

@@ -16,7 +16,7 @@ import pytest
 
 from ..errors import LabelflipError
 from .config import FLAGS, OPTION_NAMES, OPTIONS, PER_CLASS_ITEMS, RUNS_DIR
-from .profiles import CASE_KINDS, cases, get_profile, noise_scope
+from .profiles import CASE_KINDS, checked_model_id, epsilon_series, noise_scope, single_step_pairs
 from .session import (
     GATE_TAG,
     asked,
@@ -74,7 +74,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fixtures = set(metafunc.fixturenames)
-    if not {"labelflip_noise_dataset", "labelflip_case", "labelflip_class"} & fixtures:
+    if not {"labelflip_noise_dataset", "labelflip_checked_model", "labelflip_probed_model", "labelflip_epsilon_series",
+            "labelflip_step_pair", "labelflip_case", "labelflip_class"} & fixtures:
         return
     try:
         cfg = gate_config(metafunc.config)
@@ -82,14 +83,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.fail(str(exc), pytrace=False)
     if "labelflip_noise_dataset" in fixtures:
         metafunc.parametrize("labelflip_noise_dataset", cfg.datasets, ids=[noise_scope(d) for d in cfg.datasets])
+    # One case per model under test stands for it: the model checks and the large-ε probe need only its dataset and
+    # architecture.
+    models = list({(c.dataset, c.arch): c for c in cfg.profile_cases()}.values())
+    if "labelflip_checked_model" in fixtures:
+        metafunc.parametrize("labelflip_checked_model", models, ids=[checked_model_id(c) for c in models])
+    if "labelflip_probed_model" in fixtures:
+        metafunc.parametrize("labelflip_probed_model", models, ids=[f"{c.model_key}-large-eps" for c in models])
+    if "labelflip_epsilon_series" in fixtures:
+        series = epsilon_series(cfg.profile_cases())
+        _parametrize(metafunc, "labelflip_epsilon_series", series, [f"{s[0].model_key}-{s[0].attack}" for s in series],
+                     f"profile {cfg.profile!r} runs no iterative attack at two ε or more")
+    if "labelflip_step_pair" in fixtures:
+        pairs = single_step_pairs(cfg.profile_cases())
+        _parametrize(metafunc, "labelflip_step_pair", pairs, [f"{s.model_key}-eps{s.epsilon:g}" for s, _ in pairs],
+                     f"profile {cfg.profile!r} runs no FGSM and L∞ PGD case at the same ε")
     if not {"labelflip_case", "labelflip_class"} & fixtures:
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")
     kind = marker.args[0] if marker and marker.args else "all"
     if kind not in CASE_KINDS:
         raise pytest.UsageError(f"labelflip_cases({kind!r}): kind must be one of {', '.join(map(repr, CASE_KINDS))}")
-    selected = [c for c in cases(get_profile(cfg.profile), cfg.datasets, own_model=cfg.model is not None)
-                if CASE_KINDS[kind](c)]
+    selected = [c for c in cfg.profile_cases() if CASE_KINDS[kind](c)]
     if "labelflip_class" in fixtures:
         names = {d: cfg.class_names_of(d) for d in cfg.datasets}
         # Beyond PER_CLASS_ITEMS classes, one test per case (class None) lists the failing classes.
@@ -99,6 +114,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[f"{c.id}-{'all-classes' if i is None else names[c.dataset][i]}" for c, i in pairs])
     else:
         metafunc.parametrize("labelflip_case", selected, ids=[c.id for c in selected])
+
+
+def _parametrize(metafunc: pytest.Metafunc, name: str, values: list[Any], ids: list[str], none: str) -> None:
+    """Parametrize `name` over `values`; none at all gives one test that skips saying why (`none`), not pytest's
+    "got empty parameter set"."""
+    if values:
+        metafunc.parametrize(name, values, ids=ids)
+    else:
+        metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=none))], ids=["none"])
 
 
 @pytest.hookimpl(wrapper=True)

@@ -5,7 +5,7 @@ Cheap to import (no torch): the pytest plugin parameterises tests from these at 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,33 @@ class Case:
     def baseline_path(self, root: Path, suffix: str) -> Path:
         # Built by hand: Path.with_suffix would treat the ".1" of "eps0.1" as a suffix.
         return Path(root) / self.profile / self.model_key / f"{self.stem}{suffix}"
+
+
+# The single-step attack and the iterative attack of its norm that test_covers_single_step compares at each ε.
+SINGLE_STEP, ITERATIVE = "fgsm", "linf-pgd"
+
+
+def epsilon_series(profile_cases: Sequence[Case]) -> list[tuple[Case, ...]]:
+    """Per model, the cases of each iterative fixed-ε attack with two ε or more, by ε: what test_monotone_in_epsilon
+    compares. Single-step attacks are left out: one step of a larger ε may legitimately land back in the true class
+    (docs/methods.md, "Evaluation checks")."""
+    groups: dict[tuple[str, str], list[Case]] = {}
+    for c in profile_cases:
+        if not c.minimal and c.attack not in ONE_GRADIENT:
+            groups.setdefault((c.model_key, c.attack), []).append(c)
+    return [tuple(sorted(g, key=lambda c: c.epsilon or 0.0)) for g in groups.values() if len(g) > 1]
+
+
+def single_step_pairs(profile_cases: Sequence[Case]) -> list[tuple[Case, Case]]:
+    """(the SINGLE_STEP case, the ITERATIVE case) of each model at each ε the profile runs both at."""
+    by = {(c.model_key, c.attack, c.epsilon): c for c in profile_cases}
+    return [(c, by[(c.model_key, ITERATIVE, c.epsilon)]) for c in profile_cases
+            if c.attack == SINGLE_STEP and (c.model_key, ITERATIVE, c.epsilon) in by]
+
+
+def checked_model_id(case: Case) -> str:
+    """The test id of the model checks of the model `case` attacks: one per model under test."""
+    return f"{case.model_key}-model-checks"
 
 
 AUTOATTACK = "autoattack"

@@ -17,6 +17,9 @@ GATE_OUTCOMES = pytest.StashKey["GateOutcomes"]()
 
 # The property the plugin adds to every report of a gate test (a test with the `labelflip` marker).
 GATE_TAG = "labelflip_gate"
+# The checks of whether the session's evaluation can be trusted (not of a loss of robustness): the report lists them
+# in a section of their own.
+EVALUATION_CHECKS = ("model_checks", "large_epsilon", "monotone_in_epsilon", "covers_single_step", "attack_strength")
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
@@ -30,6 +33,8 @@ class GateOutcomes:
     failures: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
     # (nodeid, message) of each drift a passing gate test recorded
     drift: list[tuple[str, str]] = field(default_factory=list)
+    # (nodeid, check, passed, message) of each evaluation check that ran
+    evaluation: list[tuple[str, str, bool, str]] = field(default_factory=list)
     obtained: list[str] = field(default_factory=list)
     orphans: list[Path] = field(default_factory=list)
     strict: bool = False
@@ -42,6 +47,9 @@ class GateOutcomes:
         properties = dict(report.user_properties)
         if report.when == "call" and report.passed and properties.get("labelflip_drift") == "yes":
             self.drift.append((report.nodeid, str(properties.get("labelflip_message", ""))))
+        if report.when == "call" and properties.get("labelflip_check") in EVALUATION_CHECKS:
+            self.evaluation.append((report.nodeid, str(properties["labelflip_check"]), report.passed,
+                                    str(properties.get("labelflip_message", ""))))
         if report.failed:
             self.failures.append((report.nodeid, report.longreprtext, properties))
             self.obtained += [str(v) for k, v in report.user_properties if k == "labelflip_obtained"]

@@ -23,7 +23,8 @@ from scipy.stats import binomtest
 from ..errors import DataError
 from ..runs.results import STRENGTH_FILE, STRENGTH_SCHEMA
 from ..storage.atomic import atomic_write_text
-from .decisions import Decision
+from .decisions import Decision, paired_p_value
+from .margins import RATE_MARGIN
 from .profiles import AUTOATTACK, Case, is_autoattack
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 # One-sided level of the McNemar test: the gate's other per-case decisions hold false alarms at 1% as well.
 STRENGTH_ALPHA = 0.01
+# "As strong" means AutoAttack flips at most this share of the paired images more, shown at STRENGTH_ALPHA: the
+# gate's flip-rate margin, the change in flip rate the gate tolerates anyway.
+STRENGTH_MARGIN = RATE_MARGIN
 
 
 class WeakAttackWarning(UserWarning):
@@ -86,29 +90,42 @@ def mcnemar_p_value(missed: int, only_case: int) -> float:
 
 
 def check_attack_strength(case_flipped: np.ndarray, autoattack_flipped: np.ndarray, attack: str = "the attack",
-                          alpha: float = STRENGTH_ALPHA) -> Decision:
+                          alpha: float = STRENGTH_ALPHA, margin: float = STRENGTH_MARGIN) -> Decision:
     """Whether `attack` finds significantly fewer flips than AutoAttack on the same images (paired booleans, one
-    per image both attacked: paired_flips). Passes unless weak (McNemar p < alpha); figures: n, case_flips,
-    autoattack_flips, missed (flipped by AutoAttack only), only_case (by the case's attack only), p_value, alpha,
+    per image both attacked: paired_flips). Passes unless weak (McNemar p < alpha).
+
+    The verdict is one of three: "weaker" (McNemar p < alpha); "as strong" where the images show that AutoAttack
+    flips at most `margin` of them more (Tango's paired score test of that difference, p < alpha); otherwise "not
+    shown", because too few images were compared to tell. Figures: n, case_flips, autoattack_flips, missed (flipped
+    by AutoAttack only), only_case (by the case's attack only), p_value, equivalence_p, alpha, margin, verdict,
     weak."""
     mine, theirs = np.asarray(case_flipped, dtype=bool), np.asarray(autoattack_flipped, dtype=bool)
     if mine.shape != theirs.shape or mine.ndim != 1:
         raise ValueError(f"one outcome per paired image from each attack: shapes {mine.shape} and {theirs.shape}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if not 0 < margin < 1:
+        raise ValueError(f"margin must lie in (0, 1), got {margin}")
     n, missed, only_case = len(mine), int((theirs & ~mine).sum()), int((mine & ~theirs).sum())
     p = mcnemar_p_value(missed, only_case)
+    # H0: AutoAttack flips at least `margin` of the images more; rejecting it shows the attack as strong.
+    equivalence_p = float(paired_p_value(only_case, missed, n, -margin))
     weak = p < alpha
+    verdict = "weaker" if weak else "as strong" if equivalence_p < alpha else "not shown"
     flips, aa_flips = int(mine.sum()), int(theirs.sum())
     if n == 0:
         text = f"no correctly classified image attacked by both {attack} and AutoAttack: nothing to compare"
     else:
-        verdict = (f"significantly weaker than AutoAttack (p < {alpha:g})" if weak else
-                   f"not significantly weaker than AutoAttack (p ≥ {alpha:g})")
+        said = {"weaker": f"weaker than AutoAttack (p={p:.2g} < {alpha:g})",
+                "as strong": f"as strong as AutoAttack: it misses at most {margin:g} of the images' flips "
+                             f"(p={equivalence_p:.2g})",
+                "not shown": f"weaker or not, not shown: n={n} is too small (McNemar p={p:.2g}; as strong within "
+                             f"{margin:g}: p={equivalence_p:.2g})"}[verdict]
         text = (f"{attack} flips {flips}/{n} paired images, AutoAttack {aa_flips}/{n}: {attack} misses {missed} of "
-                f"AutoAttack's flips and finds {only_case} it does not; exact one-sided McNemar p={p:.2g}: {verdict}")
+                f"AutoAttack's flips and finds {only_case} it does not: {said}")
     return Decision(not weak, text, {"n": n, "case_flips": flips, "autoattack_flips": aa_flips, "missed": missed,
-                                     "only_case": only_case, "p_value": p, "alpha": alpha, "weak": weak})
+                                     "only_case": only_case, "p_value": p, "equivalence_p": equivalence_p,
+                                     "alpha": alpha, "margin": margin, "verdict": verdict, "weak": weak})
 
 
 @dataclass(frozen=True)

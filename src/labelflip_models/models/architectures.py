@@ -221,6 +221,11 @@ def predict_with_ties(model: nn.Module, images: torch.Tensor, classes: torch.Ten
     return _reduced_logits(model, images, batch_size, reduce)
 
 
+def logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's outputs for `images` in true fp32, on the CPU, batch by batch (halved where GPU memory runs out)."""
+    return _reduced_logits(model, images, batch_size, lambda out, rows: (out,))[0]
+
+
 def _reduced_logits(model: nn.Module, images: torch.Tensor, batch_size: int,
                     reduce: Callable[[torch.Tensor, slice], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
     """reduce(logits, rows) of each batch of images, in true fp32 and with the batch halved where GPU memory runs

@@ -9,7 +9,7 @@ from typing import Any
 
 from .group import DatasetRuns, group_runs
 from .names import heatmap_name, noise_name, trend_name
-from .tables import Table, dataset_intro, dataset_tables, provenance_line
+from .tables import Table, dataset_intro, dataset_tables, evaluation_table, provenance_line, verdict_head
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -51,15 +51,16 @@ def _figure_names(ds: DatasetRuns) -> list[str]:
 
 def _verdict(verdict: dict[str, Any]) -> list[str]:
     failed, drift = verdict["failed"], verdict["drift"]
-    head = (f"Gate failed: {len(failed)} test(s) found the model less robust than its baselines" if failed
-            else "Gate passed: no loss of robustness beyond the margins")
-    body = ["<h2>Verdict</h2>", f'<p class="{"failed" if failed else "passed"}"><strong>{escape(head)}</strong>'
-            + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + ".</p>"]
+    head = verdict_head(verdict)
+    title, rest = head.split(":", 1)
+    body = ["<h2>Verdict</h2>", f'<p class="{"failed" if failed else "passed"}"><strong>{escape(title)}</strong>:'
+            f"{escape(rest)}</p>"]
     for title, items in (("Failed", failed), ("Drift (where flips and noise land; not a loss of robustness)", drift)):
         if items:
             body += [f"<h3>{title}</h3>", "<ul>", *(f"<li><code>{escape(i['test'])}</code>: {escape(i['message'])}"
                                                   "</li>" for i in items), "</ul>"]
-    return body
+    table = evaluation_table(verdict)
+    return body + ([_table(table)] if table is not None else [])
 
 
 def report_html(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .group import group_runs
-from .tables import Table, dataset_intro, dataset_tables, provenance_line
+from .tables import Table, dataset_intro, dataset_tables, evaluation_table, provenance_line, verdict_head
 
 # What would break a table row or turn a name into markup: GitHub renders inline HTML tags, so '<' is
 # escaped only where it could open one ('<0.001' stays readable in the raw file).
@@ -31,17 +31,17 @@ def render_table(table: Table) -> str:
 
 
 def verdict_markdown(verdict: dict[str, Any]) -> list[str]:
-    """A gate session's verdict: what failed (a loss of robustness beyond the margins) and what drifted."""
+    """A gate session's verdict: what failed (a loss of robustness beyond the margins, or an evaluation check),
+    what drifted, and the evaluation checks."""
     failed, drift = verdict["failed"], verdict["drift"]
-    head = (f"**Gate failed**: {len(failed)} test(s) found the model less robust than its baselines"
-            if failed else "**Gate passed**: no loss of robustness beyond the margins")
-    lines = ["### Verdict", "", head + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + ".",
-             ""]
+    head = verdict_head(verdict)
+    lines = ["### Verdict", "", f"**{head.split(':', 1)[0]}**:{head.split(':', 1)[1]}", ""]
     for title, items in (("Failed", failed), ("Drift (where flips and noise land; not a loss of robustness)", drift)):
         if items:
             # Not in backticks: a code span would show md_escape's backslashes.
             lines += [f"{title}:", "", *(f"- {md_escape(i['test'])}: {md_escape(i['message'])}" for i in items), ""]
-    return lines
+    table = evaluation_table(verdict)
+    return lines + ([render_table(table)] if table is not None else [])
 
 
 def summary_markdown(results: Sequence[dict[str, Any]], noise: Sequence[dict[str, Any]],

@@ -222,16 +222,54 @@ def strength_table(records: Sequence[dict[str, Any]]) -> Table | None:
         n = r["n"]
         rows.append([r["attack"], f"{r['epsilon']:g}", str(n), pct(r["case_flips"] / n if n else None),
                      pct(r["autoattack_flips"] / n if n else None), str(r["missed"]), str(r["only_case"]),
-                     pvalue(r["p_value"]), "yes" if r["weak"] else "no"])
+                     pvalue(r["p_value"]), _strength_verdict(r)])
     alpha = next((r["alpha"] for r in records if r.get("compared")), None)
+    margin = next((r["margin"] for r in records if r.get("compared") and "margin" in r), None)
     note = ("On the images both runs attacked that the model classifies correctly (n). missed: flips AutoAttack "
             "finds and the attack does not; only by attack: the reverse. p: exact one-sided McNemar test of the "
             "attack flipping as many images as AutoAttack"
-            + (f"; weaker when p < {alpha:g} (a warning, not a failure)." if alpha is not None else "."))
+            + (f"; weaker when p < {alpha:g} (a warning, not a failure)" if alpha is not None else "")
+            + (f"; as strong when the images show AutoAttack flips at most {margin:g} of them more (paired score "
+               f"test, p < {alpha:g}); not shown when n is too small for either." if margin is not None else "."))
     if skipped:
         note += " Not compared: " + "; ".join(skipped) + "."
     return Table("Attack strength vs AutoAttack", ["attack", "ε", "n", "flipped", "AutoAttack flipped", "missed",
-                                                   "only by attack", "p", "weaker"], rows, note)
+                                                   "only by attack", "p", "verdict"], rows, note)
+
+
+def _strength_verdict(record: dict[str, Any]) -> str:
+    """"weaker", "as strong" or "not shown (n = …, p = …)"; records written before the three-way verdict say only
+    whether the attack was weaker."""
+    verdict = record.get("verdict")
+    if verdict is None:
+        return "weaker" if record["weak"] else f"not weaker (p = {pvalue(record['p_value'])})"
+    if verdict == "not shown":
+        return f"not shown (n = {record['n']}, p = {pvalue(record['p_value'])})"
+    return verdict
+
+
+def verdict_head(verdict: dict[str, Any]) -> str:
+    """The verdict in one sentence: a loss of robustness, an evaluation that cannot be trusted, or a pass."""
+    lost = [i for i in verdict["failed"] if not i.get("evaluation")]
+    untrusted = len(verdict["failed"]) - len(lost)
+    parts = [f"{len(lost)} test(s) found the model less robust than its baselines"] if lost else []
+    if untrusted:
+        parts.append(f"{untrusted} evaluation check(s) failed: the figures may not mean what they say")
+    head = "Gate failed: " + "; ".join(parts) if parts else "Gate passed: no loss of robustness beyond the margins"
+    drift = verdict["drift"]
+    return head + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + "."
+
+
+def evaluation_table(verdict: dict[str, Any]) -> Table | None:
+    """Whether the session's evaluation can be trusted: each evaluation check (model checks, monotone in ε,
+    iterative covers single-step, attack strength), failed ones first."""
+    items = sorted(verdict.get("evaluation", ()), key=lambda i: (i["passed"], i["test"]))
+    if not items:
+        return None
+    rows = [[i["test"].rpartition("::")[2], "passed" if i["passed"] else "FAILED", i["message"]] for i in items]
+    return Table("Evaluation checks", ["test", "result", "what it found"], rows,
+                 "Whether the attacks could evaluate this model at all (docs/methods.md): a failure means the flip "
+                 "rates may understate what an adversary does, whatever the baselines say.")
 
 
 def dataset_tables(ds: DatasetRuns, strength: Sequence[dict[str, Any]] = ()) -> list[Table]:

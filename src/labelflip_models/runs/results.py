@@ -4,6 +4,7 @@ analysis, provenance) and `noise.json`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,12 @@ def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: floa
     return {"seed": seed, "device": device_name(device), "machine": machine(), "versions": versions(),
             "timestamp": now_iso(), "wall_seconds": round(wall_seconds, 2),
             "attack_seconds": round(attack_seconds, 2)}
+
+
+def with_model_checks(result: dict[str, Any], checks: list[Any]) -> dict[str, Any]:
+    """result.json's content with the model checks (runs/model_checks.py) run before the attack: name, passed,
+    message and figures of each."""
+    return {**result, "model_checks": [dataclasses.asdict(c) for c in checks]}
 
 
 def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:

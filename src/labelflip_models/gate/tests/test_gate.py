@@ -12,12 +12,18 @@ import warnings
 import pytest
 import torch
 
+from labelflip_models.attacks import Bounds
 from labelflip_models.gate.config import RUNS_DIR
 from labelflip_models.gate.decisions import (
     Decision,
     check_attack_success,
     check_min_norms,
     check_overall_flip_rate,
+)
+from labelflip_models.gate.evaluation_checks import (
+    check_covers_single_step,
+    check_monotone_in_epsilon,
+    large_epsilon_probe,
 )
 from labelflip_models.gate.failures import failing_the_test
 from labelflip_models.gate.pairing import flip_rate_decisions, pair
@@ -29,9 +35,11 @@ from labelflip_models.gate.strength import (
 )
 from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict_with_ties
+from labelflip_models.runs.model_checks import failed_summary
 
 __all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
-           "test_epsilon_bound", "test_minimal_adversarials", "test_robust_accuracy"]
+           "test_covers_single_step", "test_epsilon_bound", "test_large_epsilon_breaks_everything",
+           "test_minimal_adversarials", "test_model_checks", "test_monotone_in_epsilon", "test_robust_accuracy"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -55,6 +63,58 @@ def bounds_problem(run) -> str | None:
     if low >= lower and high <= upper:
         return None
     return f"adversarials leave the input bounds [{lower}, {upper}]: range [{low}, {high}]"
+
+
+@gate_test()
+def test_model_checks(labelflip_checked_model, labelflip_model_checks, labelflip_record):
+    """Whether attacks can evaluate the model at all (runs/model_checks.py): accuracy above chance under the given
+    class order and preprocessing, a deterministic and batch-independent forward pass, logits, usable gradients."""
+    checks = labelflip_model_checks(labelflip_checked_model)
+    failed = failed_summary(checks)
+    decision = Decision(not failed, failed or f"all {len(checks)} model checks passed",
+                        {c.name.replace(" ", "_"): "passed" if c.passed else "failed" for c in checks})
+    labelflip_record("model_checks", decision, model=labelflip_checked_model.model_key)
+    assert decision.passed, decision.message
+
+
+@gate_test()
+def test_large_epsilon_breaks_everything(labelflip_probed_model, labelflip_case_model, labelflip_dataset,
+                                         labelflip_config, labelflip_record):
+    """At ε = half the pixel range (where every image can become the same grey one) L∞ PGD must bring robust
+    accuracy down to chance on a few images per class (gate/evaluation_checks.py): a model that keeps more hides its
+    gradients, and every flip rate the gate compares understates what an adversary does."""
+    case, cfg = labelflip_probed_model, labelflip_config
+    with failing_the_test():
+        decision = large_epsilon_probe(labelflip_case_model(case), labelflip_dataset(case.dataset),
+                                       Bounds(*cfg.bounds), seed=cfg.seed)
+    labelflip_record("large_epsilon", decision, model=case.model_key)
+    assert decision.passed, decision.message
+
+
+@gate_test()
+def test_monotone_in_epsilon(labelflip_epsilon_series, labelflip_run, labelflip_config, labelflip_record):
+    """No class's robust accuracy under an iterative attack rises significantly from one ε to the next larger, image
+    by image (gate/evaluation_checks.py): otherwise the attack is masked or broken, and its flip rates understate
+    what an adversary does."""
+    series = labelflip_epsilon_series
+    with failing_the_test():
+        runs = [labelflip_run(case) for case in series]
+    decision = check_monotone_in_epsilon(runs, list(labelflip_config.class_names_of(series[0].dataset)))
+    labelflip_record("monotone_in_epsilon", decision, cases=",".join(c.id for c in series))
+    assert decision.passed, decision.message
+
+
+@gate_test()
+def test_covers_single_step(labelflip_step_pair, labelflip_run, labelflip_record):
+    """The images FGSM breaks, L∞ PGD at the same ε breaks too, all but a small measured share
+    (gate/evaluation_checks.py): an iterative attack that misses them has too few steps or too small a step, or the
+    model masks its gradients."""
+    single, iterative = labelflip_step_pair
+    with failing_the_test():
+        runs = labelflip_run(single), labelflip_run(iterative)
+    decision = check_covers_single_step(*runs)
+    labelflip_record("covers_single_step", decision, case=iterative.id, single_step_case=single.id)
+    assert decision.passed, decision.message
 
 
 @gate_test("fixed")

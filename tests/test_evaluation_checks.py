@@ -1,0 +1,156 @@
+"""The evaluation checks of gate/evaluation_checks.py: the statistics on constructed runs, the case groupings the
+gate parameterises, and real runs: the reference model's smoke cases pass, a PGD with 1 step is flagged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from labelflip_models.gate.evaluation_checks import (
+    SINGLE_STEP_ONLY,
+    check_covers_single_step,
+    check_monotone_in_epsilon,
+)
+from labelflip_models.gate.profiles import Case, cases, epsilon_series, get_profile, single_step_pairs
+from labelflip_models.gate.shared_runs import CaseRun
+
+NAMES = ["a", "b"]
+
+
+def run(attack: str, eps: float, labels, adv_pred, clean_pred=None, indices=None) -> CaseRun:
+    labels, adv = torch.tensor(labels), torch.tensor(adv_pred)
+    clean = labels.clone() if clean_pred is None else torch.tensor(clean_pred)
+    n = len(labels)
+    idx = torch.arange(n) if indices is None else torch.tensor(indices)
+    return CaseRun(Case("smoke", "mnist-5k", attack, eps), {"class_names": NAMES}, None, None, labels, adv,
+                   adv != labels, clean == labels, torch.zeros(n), torch.tensor([0.0, 1.0]), clean, idx)
+
+
+def outcomes(robust: int, broken: int, label: int = 0) -> tuple[list[int], list[int]]:
+    """Labels and adversarial predictions of `robust` images kept in class `label` and `broken` moved out of it."""
+    return [label] * (robust + broken), [label] * robust + [1 - label] * broken
+
+
+def test_robust_accuracy_falling_with_epsilon_passes():
+    labels, small = outcomes(80, 20)
+    _, large = outcomes(30, 70)
+    decision = check_monotone_in_epsilon([run("linf-pgd", 0.2, labels, large), run("linf-pgd", 0.1, labels, small)],
+                                         NAMES)
+    assert decision.passed and decision.figures["largest_rise"] == 0
+
+
+def test_a_class_more_robust_at_the_larger_epsilon_fails_and_is_named():
+    # Class "b": 20 images broken at ε = 0.1 are robust at 0.2, none the other way (p = 2^-20).
+    labels, small = outcomes(30, 20, label=1)
+    large = [1] * 50
+    decision = check_monotone_in_epsilon([run("linf-pgd", 0.1, labels, small), run("linf-pgd", 0.2, labels, large)],
+                                         NAMES)
+    assert not decision.passed
+    assert "'b' 20 images robust at ε=0.2 but not at 0.1, 0 the reverse" in decision.message
+
+
+def test_a_few_images_crossing_back_by_chance_pass():
+    # A random start moves a few images either way: 3 up and 2 down is no evidence (p = 0.5).
+    labels = [0] * 100
+    small = [0] * 50 + [1] * 50
+    large = [1] * 3 + [0] * 47 + [1] * 48 + [0] * 2
+    assert check_monotone_in_epsilon([run("linf-pgd", 0.1, labels, small), run("linf-pgd", 0.2, labels, large)],
+                                     NAMES).passed
+
+
+def test_runs_pair_by_test_index():
+    # The larger ε attacked the same images in another order: no rise once paired by index.
+    labels, small = outcomes(50, 50)
+    large_run = run("linf-pgd", 0.2, labels[::-1], small[::-1], indices=list(range(99, -1, -1)))
+    assert check_monotone_in_epsilon([run("linf-pgd", 0.1, labels, small), large_run], NAMES).passed
+
+
+def test_pgd_missing_fgsm_flips_fails_beyond_the_measured_share():
+    labels, fgsm = outcomes(40, 60)
+    assert check_covers_single_step(run("fgsm", 0.1, labels, fgsm), run("linf-pgd", 0.1, labels, [1] * 100)).passed
+    pgd = [1] * 40 + [0] * 30 + [1] * 30  # robust on 30 of the 60 FGSM broke
+    decision = check_covers_single_step(run("fgsm", 0.1, labels, fgsm), run("linf-pgd", 0.1, labels, pgd))
+    assert not decision.passed and decision.figures["single_step_only"] == 30
+    assert "30 of 100 paired images broken by fgsm but not by linf-pgd" in decision.message
+    # One miss in 100 is within the share.
+    pgd = [0] * 41 + [1] * 59
+    assert check_covers_single_step(run("fgsm", 0.1, labels, fgsm), run("linf-pgd", 0.1, labels, pgd)).passed
+    assert SINGLE_STEP_ONLY == 0.02
+
+
+def test_misclassified_images_are_not_counted():
+    labels = [0] * 10
+    clean = [1] * 10  # every image misclassified: nothing to compare
+    decision = check_covers_single_step(run("fgsm", 0.1, labels, [1] * 10, clean),
+                                        run("linf-pgd", 0.1, labels, [0] * 10, clean))
+    assert decision.passed and decision.figures["n"] == 0
+
+
+def test_groupings_of_the_profiles():
+    smoke = cases(get_profile("smoke"))
+    series = {(s[0].model_key, s[0].attack): [c.epsilon for c in s] for s in epsilon_series(smoke)}
+    # FGSM is single-step (left out), L2 PGD has one ε; L∞ PGD and L∞ AutoAttack remain, per model.
+    assert series == {(m, a): e for m in ("fashion-mnist", "mnist-5k") for a, e in
+                      (("linf-pgd", [0.02, 0.05, 0.1, 0.2]), ("linf-autoattack", [0.1, 0.2]))}
+    pairs = single_step_pairs(smoke)
+    assert len(pairs) == 8 and all(s.attack == "fgsm" and i.attack == "linf-pgd" and s.epsilon == i.epsilon
+                                   for s, i in pairs)
+    assert epsilon_series(cases(get_profile("quick"))) == []
+    assert [(s.id, i.id) for s, i in single_step_pairs(cases(get_profile("quick")))] == [
+        ("mnist-5k-fgsm-eps0.1", "mnist-5k-linf-pgd-eps0.1")]
+
+
+@pytest.mark.slow
+def test_a_pgd_of_one_step_is_flagged_and_the_reference_passes():
+    """Real runs on the MNIST-5k reference (the quick profile's images, 100 per class): its FGSM and 40-step PGD at
+    ε = 0.1 pass; the same PGD with 1 step misses most of FGSM's flips."""
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.attacks.memo import Memo
+    from labelflip_models.data import load_dataset
+    from labelflip_models.gate.cases import compute_case
+    from labelflip_models.gate.profiles import PROFILES, AttackSpec, Profile
+    from labelflip_models.models.cache import load_or_train
+    from labelflip_models.runs.results import model_block
+
+    data = load_dataset("mnist-5k")
+    model = load_or_train(data).model.eval()
+    info, memo = model_block(model), Memo()
+    PROFILES["one-step"] = Profile("one-step", ("mnist-5k",), (
+        AttackSpec("fgsm", (0.1,)), AttackSpec("linf-pgd", (0.1,), (("steps", 1),))), per_class=100, noise_samples=0)
+    try:
+        fgsm, pgd, one = (compute_case(Case(p, "mnist-5k", a, 0.1), data, model, info, 0, Bounds(), memo=memo)
+                          for p, a in (("quick", "fgsm"), ("quick", "linf-pgd"), ("one-step", "linf-pgd")))
+    finally:
+        del PROFILES["one-step"]
+    assert check_covers_single_step(fgsm, pgd).passed
+    decision = check_covers_single_step(fgsm, one)
+    assert not decision.passed, decision.message
+    assert decision.figures["single_step_only"] > 0.05 * decision.figures["n"]
+
+
+@pytest.mark.slow
+def test_the_large_epsilon_probe_flags_masked_gradients_and_passes_the_reference():
+    """On the MNIST-5k reference L∞ PGD at ε = 0.5 breaks every probed image; with its input rounded to 8 bits (no
+    gradient) or its logits times 1000 (saturated loss) it breaks almost none, and the probe fails."""
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.data import load_dataset
+    from labelflip_models.gate.evaluation_checks import PROBE_PER_CLASS, large_epsilon_probe
+    from labelflip_models.models.cache import load_or_train
+
+    data = load_dataset("mnist-5k")
+    model = load_or_train(data).model.eval()
+    decision = large_epsilon_probe(model, data, Bounds())
+    assert decision.passed and decision.figures["robust"] <= 1 and decision.figures["n"] == 10 * PROBE_PER_CLASS
+
+    class Masked(torch.nn.Module):
+        def __init__(self, forward) -> None:
+            super().__init__()
+            self.model, self.masked = model, forward
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.masked(self.model, x)
+
+    for masked in (lambda m, x: m(torch.round(x * 255) / 255), lambda m, x: m(x) * 1000):
+        decision = large_epsilon_probe(Masked(masked).eval(), data, Bounds())
+        assert not decision.passed and decision.figures["robust"] >= 90, decision.message
+        assert "hides its gradients" in decision.message
