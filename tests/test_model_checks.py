@@ -138,3 +138,20 @@ def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(pytester_ga
     assert "not writing mnist-5k-fgsm-eps0.1's baseline: the model fails accuracy in " \
            "test_model_checks[mnist-5k-model-checks]" in out
     assert not list((tmp_path / "b").rglob("*.json")) if (tmp_path / "b").exists() else True
+
+
+def test_no_honest_user_model_is_flagged():
+    """The committed record of scripts/honest_model_checks.py: three honest user models (a .pt2 on PNG folders, a
+    state dict with labelflip's architecture on an .npz, a torchvision ResNet-18 state dict on RGB data), each
+    through `labelflip attack`, none flagged by any check."""
+    from pathlib import Path
+
+    record = json.loads((Path(__file__).parents[1] / "docs" / "zoo" / "model-checks-honest.json").read_text())
+    assert record["schema"] == "labelflip.model-checks-honest/1"
+    assert len(record["models"]) >= 3 and {"timestamp", "machine", "versions"} <= set(record["provenance"])
+    for name, model in record["models"].items():
+        assert [c["name"] for c in model["model_checks"]] == ["accuracy", "preprocessing", "deterministic",
+                                                              "batch independent", "logits", "gradients"], name
+        assert all(c["passed"] for c in model["model_checks"]), (name, model["model_checks"])
+        assert model["stdout_first_line"] == "model checks: all 6 passed", name
+    assert record["flagged"] == {name: [] for name in record["models"]}
