@@ -154,27 +154,40 @@ def test_drift_is_collected_once_from_passing_tests_and_shown_in_the_verdict():
 
 
 def test_evaluation_checks_are_collected_and_their_failures_told_apart():
-    """A failing evaluation check is a verdict of its own: the figures cannot be trusted, not "less robust"; every
-    evaluation check that ran is listed in the report's section, failed first."""
+    """A failing evaluation test is a verdict of its own: the figures cannot be trusted, not "less robust", also
+    when it errors before recording anything; a weaker attack (test_attack_strength passes, with a warning) is listed
+    as failed in the report's section, failed rows first."""
     from labelflip_models.gate.failures import verdict
     from labelflip_models.gate.session import GateOutcomes
     from labelflip_models.reports.markdown import verdict_markdown
 
+    def report(nodeid, when, outcome, properties, text="E   failed"):
+        return SimpleNamespace(when=when, passed=outcome == "passed", failed=outcome == "failed", nodeid=nodeid,
+                               longreprtext=text, user_properties=[(GATE_TAG, True), *properties.items()])
+
     outcomes = GateOutcomes()
-    outcomes.pytest_runtest_logreport(_report("call", "passed", {"labelflip_check": "model_checks",
-                                                                 "labelflip_message": "all 6 model checks passed"}))
-    outcomes.pytest_runtest_logreport(_report("call", "failed", {"labelflip_check": "covers_single_step",
-                                                                 "labelflip_message": "30 of 100 missed"}))
+    outcomes.pytest_runtest_logreport(report("t.py::test_model_checks[m-model-checks]", "call", "passed",
+                                             {"labelflip_message": "all 6 model checks passed"}))
+    outcomes.pytest_runtest_logreport(report("t.py::test_covers_single_step[m-eps0.1]", "call", "failed",
+                                             {"labelflip_check": "covers_single_step",
+                                              "labelflip_message": "30 of 100 missed"}))
+    outcomes.pytest_runtest_logreport(report("t.py::test_large_epsilon_breaks_everything[m-large-eps]", "call",
+                                             "failed", {}, "E   labelflip: m.pt: not a model"))
+    outcomes.pytest_runtest_logreport(report("t.py::test_attack_strength[m-fgsm-eps0.1]", "call", "passed",
+                                             {"labelflip_passed": False, "labelflip_message": "weaker"}))
+    outcomes.pytest_runtest_logreport(report("t.py::test_class_flip_rate[m-fgsm-eps0.1-0]", "call", "failed",
+                                             {"labelflip_check": "flip_rate", "labelflip_message": "class '0' rose"}))
     result = verdict(outcomes)
-    assert result["failed"] == [{"test": "t.py::covers_single_step", "message": "30 of 100 missed", "evaluation": True}]
-    assert [(i["check"], i["passed"]) for i in result["evaluation"]] == [("model_checks", True),
-                                                                         ("covers_single_step", False)]
+    assert [(i["test"].split("::")[1][:20], i["evaluation"]) for i in result["failed"]] == [
+        ("test_covers_single_s", True), ("test_large_epsilon_b", True), ("test_class_flip_rate", False)]
+    assert [(i["check"], i["passed"]) for i in result["evaluation"]] == [
+        ("model_checks", True), ("covers_single_step", False), ("large_epsilon", False), ("attack_strength", False)]
     text = "\n".join(verdict_markdown(result))
-    assert "**Gate failed**: 1 evaluation check(s) failed: the figures may not mean what they say." in text
-    assert "less robust" not in text.split("#### Evaluation checks")[0]
+    assert ("**Gate failed**: 1 test(s) found the model less robust than its baselines; 2 evaluation check(s) "
+            "failed: the figures may not mean what they say.") in text
     table = text[text.index("#### Evaluation checks"):].splitlines()
-    assert table[4].startswith("| covers\\_single\\_step | FAILED | 30 of 100 missed")
-    assert table[5].startswith("| model\\_checks | passed | all 6 model checks passed")
+    assert [row.split(" | ")[1] for row in table[4:8]] == ["FAILED", "FAILED", "FAILED", "passed"]
+    assert "labelflip: m.pt: not a model" in text
 
 
 @pytest.mark.parametrize("fail_on_drift", [False, True])

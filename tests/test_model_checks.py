@@ -115,7 +115,8 @@ def test_attack_prints_the_checks_and_result_json_records_them(reference, capsys
     assert all(c["passed"] for c in recorded) and recorded[0]["figures"]["n"] == 1000
 
 
-GATE_ONLY_FGSM = ["-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "-k", "fgsm or model"]
+GATE_ONLY_FGSM = ["-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "-k",
+                  "fgsm or model or noise"]
 
 
 @pytest.mark.slow
@@ -137,6 +138,7 @@ def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(pytester_ga
     assert "classes classified below chance: '0' (0/100 right, most as '1')" in out
     assert "not writing mnist-5k-fgsm-eps0.1's baseline: the model fails accuracy in " \
            "test_model_checks[mnist-5k-model-checks]" in out
+    assert "not writing mnist-5k's white-noise baseline: the model fails accuracy" in out
     assert not list((tmp_path / "b").rglob("*.json")) if (tmp_path / "b").exists() else True
 
 

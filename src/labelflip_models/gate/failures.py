@@ -15,7 +15,7 @@ import pytest
 from ..errors import LabelflipError
 from .config import OPTION_NAMES, REFERENCE_BASELINES, GateConfig, in_source_checkout
 from .profiles import Case, cases, get_profile, noise_baseline_path
-from .session import EVALUATION_CHECKS
+from .session import evaluation_check
 
 if TYPE_CHECKING:
     from .decisions import Decision
@@ -134,7 +134,7 @@ def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files:
 def verdict(outcomes: GateOutcomes) -> dict[str, Any]:
     """The session's verdict as the report shows it."""
     failed = [{"test": nodeid, "message": str(p.get(PROPERTY_PREFIX + "message") or _first_line(text)),
-               "evaluation": p.get(PROPERTY_PREFIX + "check") in EVALUATION_CHECKS}
+               "evaluation": evaluation_check(nodeid) is not None}
               for nodeid, text, p in outcomes.failures]
     return {"passed": not failed, "failed": failed,
             "drift": [{"test": nodeid, "message": message} for nodeid, message in outcomes.drift],

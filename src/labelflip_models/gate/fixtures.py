@@ -183,6 +183,15 @@ def labelflip_model_checks(labelflip_config: GateConfig, labelflip_dataset: Call
     return get
 
 
+def _refuse_unchecked(request: pytest.FixtureRequest, case: Case, what: str) -> None:
+    """Under --labelflip-regen, fail the test when the model `case` attacks fails its model checks: `what` is not
+    written. Each test that needs it says so in one line; the checks' own messages are test_model_checks'."""
+    failed = [c.name for c in request.getfixturevalue("labelflip_model_checks")(case) if not c.passed]
+    if failed:
+        pytest.fail(f"not writing {what}: the model fails {', '.join(failed)} in "
+                    f"test_model_checks[{checked_model_id(case)}]", pytrace=False)
+
+
 def _shared_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     # pytest-xdist's pattern: workers share the parent of their base temp dirs, one per session.
     if not hasattr(request.config, "workerinput"):
@@ -217,11 +226,7 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
         model = labelflip_case_model(case)
         regen = cfg.regen and regenerated(case)
         if regen:  # before the attack: a baseline of a model the attacks cannot evaluate guards a fiction
-            failed = [c.name for c in request.getfixturevalue("labelflip_model_checks")(case) if not c.passed]
-            if failed:
-                # Once per case's test: the failing checks' messages are test_model_checks' own.
-                pytest.fail(f"not writing {case.id}'s baseline: the model fails {', '.join(failed)} in "
-                            f"test_model_checks[{checked_model_id(case)}]", pytrace=False)
+            _refuse_unchecked(request, case, f"{case.id}'s baseline")
         run = compute_case(case, data, model, labelflip_models_under_test.info(model), cfg.seed,
                            Bounds(*cfg.bounds), cfg.uncapped, cfg.engine, memo=labelflip_models_under_test.memo(model))
         result = run.result
@@ -283,6 +288,9 @@ def labelflip_noise(labelflip_config: GateConfig, labelflip_dataset: Callable[[s
 
     def compute(data: Dataset) -> dict[str, Any]:
         model = labelflip_model(data)
+        if cfg.regen:
+            case = next(c for c in cfg.profile_cases() if c.dataset == data.name and not c.arch)
+            _refuse_unchecked(request, case, f"{data.name}'s white-noise baseline")
         result = probe_noise(data, model, labelflip_models_under_test.info(model),
                              get_profile(cfg.profile).noise_samples, cfg.seed, Bounds(*cfg.bounds))
         if cfg.regen:

@@ -87,9 +87,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # architecture.
     models = list({(c.dataset, c.arch): c for c in cfg.profile_cases()}.values())
     if "labelflip_checked_model" in fixtures:
-        metafunc.parametrize("labelflip_checked_model", models, ids=[checked_model_id(c) for c in models])
+        _parametrize(metafunc, "labelflip_checked_model", models, [checked_model_id(c) for c in models],
+                     f"profile {cfg.profile!r} has no case for the session's datasets")
     if "labelflip_probed_model" in fixtures:
-        metafunc.parametrize("labelflip_probed_model", models, ids=[f"{c.model_key}-large-eps" for c in models])
+        _parametrize(metafunc, "labelflip_probed_model", models, [f"{c.model_key}-large-eps" for c in models],
+                     f"profile {cfg.profile!r} has no case for the session's datasets")
     if "labelflip_epsilon_series" in fixtures:
         series = epsilon_series(cfg.profile_cases())
         _parametrize(metafunc, "labelflip_epsilon_series", series, [f"{s[0].model_key}-{s[0].attack}" for s in series],

@@ -17,9 +17,17 @@ GATE_OUTCOMES = pytest.StashKey["GateOutcomes"]()
 
 # The property the plugin adds to every report of a gate test (a test with the `labelflip` marker).
 GATE_TAG = "labelflip_gate"
-# The checks of whether the session's evaluation can be trusted (not of a loss of robustness): the report lists them
-# in a section of their own.
-EVALUATION_CHECKS = ("model_checks", "large_epsilon", "monotone_in_epsilon", "covers_single_step", "attack_strength")
+# The tests of whether the session's evaluation can be trusted (not of a loss of robustness), by the check they
+# record: the report lists them in a section of their own, and a failure of one, even before it recorded anything
+# (an error), is told apart from "less robust".
+EVALUATION_TESTS = {"test_model_checks": "model_checks", "test_large_epsilon_breaks_everything": "large_epsilon",
+                    "test_monotone_in_epsilon": "monotone_in_epsilon", "test_covers_single_step": "covers_single_step",
+                    "test_attack_strength": "attack_strength"}
+
+
+def evaluation_check(nodeid: str) -> str | None:
+    """The evaluation check a test's node id names (EVALUATION_TESTS), or None for a test of robustness."""
+    return EVALUATION_TESTS.get(nodeid.rpartition("::")[2].partition("[")[0])
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
@@ -47,9 +55,13 @@ class GateOutcomes:
         properties = dict(report.user_properties)
         if report.when == "call" and report.passed and properties.get("labelflip_drift") == "yes":
             self.drift.append((report.nodeid, str(properties.get("labelflip_message", ""))))
-        if report.when == "call" and properties.get("labelflip_check") in EVALUATION_CHECKS:
-            self.evaluation.append((report.nodeid, str(properties["labelflip_check"]), report.passed,
-                                    str(properties.get("labelflip_message", ""))))
+        check = evaluation_check(report.nodeid)
+        if check is not None and (report.when == "call" or report.failed):
+            # The decision's own verdict: test_attack_strength passes (it warns) on a weaker attack.
+            passed = report.passed and properties.get("labelflip_passed", True) is not False
+            lines = report.longreprtext.strip().splitlines()
+            message = properties.get("labelflip_message") or (lines[-1] if lines else "")
+            self.evaluation.append((report.nodeid, check, passed, str(message)))
         if report.failed:
             self.failures.append((report.nodeid, report.longreprtext, properties))
             self.obtained += [str(v) for k, v in report.user_properties if k == "labelflip_obtained"]

@@ -117,8 +117,8 @@ def check_attack_strength(case_flipped: np.ndarray, autoattack_flipped: np.ndarr
         text = f"no correctly classified image attacked by both {attack} and AutoAttack: nothing to compare"
     else:
         said = {"weaker": f"weaker than AutoAttack (p={p:.2g} < {alpha:g})",
-                "as strong": f"as strong as AutoAttack: it misses at most {margin:g} of the images' flips "
-                             f"(p={equivalence_p:.2g})",
+                "as strong": f"as strong as AutoAttack: AutoAttack flips at most {margin:.0%} more of the {n} "
+                             f"paired images (p={equivalence_p:.2g})",
                 "not shown": f"weaker or not, not shown: n={n} is too small (McNemar p={p:.2g}; as strong within "
                              f"{margin:g}: p={equivalence_p:.2g})"}[verdict]
         text = (f"{attack} flips {flips}/{n} paired images, AutoAttack {aa_flips}/{n}: {attack} misses {missed} of "

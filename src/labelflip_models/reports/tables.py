@@ -261,8 +261,8 @@ def verdict_head(verdict: dict[str, Any]) -> str:
 
 
 def evaluation_table(verdict: dict[str, Any]) -> Table | None:
-    """Whether the session's evaluation can be trusted: each evaluation check (model checks, monotone in ε,
-    iterative covers single-step, attack strength), failed ones first."""
+    """Whether the session's evaluation can be trusted: each evaluation test (model checks, the large-ε probe,
+    monotone in ε, iterative covers single-step, attack strength), failed ones first."""
     items = sorted(verdict.get("evaluation", ()), key=lambda i: (i["passed"], i["test"]))
     if not items:
         return None

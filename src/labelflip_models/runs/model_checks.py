@@ -59,10 +59,6 @@ class ModelCheck:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def _outputs(model: nn.Module, images: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
-    return logits(model, images, batch)
-
-
 def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1.0)) if len(a) else 0.0
 
@@ -125,7 +121,7 @@ def check_preprocessing(model: nn.Module, images: torch.Tensor, labels: torch.Te
     given = outputs.argmax(1) == labels
     best: tuple[float, str, float] | None = None
     for name, convert in CONVENTIONS.items():
-        other = _outputs(model, convert(images)).argmax(1) == labels
+        other = logits(model, convert(images), BATCH).argmax(1) == labels
         gain, up, down = float(other.float().mean() - given.float().mean()), int((other & ~given).sum()), \
             int((given & ~other).sum())
         if gain >= BETTER_BY and up + down:
@@ -146,7 +142,7 @@ def check_preprocessing(model: nn.Module, images: torch.Tensor, labels: torch.Te
 
 def check_deterministic(model: nn.Module, images: torch.Tensor, first: torch.Tensor) -> ModelCheck:
     """A second forward pass on the same images must give the same outputs as `first`."""
-    again = _outputs(model, images)
+    again = logits(model, images, BATCH)
     diff = _relative_difference(first, again)
     changed = int((first.argmax(1) != again.argmax(1)).sum())
     figures = {"relative_difference": diff, "predictions_changed": changed, "n": len(images)}
@@ -161,7 +157,7 @@ def check_deterministic(model: nn.Module, images: torch.Tensor, first: torch.Ten
 
 def check_batch_independent(model: nn.Module, images: torch.Tensor, in_batch: torch.Tensor) -> ModelCheck:
     """The first ALONE images' outputs one at a time must be their outputs in the batch (`in_batch`)."""
-    alone = _outputs(model, images[:ALONE], batch=1)
+    alone = logits(model, images[:ALONE], 1)
     diff = _relative_difference(in_batch[:ALONE], alone)
     changed = int((in_batch[:ALONE].argmax(1) != alone.argmax(1)).sum())
     figures = {"relative_difference": diff, "predictions_changed": changed, "n": len(alone)}
@@ -207,11 +203,11 @@ def check_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         for i in range(0, len(images), BATCH):
             x = images[i:i + BATCH].to(device).requires_grad_(True)
             y = labels[i:i + BATCH].to(device)
-            logits = model(x).float()
-            (grad,) = torch.autograd.grad(_margin(logits, y).sum(), x, retain_graph=True)
-            (ce_grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+            out = model(x).float()
+            (grad,) = torch.autograd.grad(_margin(out, y).sum(), x)
             dead += int(_dead(grad).sum())
-            saturated += int(_dead(ce_grad).sum())
+            # The cross-entropy's gradient in the logits, softmax - one-hot, is exactly zero: saturated.
+            saturated += int((F.softmax(out.detach(), 1) == F.one_hot(y, out.shape[1])).all(1).sum())
     share = dead / len(images) if len(images) else 0.0
     figures = {"dead": dead, "n": len(images), "share": share, "cross_entropy_saturated": saturated}
     if share > MAX_DEAD_GRADIENTS:
@@ -238,7 +234,7 @@ def model_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"need images with one label each, got {len(images)} images and {len(labels)} labels")
     if int(labels.max()) >= len(class_names) or int(labels.min()) < 0:
         raise ValueError(f"labels must lie in [0, {len(class_names)}), got {int(labels.min())}..{int(labels.max())}")
-    outputs = _outputs(model, images)
+    outputs = logits(model, images, BATCH)
     return [check_accuracy(outputs, labels, class_names), check_preprocessing(model, images, labels, outputs),
             check_deterministic(model, images, outputs),
             check_batch_independent(model, images, outputs), check_logits(outputs),

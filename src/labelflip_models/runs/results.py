@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ..models.cache import model_sha256
 from ..provenance import device_name, machine, now_iso, versions
 from ..storage.atomic import atomic_write_files, atomic_write_text
 from ..storage.out_dir import check_out_dir
+
+if TYPE_CHECKING:
+    from .model_checks import ModelCheck
 
 # /2: one "model" block for the CLI and the gate (model_block).
 RESULT_SCHEMA = "labelflip.result/2"
@@ -139,7 +142,7 @@ def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: floa
             "attack_seconds": round(attack_seconds, 2)}
 
 
-def with_model_checks(result: dict[str, Any], checks: list[Any]) -> dict[str, Any]:
+def with_model_checks(result: dict[str, Any], checks: list[ModelCheck]) -> dict[str, Any]:
     """result.json's content with the model checks (runs/model_checks.py) run before the attack: name, passed,
     message and figures of each."""
     return {**result, "model_checks": [dataclasses.asdict(c) for c in checks]}

@@ -86,7 +86,7 @@ def test_large_epsilon_breaks_everything(labelflip_probed_model, labelflip_case_
     case, cfg = labelflip_probed_model, labelflip_config
     with failing_the_test():
         decision = large_epsilon_probe(labelflip_case_model(case), labelflip_dataset(case.dataset),
-                                       Bounds(*cfg.bounds), seed=cfg.seed)
+                                       Bounds(*cfg.bounds), seed=cfg.seed, engine=cfg.engine)
     labelflip_record("large_epsilon", decision, model=case.model_key)
     assert decision.passed, decision.message
 
