@@ -262,7 +262,7 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     check_epsilon_for(attack, args.epsilon, Bounds(*parse_bounds(args.bounds)))
     check_engine(args.engine, attack.native_kernel)
     data, model, info, bounds = _model_and_data(args, progress)
-    checks = checks_on_test_images(model, data, bounds)
+    checks = checks_on_test_images(model, data, bounds, at_most=args.limit)
     _print_checks(checks)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
     summary, _ = attack_images(data, model, info, indices, f"first {len(indices)} test images", attack, args.epsilon,

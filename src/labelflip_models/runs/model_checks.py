@@ -241,9 +241,14 @@ def model_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             check_gradients(model, images, labels)]
 
 
-def checks_on_test_images(model: nn.Module, data: Dataset, bounds: Bounds) -> list[ModelCheck]:
-    """Every check on the first images_per_class(K) test images of each class of `data`, in pixel space."""
-    indices = balanced_subset(data.test_labels, images_per_class(data.num_classes), data.num_classes, at_most=True)
+def checks_on_test_images(model: nn.Module, data: Dataset, bounds: Bounds,
+                          at_most: int | None = None) -> list[ModelCheck]:
+    """Every check on the first images_per_class(K) test images of each class of `data`, in pixel space; with
+    `at_most`, on about that many images in all (a quick look at a large model costs no more than its attack)."""
+    per_class = images_per_class(data.num_classes)
+    if at_most is not None:
+        per_class = max(1, min(per_class, -(-at_most // data.num_classes)))
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes, at_most=True)
     images, labels = pixel_images(data, indices, bounds)
     return model_checks(model, images, labels, list(data.class_names))
 
