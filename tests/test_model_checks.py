@@ -120,17 +120,25 @@ GATE_ONLY_FGSM = ["-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profi
                   "fgsm or model or noise"]
 
 
-@pytest.mark.slow
-def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(pytester_gate, tmp_path):
-    """A user's MNIST-5k model with two classes swapped: test_model_checks fails with the accuracy check's message,
-    each case's tests say they wrote no baseline and point at it, and no baseline file is written."""
+@pytest.fixture(scope="module")
+def swapped_pt2(tmp_path_factory):
+    """The MNIST-5k reference with two classes swapped, as a .pt2. Exported outside pytester, whose teardown drops
+    the modules first imported during its test: torch.export's, which must not be imported twice."""
     from labelflip_models.data import load_dataset
 
-    from .helpers import GATE_ONLY
-
     model = load_or_train(load_dataset("mnist-5k")).model.eval()
-    path = _export(Broken(model, BROKEN["two classes swapped"][0]).eval(), tmp_path / "swapped.pt2")
-    pytester_gate.makepyfile(test_gate=GATE_ONLY)
+    return _export(Broken(model, BROKEN["two classes swapped"][0]).eval(), tmp_path_factory.mktemp("m") / "swapped.pt2")
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(swapped_pt2, pytester_gate, tmp_path):
+    """A user's MNIST-5k model with two classes swapped: test_model_checks fails with the accuracy check's message,
+    each case's tests and the white-noise test say they wrote no baseline and point at it, and no baseline file is
+    written."""
+    from .helpers import GATE_FILE
+
+    path = swapped_pt2
+    pytester_gate.makepyfile(test_gate=GATE_FILE)
     result = pytester_gate.runpytest_subprocess(*GATE_ONLY_FGSM, "--labelflip-model", str(path),
                                                 "--labelflip-dataset", "mnist-5k", "--labelflip-baselines",
                                                 str(tmp_path / "b"), "--labelflip-regen")
