@@ -135,6 +135,7 @@ def test_failing_runs_against_installed_reference_baselines_go_to_the_rootdir(mo
 
 def _report(when, outcome, properties):
     return SimpleNamespace(when=when, passed=outcome == "passed", failed=outcome == "failed",
+                           skipped=outcome == "skipped",
                            nodeid=f"t.py::{properties.get('labelflip_check', 'x')}", longreprtext="E   failed",
                            user_properties=[(GATE_TAG, True), *properties.items()])
 
@@ -162,8 +163,9 @@ def test_evaluation_checks_are_collected_and_their_failures_told_apart():
     from labelflip_models.reports.markdown import verdict_markdown
 
     def report(nodeid, when, outcome, properties, text="E   failed"):
-        return SimpleNamespace(when=when, passed=outcome == "passed", failed=outcome == "failed", nodeid=nodeid,
-                               longreprtext=text, user_properties=[(GATE_TAG, True), *properties.items()])
+        return SimpleNamespace(when=when, passed=outcome == "passed", failed=outcome == "failed",
+                               skipped=outcome == "skipped", nodeid=nodeid, longreprtext=text,
+                               user_properties=[(GATE_TAG, True), *properties.items()])
 
     outcomes = GateOutcomes()
     outcomes.pytest_runtest_logreport(report("t.py::test_model_checks[m-model-checks]", "call", "passed",
@@ -175,6 +177,8 @@ def test_evaluation_checks_are_collected_and_their_failures_told_apart():
                                              "failed", {}, "E   labelflip: m.pt: not a model"))
     outcomes.pytest_runtest_logreport(report("t.py::test_attack_strength[m-fgsm-eps0.1]", "call", "passed",
                                              {"labelflip_passed": False, "labelflip_message": "weaker"}))
+    # Not compared with AutoAttack: a skip, not an evaluation that failed.
+    outcomes.pytest_runtest_logreport(report("t.py::test_attack_strength[m-fgsm-eps0.02]", "call", "skipped", {}))
     outcomes.pytest_runtest_logreport(report("t.py::test_class_flip_rate[m-fgsm-eps0.1-0]", "call", "failed",
                                              {"labelflip_check": "flip_rate", "labelflip_message": "class '0' rose"}))
     result = verdict(outcomes)

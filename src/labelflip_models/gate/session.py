@@ -28,6 +28,8 @@ EVALUATION_TESTS = {"test_model_checks": "model_checks", "test_large_epsilon_bre
 def evaluation_check(nodeid: str) -> str | None:
     """The evaluation check a test's node id names (EVALUATION_TESTS), or None for a test of robustness."""
     return EVALUATION_TESTS.get(nodeid.rpartition("::")[2].partition("[")[0])
+
+
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
@@ -56,7 +58,7 @@ class GateOutcomes:
         if report.when == "call" and report.passed and properties.get("labelflip_drift") == "yes":
             self.drift.append((report.nodeid, str(properties.get("labelflip_message", ""))))
         check = evaluation_check(report.nodeid)
-        if check is not None and (report.when == "call" or report.failed):
+        if check is not None and not report.skipped and (report.when == "call" or report.failed):
             # The decision's own verdict: test_attack_strength passes (it warns) on a weaker attack.
             passed = report.passed and properties.get("labelflip_passed", True) is not False
             lines = report.longreprtext.strip().splitlines()
