@@ -23,7 +23,7 @@ import torch
 from scipy.stats import binom
 
 from .decisions import ALPHA, Decision, flip_p_value, holm_tarone
-from .strength import paired_flips
+from .strength import paired_flips, paired_positions
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,13 +44,6 @@ PROBE_PER_CLASS = 10
 PROBE_PARAMS = {"steps": 20, "rel_stepsize": 0.1, "random_start": False}
 
 
-def _paired(a: CaseRun, b: CaseRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, positions in a, positions in b) of the test images both runs attacked, matched by test index."""
-    _, mine, theirs = np.intersect1d(a.indices.numpy(), b.indices.numpy(), assume_unique=True,
-                                     return_indices=True)
-    return a.labels.numpy()[mine], mine, theirs
-
-
 def _robust(run: CaseRun, at: np.ndarray) -> np.ndarray:
     return run.adv_pred.numpy()[at] == run.labels.numpy()[at]
 
@@ -63,7 +56,8 @@ def check_monotone_in_epsilon(runs: Sequence[CaseRun], class_names: list[str], a
     ordered = sorted(runs, key=lambda r: r.case.epsilon)
     tests: list[tuple[str, float, float, int, int]] = []
     for small, large in zip(ordered, ordered[1:]):
-        labels, mine, theirs = _paired(small, large)
+        mine, theirs = paired_positions(small, large)
+        labels = small.labels.numpy()[mine]
         rises, falls = _robust(large, theirs) & ~_robust(small, mine), _robust(small, mine) & ~_robust(large, theirs)
         for c, name in enumerate(class_names):
             of = labels == c

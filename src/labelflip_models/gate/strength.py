@@ -62,14 +62,20 @@ def comparison_case(case: Case, profile_cases: Sequence[Case]) -> tuple[Case | N
     return against, ""
 
 
+def paired_positions(run: CaseRun, reference: CaseRun) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in `run`, positions in `reference`) of the test images both attacked, matched by test index."""
+    _, mine, theirs = np.intersect1d(run.indices.numpy(), reference.indices.numpy(), assume_unique=True,
+                                     return_indices=True)
+    return mine, theirs
+
+
 def paired_flips(run: CaseRun, reference: CaseRun) -> tuple[np.ndarray, np.ndarray]:
     """(flipped by `run`'s attack, flipped by `reference`'s) per image both runs attacked, matched by dataset test
     index, among those the model classifies correctly in both: a misclassified image is no flip of either attack.
 
     The reference (AutoAttack) may have attacked a subset of the case's images (a smaller per-class cap), or a
     superset; only the images in both count."""
-    index, ref_index = run.indices.numpy(), reference.indices.numpy()
-    _, mine, theirs = np.intersect1d(index, ref_index, assume_unique=True, return_indices=True)
+    mine, theirs = paired_positions(run, reference)
     labels, ref_labels = run.labels.numpy()[mine], reference.labels.numpy()[theirs]
     if not np.array_equal(labels, ref_labels):
         # Same indices, other labels: the runs were not made on the same test set.

@@ -185,10 +185,10 @@ def check_logits(outputs: torch.Tensor) -> ModelCheck:
                       figures)
 
 
-def _margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _margin(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Each image's true-class logit minus its largest other logit (Carlini-Wagner's and DLR's numerator)."""
-    others = logits.scatter(1, labels[:, None], float("-inf"))
-    return logits.gather(1, labels[:, None]).squeeze(1) - others.max(1).values
+    others = outputs.scatter(1, labels[:, None], float("-inf"))
+    return outputs.gather(1, labels[:, None]).squeeze(1) - others.max(1).values
 
 
 def check_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> ModelCheck:
