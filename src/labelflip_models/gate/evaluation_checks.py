@@ -7,7 +7,15 @@ better than single-step attacks", "verify that increasing the distortion bound i
   measured small share;
 - a large ε breaks everything: a separate cheap probe, L∞ PGD at half the pixel range without a random start, on a
   few images per class. At that ε every image can become the same mid-grey image, so robust accuracy must fall to
-  chance; a model that keeps more hides its gradients from the attack.
+  chance; a model that keeps more hides its gradients from the attack;
+- converged: on a subsample of the iterative L∞ attack's images, the same attack with twice the steps from another
+  random start must not break significantly more (section 5: "verify that the attack has converged");
+- white box beats black box: on the same subsample, the gradient-free Square attack (Andriushchenko et al. 2020)
+  must not break significantly more than the gradient attack (section 5: "black-box attacks should not outperform
+  white-box attacks").
+
+The last two rerun an attack on a few images at the one ε of the profile where the run's robust accuracy is
+nearest one half: where more steps or another attack can change the most images.
 
 Either failing points at gradient masking or a broken attack (too few steps, a wrong step size): the flip rates
 the gate compares would understate what an adversary does.
@@ -16,13 +24,14 @@ the gate compares would understate what an adversary does.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy.stats import binom
 
 from .decisions import ALPHA, Decision, flip_p_value, holm_tarone
+from .profiles import get_profile
 from .strength import paired_flips, paired_positions
 
 if TYPE_CHECKING:
@@ -42,6 +51,13 @@ SINGLE_STEP_ONLY = 0.02
 # from the clean image: a random start at this ε would scramble the image without any gradient.
 PROBE_PER_CLASS = 10
 PROBE_PARAMS = {"steps": 20, "rel_stepsize": 0.1, "random_start": False}
+
+# The rerun checks' subsample: the first this many correctly classified images per class of the run, at most
+# RERUN_IMAGES in all (at least one per class).
+RERUN_PER_CLASS, RERUN_IMAGES = 10, 200
+# Square's query budget in the black-box check: a fifth of AutoAttack's, enough for Square to break most images a
+# gradient attack breaks on an undefended model (docs/methods.md, "Evaluation checks").
+SQUARE_QUERIES = 1000
 
 
 def _robust(run: CaseRun, at: np.ndarray) -> np.ndarray:
@@ -124,3 +140,89 @@ def large_epsilon_probe(model: nn.Module, data: Dataset, bounds: Bounds, seed: i
                                "rates understate what an adversary does", figures)
     return Decision(True, f"L∞ PGD at ε={epsilon:g} leaves {robust} of {n} images in their class (chance "
                           f"{chance:.2f})", figures)
+
+
+def most_informative(runs: Sequence[CaseRun]) -> CaseRun:
+    """Of one attack's runs at several ε, the one whose robust accuracy (among the correctly classified images) is
+    nearest one half; ties go to the smaller ε."""
+    def distance(run: CaseRun) -> tuple[float, float]:
+        correct = run.clean_pred == run.labels
+        robust = float((correct & (run.adv_pred == run.labels)).sum()) / max(int(correct.sum()), 1)
+        return abs(robust - 0.5), run.case.epsilon or 0.0
+
+    return min(runs, key=distance)
+
+
+def rerun_positions(run: CaseRun, num_classes: int) -> np.ndarray:
+    """Positions in `run` of the first RERUN_PER_CLASS correctly classified images of each class (fewer per class
+    when K is large: RERUN_IMAGES in all, at least one per class)."""
+    per_class = max(1, min(RERUN_PER_CLASS, RERUN_IMAGES // num_classes))
+    labels = run.labels.numpy()
+    correct = np.flatnonzero(run.clean_pred.numpy() == labels)
+    return np.sort(np.concatenate([correct[labels[correct] == c][:per_class] for c in range(num_classes)]))
+
+
+def _rerun(run: CaseRun, positions: np.ndarray, model: nn.Module, data: Dataset, bounds: Bounds, attack: str,
+           params: dict[str, Any], seed: int, engine: str) -> np.ndarray:
+    """Whether `attack` (with `params`) at the run's ε breaks each image at `positions` of the run."""
+    from ..attacks import make_attack, run_attack
+    from ..runs.evaluate import pixel_images
+
+    indices = run.indices.numpy()[positions]
+    images, labels = pixel_images(data, indices, bounds)
+    result = run_attack(model, images, labels, make_attack(attack, **params), run.result["attack"]["epsilon"],
+                        bounds=bounds, seed=seed, engine=engine, ids=torch.as_tensor(indices))
+    return (result.adv_pred != result.labels).numpy()
+
+
+def _more_found(run: CaseRun, positions: np.ndarray, other: np.ndarray) -> tuple[int, int, float]:
+    """(b, c, p): images at `positions` broken by the other attack only (b) and by the run only (c), and the exact
+    one-sided McNemar p-value of "the other attack breaks no more than the run"."""
+    broken = (run.adv_pred.numpy() != run.labels.numpy())[positions]
+    b, c = int((other & ~broken).sum()), int((broken & ~other).sum())
+    return b, c, float(binom.sf(b - 1, b + c, 0.5)) if b + c else 1.0
+
+
+def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bounds: Bounds, seed: int = 0,
+                    engine: str = "auto", alpha: float = ALPHA) -> Decision:
+    """On rerun_positions of the most informative of an iterative attack's `runs`, the same attack (its profile's
+    settings) with twice the steps from another random start (seed + 1) must not break significantly more images
+    (exact one-sided McNemar, p < alpha): otherwise the run's flip rates stop short of what its attack can do."""
+    run = most_informative(runs)
+    params = dict(get_profile(run.case.profile).spec(run.case.attack).params)
+    positions = rerun_positions(run, data.num_classes)
+    steps = run.result["attack"]["steps"]
+    longer = _rerun(run, positions, model, data, bounds, run.case.attack, {**params, "steps": 2 * steps}, seed + 1,
+                    engine)
+    b, c, p = _more_found(run, positions, longer)
+    what = f"{run.case.attack} at ε={run.case.epsilon:g}"
+    figures = {"epsilon": run.case.epsilon, "n": len(positions), "steps": steps, "only_longer": b, "only_run": c,
+               "p_value": p}
+    if p < alpha:
+        return Decision(False, f"{what}: with {2 * steps} steps instead of {steps} it breaks {b} of "
+                               f"{len(positions)} images the run did not, and misses {c} it broke (p={p:.2g}): the "
+                               "attack has not converged; give it more steps (or a larger step size) in the profile",
+                        figures)
+    return Decision(True, f"{what}: {2 * steps} steps instead of {steps} break {b} more and {c} fewer of "
+                          f"{len(positions)} images (p={p:.2g})", figures)
+
+
+def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bounds: Bounds,
+                                    seed: int = 0, engine: str = "auto", alpha: float = ALPHA) -> Decision:
+    """On rerun_positions of the most informative of an L∞ gradient attack's `runs`, L∞ Square (SQUARE_QUERIES
+    queries, no gradients) must not break significantly more images than the gradient attack (exact one-sided
+    McNemar, p < alpha): where it does, the model hides its gradients from the gradient attacks."""
+    run = most_informative(runs)
+    positions = rerun_positions(run, data.num_classes)
+    square = _rerun(run, positions, model, data, bounds, "linf-square", {"n_queries": SQUARE_QUERIES}, seed, engine)
+    b, c, p = _more_found(run, positions, square)
+    what = f"{run.case.attack} and L∞ Square at ε={run.case.epsilon:g}"
+    figures = {"epsilon": run.case.epsilon, "n": len(positions), "queries": SQUARE_QUERIES, "only_black_box": b,
+               "only_white_box": c, "p_value": p}
+    if p < alpha:
+        return Decision(False, f"{what}: Square, which uses no gradients, breaks {b} of {len(positions)} images "
+                               f"{run.case.attack} did not, and misses {c} it broke (p={p:.2g}): the model hides its "
+                               "gradients (non-differentiable preprocessing, saturated outputs), so the gradient "
+                               "attacks' flip rates understate what an adversary does", figures)
+    return Decision(True, f"{what}: Square breaks {b} images {run.case.attack} did not, {run.case.attack} {c} that "
+                          f"Square did not, of {len(positions)} (p={p:.2g})", figures)

@@ -16,7 +16,16 @@ import pytest
 
 from ..errors import LabelflipError
 from .config import FLAGS, OPTION_NAMES, OPTIONS, PER_CLASS_ITEMS, RUNS_DIR
-from .profiles import CASE_KINDS, checked_model_id, epsilon_series, noise_scope, single_step_pairs
+from .profiles import (
+    CASE_KINDS,
+    checked_model_id,
+    epsilon_series,
+    iterative_series,
+    noise_scope,
+    series_id,
+    single_step_pairs,
+    step_pair_id,
+)
 from .session import (
     GATE_TAG,
     asked,
@@ -65,17 +74,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     selected = selected_cases(config) if asked(config) and config.getvalue("dist") == "load" else None
     if selected is None:
         return None  # not asked for, another distribution mode chosen, or settings the workers will reject
-    from .xdist_scheduling import CaseScheduling, case_scope
+    from .xdist_scheduling import CaseScheduling, scopes
 
-    scopes = {c.id: case_scope(c) for c in selected}
-    datasets = {c.dataset for c in selected}
-    return CaseScheduling(config, log, scopes | {noise_scope(d): noise_scope(d) for d in datasets})
+    return CaseScheduling(config, log, scopes(selected))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     fixtures = set(metafunc.fixturenames)
     if not {"labelflip_noise_dataset", "labelflip_checked_model", "labelflip_probed_model", "labelflip_epsilon_series",
-            "labelflip_step_pair", "labelflip_case", "labelflip_class"} & fixtures:
+            "labelflip_step_pair", "labelflip_iterative_series", "labelflip_case", "labelflip_class"} & fixtures:
         return
     try:
         cfg = gate_config(metafunc.config)
@@ -94,12 +101,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                      f"profile {cfg.profile!r} has no case for the session's datasets")
     if "labelflip_epsilon_series" in fixtures:
         series = epsilon_series(cfg.profile_cases())
-        _parametrize(metafunc, "labelflip_epsilon_series", series, [f"{s[0].model_key}-{s[0].attack}" for s in series],
+        _parametrize(metafunc, "labelflip_epsilon_series", series, [series_id(s[0]) for s in series],
                      f"profile {cfg.profile!r} runs no iterative attack at two ε or more")
     if "labelflip_step_pair" in fixtures:
         pairs = single_step_pairs(cfg.profile_cases())
-        _parametrize(metafunc, "labelflip_step_pair", pairs, [f"{s.model_key}-eps{s.epsilon:g}" for s, _ in pairs],
+        _parametrize(metafunc, "labelflip_step_pair", pairs, [step_pair_id(s) for s, _ in pairs],
                      f"profile {cfg.profile!r} runs no FGSM and L∞ PGD case at the same ε")
+    if "labelflip_iterative_series" in fixtures:
+        series = iterative_series(cfg.profile_cases())
+        _parametrize(metafunc, "labelflip_iterative_series", series, [series_id(s[0]) for s in series],
+                     f"profile {cfg.profile!r} runs no L∞ PGD")
     if not {"labelflip_case", "labelflip_class"} & fixtures:
         return
     marker = metafunc.definition.get_closest_marker("labelflip_cases")

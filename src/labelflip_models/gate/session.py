@@ -22,6 +22,7 @@ GATE_TAG = "labelflip_gate"
 # (an error), is told apart from "less robust".
 EVALUATION_TESTS = {"test_model_checks": "model_checks", "test_large_epsilon_breaks_everything": "large_epsilon",
                     "test_monotone_in_epsilon": "monotone_in_epsilon", "test_covers_single_step": "covers_single_step",
+                    "test_converged": "converged", "test_white_box_beats_black_box": "white_box_beats_black_box",
                     "test_attack_strength": "attack_strength"}
 
 

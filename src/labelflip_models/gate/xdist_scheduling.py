@@ -13,17 +13,29 @@ from collections.abc import Mapping
 
 from xdist.scheduler import LoadScopeScheduling
 
-from .profiles import COMPILED_PER_PROCESS, ONE_GRADIENT, Case
+from .profiles import COMPILED_PER_PROCESS, ITERATIVE, ONE_GRADIENT, Case, noise_scope, series_id, step_pair_id
 
 
 def case_scope(case: Case) -> str:
     """The worker a case's tests share: its own, but cases of attacks that compile per process (numba) share one,
-    which compiles once, and a model's cases of a single-step attack share one, which takes its gradient once."""
+    which compiles once; a model's cases of a single-step attack share one, which takes its gradient once; and a
+    model's ITERATIVE cases share one, with the evaluation checks that read all of them."""
     if case.attack in COMPILED_PER_PROCESS:
         return case.attack
-    if case.attack in ONE_GRADIENT:
+    if case.attack in ONE_GRADIENT or case.attack == ITERATIVE:
         return f"{case.model_key}-{case.attack}"
     return case.id
+
+
+def scopes(selected: list[Case]) -> dict[str, str]:
+    """What CaseScheduling looks up: each selected case's id, each dataset's white-noise probe, and the ids of the
+    evaluation checks over a model's ITERATIVE runs (gate/profiles.py's series_id, step_pair_id) -> their scope.
+    A check run on another worker than the runs it reads would wait for that worker's file locks."""
+    out = {c.id: case_scope(c) for c in selected} | {noise_scope(c.dataset): noise_scope(c.dataset) for c in selected}
+    for c in selected:
+        if c.attack == ITERATIVE:
+            out[series_id(c)] = out[step_pair_id(c)] = case_scope(c)
+    return out
 
 
 class CaseScheduling(LoadScopeScheduling):

@@ -21,8 +21,10 @@ from labelflip_models.gate.decisions import (
     check_overall_flip_rate,
 )
 from labelflip_models.gate.evaluation_checks import (
+    check_converged,
     check_covers_single_step,
     check_monotone_in_epsilon,
+    check_white_box_beats_black_box,
     large_epsilon_probe,
 )
 from labelflip_models.gate.failures import failing_the_test
@@ -38,8 +40,9 @@ from labelflip_models.models.architectures import predict_with_ties
 from labelflip_models.runs.model_checks import failed_summary
 
 __all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
-           "test_covers_single_step", "test_epsilon_bound", "test_large_epsilon_breaks_everything",
-           "test_minimal_adversarials", "test_model_checks", "test_monotone_in_epsilon", "test_robust_accuracy"]
+           "test_converged", "test_covers_single_step", "test_epsilon_bound", "test_large_epsilon_breaks_everything",
+           "test_minimal_adversarials", "test_model_checks", "test_monotone_in_epsilon", "test_robust_accuracy",
+           "test_white_box_beats_black_box"]
 
 ORDERS = {"linf": math.inf, "l2": 2, "l1": 1, "l0": 0}
 # Float rounding in x + δ may overshoot ε by a few ulps; anything larger is a broken projection.
@@ -114,6 +117,37 @@ def test_covers_single_step(labelflip_step_pair, labelflip_run, labelflip_record
         runs = labelflip_run(single), labelflip_run(iterative)
     decision = check_covers_single_step(*runs)
     labelflip_record("covers_single_step", decision, case=iterative.id, single_step_case=single.id)
+    assert decision.passed, decision.message
+
+
+@gate_test()
+def test_converged(labelflip_iterative_series, labelflip_run, labelflip_case_model, labelflip_dataset,
+                   labelflip_config, labelflip_record):
+    """L∞ PGD with twice the profile's steps, from another random start, breaks no significantly more of a few
+    images per class at the ε where the run's robust accuracy is nearest one half (gate/evaluation_checks.py):
+    otherwise the attack stops short, and its flip rates understate what it can do."""
+    series, cfg = labelflip_iterative_series, labelflip_config
+    with failing_the_test():
+        runs = [labelflip_run(case) for case in series]
+        decision = check_converged(runs, labelflip_case_model(series[0]), labelflip_dataset(series[0].dataset),
+                                   Bounds(*cfg.bounds), seed=cfg.seed, engine=cfg.engine)
+    labelflip_record("converged", decision, cases=",".join(c.id for c in series))
+    assert decision.passed, decision.message
+
+
+@gate_test()
+def test_white_box_beats_black_box(labelflip_iterative_series, labelflip_run, labelflip_case_model,
+                                   labelflip_dataset, labelflip_config, labelflip_record):
+    """The gradient-free Square attack breaks no significantly more of a few images per class than L∞ PGD at the
+    ε where the run's robust accuracy is nearest one half (gate/evaluation_checks.py): where it does, the model
+    hides its gradients from the gradient attacks."""
+    series, cfg = labelflip_iterative_series, labelflip_config
+    with failing_the_test():
+        runs = [labelflip_run(case) for case in series]
+        decision = check_white_box_beats_black_box(runs, labelflip_case_model(series[0]),
+                                                   labelflip_dataset(series[0].dataset), Bounds(*cfg.bounds),
+                                                   seed=cfg.seed, engine=cfg.engine)
+    labelflip_record("white_box_beats_black_box", decision, cases=",".join(c.id for c in series))
     assert decision.passed, decision.message
 
 
