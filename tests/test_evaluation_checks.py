@@ -1,17 +1,34 @@
 """The evaluation checks of gate/evaluation_checks.py: the statistics on constructed runs, the case groupings the
-gate parameterises, and real runs: the reference model's smoke cases pass, a PGD with 1 step is flagged."""
+gate parameterises, and real runs: the reference model passes; a PGD with 1 step, a PGD of a few short steps and a
+model with its input rounded are flagged."""
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from labelflip_models.gate.evaluation_checks import (
+    RERUN_PER_CLASS,
     SINGLE_STEP_ONLY,
+    check_converged,
     check_covers_single_step,
     check_monotone_in_epsilon,
+    check_white_box_beats_black_box,
+    most_informative,
+    rerun_positions,
 )
-from labelflip_models.gate.profiles import Case, cases, epsilon_series, get_profile, single_step_pairs
+from labelflip_models.gate.profiles import (
+    Case,
+    cases,
+    epsilon_series,
+    get_profile,
+    iterative_series,
+    series_id,
+    single_step_pairs,
+    step_pair_id,
+)
 from labelflip_models.gate.shared_runs import CaseRun
 
 NAMES = ["a", "b"]
@@ -96,6 +113,19 @@ def test_groupings_of_the_profiles():
     assert len(pairs) == 8 and all(s.attack == "fgsm" and i.attack == "linf-pgd" and s.epsilon == i.epsilon
                                    for s, i in pairs)
     assert epsilon_series(cases(get_profile("quick"))) == []
+    assert [[c.id for c in s] for s in iterative_series(cases(get_profile("quick")))] == [["mnist-5k-linf-pgd-eps0.1"]]
+    assert [len(s) for s in iterative_series(smoke)] == [4, 4]
+    assert (series_id(pairs[0][1]), step_pair_id(pairs[0][1])) == ("fashion-mnist-linf-pgd", "fashion-mnist-eps0.02")
+
+
+def test_the_rerun_checks_take_the_run_nearest_half_robust_and_correct_images_per_class():
+    labels = [0] * 30 + [1] * 30
+    runs = [run("linf-pgd", eps, labels, [0] * k + [1] * (30 - k) + [1] * k + [0] * (30 - k))
+            for eps, k in ((0.1, 25), (0.2, 14), (0.3, 16), (0.4, 2))]
+    assert most_informative(runs).case.epsilon == 0.2  # 14/30 and 16/30 tie; the smaller ε wins
+    clean = [1] * 5 + [0] * 25 + [1] * 30  # the first 5 images of class a misclassified
+    positions = rerun_positions(run("linf-pgd", 0.1, labels, labels, clean), 2)
+    assert positions.tolist() == list(range(5, 5 + RERUN_PER_CLASS)) + list(range(30, 30 + RERUN_PER_CLASS))
     assert [(s.id, i.id) for s, i in single_step_pairs(cases(get_profile("quick")))] == [
         ("mnist-5k-fgsm-eps0.1", "mnist-5k-linf-pgd-eps0.1")]
 
@@ -154,3 +184,75 @@ def test_the_large_epsilon_probe_flags_masked_gradients_and_passes_the_reference
         decision = large_epsilon_probe(Masked(masked).eval(), data, Bounds())
         assert not decision.passed and decision.figures["robust"] >= 90, decision.message
         assert "hides its gradients" in decision.message
+
+
+@contextmanager
+def pgd_variant(params, dataset="mnist-5k", epsilon=0.1):
+    """A profile "variant" whose one case is L∞ PGD with `params` at `epsilon` on 100 images per class, for as long
+    as the checks of its runs need it."""
+    from labelflip_models.gate.profiles import PROFILES, AttackSpec, Profile
+
+    PROFILES["variant"] = Profile("variant", (dataset,), (AttackSpec("linf-pgd", (epsilon,), params),),
+                                  per_class=100, noise_samples=0)
+    try:
+        yield "variant"
+    finally:
+        del PROFILES["variant"]
+
+
+def pgd_runs(model, data, profile="quick", epsilon=0.1):
+    """The profile's L∞ PGD run at `epsilon` on `model`, as the gate's checks take it."""
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.gate.cases import compute_case
+    from labelflip_models.runs.results import model_block
+
+    return [compute_case(Case(profile, data.name, "linf-pgd", epsilon), data, model, model_block(model), 0, Bounds())]
+
+
+@pytest.mark.slow
+def test_convergence_flags_a_pgd_of_a_few_short_steps_and_passes_the_profiles():
+    """On the Fashion-MNIST reference at ε = 0.02 (about half its images robust), the profiles' PGD (40 steps of
+    ε/10) gains nothing from 80; 10 steps of ε/20 gain many images from 20."""
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.data import load_dataset
+    from labelflip_models.gate.profiles import PGD_CONVERGED
+    from labelflip_models.models.cache import load_or_train
+
+    data = load_dataset("fashion-mnist")
+    model = load_or_train(data).model.eval()
+    with pgd_variant(PGD_CONVERGED, "fashion-mnist", 0.02) as profile:
+        decision = check_converged(pgd_runs(model, data, profile, 0.02), model, data, Bounds())
+    assert decision.passed, decision.message
+    with pgd_variant((("steps", 10), ("rel_stepsize", 0.05)), "fashion-mnist", 0.02) as profile:
+        decision = check_converged(pgd_runs(model, data, profile, 0.02), model, data, Bounds())
+    assert not decision.passed and decision.figures["only_longer"] >= 10, decision.message
+    assert "with 20 steps instead of 10" in decision.message and "has not converged" in decision.message
+
+
+@pytest.mark.slow
+def test_square_flags_a_model_that_rounds_its_input_and_passes_the_reference():
+    """Rounding the input to 8 bits leaves PGD no gradient; Square, which needs none, still breaks the images
+    (Fashion-MNIST at ε = 0.05: on MNIST at ε <= 0.1 the reference is robust to both)."""
+    from labelflip_models.attacks import Bounds
+    from labelflip_models.data import load_dataset
+    from labelflip_models.gate.profiles import PGD_CONVERGED
+    from labelflip_models.models.cache import load_or_train
+
+    data = load_dataset("fashion-mnist")
+    model = load_or_train(data).model.eval()
+
+    class Rounded(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(torch.round(x * 255) / 255)
+
+    rounded = Rounded().eval()
+    with pgd_variant(PGD_CONVERGED, "fashion-mnist", 0.05) as profile:
+        decision = check_white_box_beats_black_box(pgd_runs(model, data, profile, 0.05), model, data, Bounds())
+        assert decision.passed, decision.message
+        decision = check_white_box_beats_black_box(pgd_runs(rounded, data, profile, 0.05), rounded, data, Bounds())
+    assert not decision.passed and decision.figures["only_black_box"] >= 50, decision.message
+    assert "hides its gradients" in decision.message
