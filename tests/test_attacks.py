@@ -24,6 +24,7 @@ from labelflip_models.attacks import (
 )
 from labelflip_models.attacks.autoattack import AUTOATTACKS
 from labelflip_models.errors import ConfigError
+from labelflip_models.runs.results import summarize
 
 # Foolbox's class behind each attack name, to check our defaults and plumbing against its own signature.
 FOOLBOX_CLASSES = {
@@ -378,3 +379,26 @@ def test_check_epsilon_for_follows_the_attack_kind():
         check_epsilon_for(FGSM(), 2.0, Bounds())
     with pytest.raises(ConfigError, match="l2-cw is a minimal-perturbation attack and takes no epsilon"):
         check_epsilon_for(make_attack("l2-cw"), 0.5, Bounds())
+
+
+def test_rounding_to_8_bits_lands_on_the_grid_within_half_a_level():
+    bounds = Bounds(-1.0, 1.0)
+    x = torch.rand(3, 1, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    levels = (bounds.to_8bit(x) + 1) / 2 * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-4) and levels.min() >= 0 and levels.max() <= 255
+    assert (bounds.to_8bit(x) - x).abs().max() <= bounds.width / 510 + 1e-6
+
+
+@pytest.mark.parametrize("name, epsilon", [("linf-pgd", 0.1), ("l2-deepfool", None)])
+def test_a_run_records_which_flips_survive_8_bit_rounding(linear, name, epsilon):
+    """survives_8bit counts the flipped images whose rounded adversarial the model still misclassifies."""
+    model, x, y = linear
+    result = run_attack(model, x, y, make_attack(name), epsilon)
+    with torch.no_grad():
+        rounded = model(Bounds().to_8bit(result.clipped)).argmax(1)
+    flipped = (result.clean_pred == y) & (result.adv_pred != y)
+    assert torch.equal(result.rounded_pred, rounded)
+    assert result.survives_8bit == (int((flipped & (rounded != y)).sum()), int(flipped.sum()))
+    assert result.survives_8bit[1] > 0
+    summary = summarize(result, [str(i) for i in range(10)])
+    assert (summary["survives_8bit"]["count"], summary["survives_8bit"]["n"]) == result.survives_8bit

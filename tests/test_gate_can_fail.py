@@ -45,13 +45,14 @@ def run_gate(pytester_gate, baselines, *args):
 
 
 # 3 cases (FGSM, LinfPGD, L2 DeepFool) of the quick profile, its white-noise probe, the model checks, the large-ε
-# probe, and PGD covering FGSM at ε = 0.1
-QUICK_GATE_TESTS = 54
+# probe, PGD covering FGSM at ε = 0.1, PGD converged and beating Square
+QUICK_GATE_TESTS = 56
 # test_attack_strength of the 2 fixed-ε cases: the quick profile has no AutoAttack case to compare them with; and
 # test_monotone_in_epsilon: it runs each attack at one ε.
 QUICK_SKIPPED = 3
 CORRECTNESS = ("test_epsilon_bound", "test_minimal_adversarials", "test_attack_success", "test_model_checks",
-               "test_covers_single_step", "test_large_epsilon_breaks_everything")
+               "test_covers_single_step", "test_large_epsilon_breaks_everything", "test_converged",
+               "test_white_box_beats_black_box")
 
 
 @pytest.mark.slow

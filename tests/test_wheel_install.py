@@ -107,7 +107,7 @@ def test_gate_from_the_wheel_in_a_fresh_repository(installed, tmp_path):
         "linf-pgd-eps0.1.json", "white-noise.json"]
 
     rc, out = _run(pytest_ + ["-n", "2", "--labelflip-strict"], repo, env)
-    assert rc == 0 and re.search(r"\b54 passed", out), out
+    assert rc == 0 and re.search(r"\b56 passed", out), out
     assert "labelflip gate" not in out
 
     noisy = weakened(load_or_train(data, seed=0, device="cpu").model, WEIGHT_NOISE)

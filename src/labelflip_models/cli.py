@@ -275,6 +275,8 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     print(f"{data.name} {name} {budget}: {frac['count']}/{frac['n']} images flipped "
           f"({_rate(frac)}), clean accuracy {_rate(summary['clean_accuracy'])}, "
           f"attack success {_rate(summary['attack_success'])}")
+    kept = summary["survives_8bit"]
+    print(f"saved as 8-bit images, {kept['count']} of {kept['n']} flipped images still flip ({_rate(kept)})")
     print(f"symmetry: entrywise {_score(sym['entrywise'])}, induced {_score(sym['induced'])}; catch-all classes: "
           f"{', '.join(summary['analysis']['catch_all']['classes']) or 'none'}")
     if "autoattack" in summary:

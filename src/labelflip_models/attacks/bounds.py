@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import ConfigError
 from .base import AttackBase
 
@@ -26,6 +28,11 @@ class Bounds:
     @property
     def width(self) -> float:
         return self.upper - self.lower
+
+    def to_8bit(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` rounded to the nearest of 256 levels across the bounds: the image a deployed pipeline sees once an
+        adversarial is saved as an 8-bit picture."""
+        return self.lower + torch.round((x - self.lower) / self.width * 255) / 255 * self.width
 
 
 def check_epsilon(epsilon: float, bounds: Bounds, norm: str = "linf") -> float:

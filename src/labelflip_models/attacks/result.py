@@ -37,6 +37,17 @@ class AttackResult:
     measured: dict[str, torch.Tensor] | None = None  # "norms", "linf_norms", "range" of a reduced run
     # AutoAttack-family runs: per image, the index into params["components"] of the component that broke it, or −1.
     broken_by: torch.Tensor | None = None
+    # The prediction on each clipped adversarial rounded to 8-bit pixels (Bounds.to_8bit).
+    rounded_pred: torch.Tensor | None = None
+
+    @property
+    def survives_8bit(self) -> tuple[int, int]:
+        """(k, n): of the n images the attack flipped (correctly classified, adversarial in another class), the k
+        whose adversarial still is in another class once rounded to 8 bits; (0, 0) where nothing was rounded."""
+        if self.rounded_pred is None:
+            return 0, 0
+        flipped = (self.clean_pred == self.labels) & (self.adv_pred != self.labels)
+        return int((flipped & (self.rounded_pred != self.labels)).sum()), int(flipped.sum())
 
     @property
     def landed(self) -> torch.Tensor:
@@ -96,5 +107,7 @@ class AttackResult:
             measured = {"norms": cat("norms"), "linf_norms": cat("linf_norms"),
                         "range": torch.stack([ranges[:, 0].min(), ranges[:, 1].max()])}
         broken_by = None if first.broken_by is None else cat("broken_by")
+        rounded_pred = None if first.rounded_pred is None else cat("rounded_pred")
         return cls(epsilon=first.epsilon, norm=first.norm, **images, **tensors,
-                   seconds=sum(p.seconds for p in parts), params=params, measured=measured, broken_by=broken_by)
+                   seconds=sum(p.seconds for p in parts), params=params, measured=measured, broken_by=broken_by,
+                   rounded_pred=rounded_pred)

@@ -103,12 +103,13 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         attacked, raw, clipped, success, adv_pred, broken_by = halving_on_oom(
             attack_in, batch_size, attack.name, halve=isinstance(attack, FixedAttack))
     seconds = time.perf_counter() - start
+    rounded_pred = predict(model, bounds.to_8bit(clipped))
     params: dict[str, Any] = {**describe(attack), "engine": chosen.describe(), "epsilon": epsilon,
                               "bounds": [bounds.lower, bounds.upper], "criterion": "misclassification",
                               "batch_size": batch_size, "seed": seed}
     return AttackResult(epsilon=epsilon, norm=attack.norm, images=images, labels=labels, raw=raw, clipped=clipped,
                         success=success, attacked=attacked, clean_pred=clean_pred, adv_pred=adv_pred,
-                        seconds=seconds, params=params, broken_by=broken_by)
+                        seconds=seconds, params=params, broken_by=broken_by, rounded_pred=rounded_pred)
 
 
 def _batches(n: int, batch_size: int, desc: str, progress: bool) -> Any:

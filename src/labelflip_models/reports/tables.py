@@ -64,15 +64,18 @@ def runs_table(ds: DatasetRuns) -> Table:
         sym = _analysis(run, "symmetry") or {}
         catch = _analysis(run, "catch_all")
         cells = [run["attack"]["name"], epsilon_label(run), str(_n(run)),
-                 rate(run.get("clean_accuracy")), rate(run.get("flip_fraction"))]
+                 rate(run.get("clean_accuracy")), rate(run.get("flip_fraction")), rate(run.get("survives_8bit"))]
         for norm in ("entrywise", "induced"):
             s = sym.get(norm) or {}
             cells += [with_ci(s.get("score"), s.get("ci")), pvalue(s.get("p_value"))]
         cells.append(DASH if catch is None else ", ".join(catch["classes"]) or "none")
         rows.append(cells)
     level = next((_analysis(r, "symmetry")["confidence"] for r in ds.runs if _analysis(r, "symmetry")), 0.95)
-    return Table("Runs", ["attack", "ε", "n", "clean acc", "flipped", "symmetry entrywise [CI]", "p",
+    return Table("Runs", ["attack", "ε", "n", "clean acc", "flipped", "still flipped at 8 bits",
+                          "symmetry entrywise [CI]", "p",
                           "symmetry induced [CI]", "p", "catch-all classes"], rows,
+                 "Still flipped at 8 bits: of the flipped images, those whose adversarial still flips once "
+                 "rounded to 8-bit pixels (saved as an image). "
                  "Symmetry: 1 = every flip is matched by one the other way, 0 = all flips one-way; "
                  f"{level:.0%} bootstrap CIs; "
                  "p: permutation test against each class's flips shuffled over the other classes. "

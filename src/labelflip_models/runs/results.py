@@ -104,6 +104,8 @@ def summarize(result: AttackResult, class_names: list[str], seed: int = 0) -> di
         "analysis": analyse(matrix, class_names, seed),
         **({"minimal_norms": _minimal_norms(result, class_names)} if result.epsilon is None else {}),
         **({"autoattack": _broken_by(result)} if result.broken_by is not None else {}),
+        # Of the flipped images, those whose adversarial still flips once saved as an 8-bit image.
+        **({"survives_8bit": _rate(*result.survives_8bit)} if result.rounded_pred is not None else {}),
     }
 
 
