@@ -76,7 +76,7 @@ def make_result(matrix: np.ndarray, names: list[str], dataset: str = "fashion-mn
         "class_names": names, "flip_matrix": m.tolist(),
         "per_class_flip_rate": {nm: _rate(int(f), int(t)) for nm, f, t in zip(names, flips, m.sum(1))},
         "flip_fraction": _rate(total, n), "clean_accuracy": _rate(int(0.9 * n), n),
-        "attack_success": _rate(total, n),
+        "attack_success": _rate(total, n), "survives_8bit": _rate(total * 3 // 4, total),
         "analysis": {
             "symmetry": {"flips": total, **symmetry, "norms": {}, "confidence": 0.95, "bootstrap": {},
                          "permutation": {}},
@@ -255,16 +255,18 @@ def test_markdown_runs_table_shows_each_runs_numbers(report_input: Any) -> None:
     results, noise = report_input
     text = summary_markdown(results, noise)
     rows = _md_tables(text)["Runs"]
-    assert rows[0][:5] == ["attack", "ε", "n", "clean acc", "flipped"] and len(rows) == 1 + len(results)
+    assert rows[0][:6] == ["attack", "ε", "n", "clean acc", "flipped", "still flipped at 8 bits"]
+    assert len(rows) == 1 + len(results)
     for row, result in zip(rows[1:], results):
         m = np.array(result["flip_matrix"])
         assert row[0] == result["attack"]["name"]
         assert row[1] == ("minimal" if result["attack"]["epsilon"] is None else f"{result['attack']['epsilon']:g}")
         assert row[2] == str(m.sum()) and row[3] == "90.0%"
         assert row[4] == f"{100 * (m.sum() - np.trace(m)) / m.sum():.1f}%"
-        assert row[5].startswith(f"{_score(m, 'entrywise'):.2f} [") and row[6] == "<0.001"
-        assert row[7].startswith(f"{_score(m, 'induced'):.2f} [")
-        assert row[9] == ", ".join(result["analysis"]["catch_all"]["classes"])
+        assert row[5] == f"{100 * result['survives_8bit']['rate']:.1f}%"
+        assert row[6].startswith(f"{_score(m, 'entrywise'):.2f} [") and row[7] == "<0.001"
+        assert row[8].startswith(f"{_score(m, 'induced'):.2f} [")
+        assert row[10] == ", ".join(result["analysis"]["catch_all"]["classes"])
     assert "model 0123456789ab" in text
     assert "2024-05-01 to 2024-05-02" in text and "torch 2.4.0" in text
 

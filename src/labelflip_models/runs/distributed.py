@@ -164,7 +164,8 @@ def check_gathered(parts: list[AttackResult], counts: torch.Tensor, n_images: in
 
 # --------------------------------------------------------------------------------------------- finished chunks
 
-_TENSORS = ("images", "labels", "raw", "clipped", "success", "attacked", "clean_pred", "adv_pred", "broken_by")
+_TENSORS = ("images", "labels", "raw", "clipped", "success", "attacked", "clean_pred", "adv_pred", "broken_by",
+            "rounded_pred")
 
 
 def chunk_path(scratch: Path, start: int, stop: int) -> Path:
