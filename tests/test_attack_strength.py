@@ -14,6 +14,7 @@ import torch
 
 from labelflip_models.errors import DataError
 from labelflip_models.gate.baselines import load_baseline, make_baseline, write_baseline
+from labelflip_models.gate.margins import Margins
 from labelflip_models.gate.profiles import CASE_KINDS, Case, cases, get_profile, is_autoattack
 from labelflip_models.gate.shared_runs import CaseRun, load_run, save_run
 from labelflip_models.gate.strength import (
@@ -249,7 +250,7 @@ def _runs(weak: bool) -> dict[Case, CaseRun]:
 
 def _call(case: Case, runs: dict[Case, CaseRun], report: Path | None):
     recorded = []
-    config = SimpleNamespace(report=report, profile_cases=lambda: PROFILE_CASES)
+    config = SimpleNamespace(report=report, profile_cases=lambda: PROFILE_CASES, margins=Margins())
     gate_tests.test_attack_strength(case, config, runs.__getitem__,
                                     lambda check, decision, **figures: recorded.append((check, decision, figures)))
     return recorded
@@ -315,5 +316,9 @@ def test_compare_with_autoattack_fetches_the_autoattack_run():
     asked = []
     comparison = compare_with_autoattack(runs[PGD], PROFILE_CASES, lambda c: asked.append(c) or runs[c])
     assert asked == [AA] and comparison.weak and comparison.entry()["missed"] == 10
+    assert comparison.entry()["margin"] == 0.05  # the gate's default flip-rate margin
+    # --labelflip-margin reaches "as strong": the equivalence margin is the gate's tolerance, 0 included.
+    for margin in (0.0, 0.2):
+        assert compare_with_autoattack(runs[PGD], PROFILE_CASES, runs.__getitem__, margin).entry()["margin"] == margin
     not_compared = compare_with_autoattack(make_run(L2PGD, [0], [0], [0], [0]), PROFILE_CASES, runs.__getitem__)
     assert not_compared.entry() == {"compared": False, "reason": not_compared.reason} and not not_compared.weak

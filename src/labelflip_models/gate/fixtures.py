@@ -237,7 +237,7 @@ def labelflip_run(labelflip_config: GateConfig, labelflip_dataset: Callable[[str
 
                 # The AutoAttack run comes through `get`, once per session like any run; it needs no other run,
                 # so waiting for its lock while holding this case's cannot deadlock two workers.
-                strength = compare_with_autoattack(run, cfg.profile_cases(), get).entry()
+                strength = compare_with_autoattack(run, cfg.profile_cases(), get, cfg.margins.rate).entry()
             write_baseline(case, cfg.baselines, result, run.outcomes(), attack_strength=strength)
         if cfg.report is not None:
             write_run(cfg.report / RUNS_DIR / case.id, result)

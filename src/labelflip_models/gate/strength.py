@@ -110,8 +110,8 @@ def check_attack_strength(case_flipped: np.ndarray, autoattack_flipped: np.ndarr
         raise ValueError(f"one outcome per paired image from each attack: shapes {mine.shape} and {theirs.shape}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    if not 0 < margin < 1:
-        raise ValueError(f"margin must lie in (0, 1), got {margin}")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin must lie in [0, 1), got {margin}")
     n, missed, only_case = len(mine), int((theirs & ~mine).sum()), int((mine & ~theirs).sum())
     p = mcnemar_p_value(missed, only_case)
     # H0: AutoAttack flips at least `margin` of the images more; rejecting it shows the attack as strong.
@@ -166,14 +166,14 @@ class Comparison:
             f"ε={self.case.epsilon:g} does")
 
 
-def compare_with_autoattack(run: CaseRun, profile_cases: Sequence[Case],
-                            run_of: Callable[[Case], CaseRun]) -> Comparison:
+def compare_with_autoattack(run: CaseRun, profile_cases: Sequence[Case], run_of: Callable[[Case], CaseRun],
+                            margin: float = STRENGTH_MARGIN) -> Comparison:
     """`run`'s case against the profile's AutoAttack case at its ε (`run_of` gives that run, computing it if
-    needed), or why it is not compared."""
+    needed), or why it is not compared; `margin`: the gate's flip-rate margin, within which "as strong" holds."""
     against, reason = comparison_case(run.case, profile_cases)
     if against is None:
         return Comparison(run.case, None, None, reason)
-    decision = check_attack_strength(*paired_flips(run, run_of(against)), attack=run.case.attack)
+    decision = check_attack_strength(*paired_flips(run, run_of(against)), attack=run.case.attack, margin=margin)
     return Comparison(run.case, against, decision)
 
 

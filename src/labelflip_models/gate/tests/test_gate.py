@@ -310,7 +310,8 @@ def test_attack_strength(labelflip_case, labelflip_config, labelflip_run, labelf
             write_strength(report, Comparison(case, None, None, reason))
         pytest.skip(f"{case.id}: not compared with AutoAttack: {reason}")
     with failing_the_test():
-        comparison = compare_with_autoattack(labelflip_run(case), cfg.profile_cases(), labelflip_run)
+        comparison = compare_with_autoattack(labelflip_run(case), cfg.profile_cases(), labelflip_run,
+                                             cfg.margins.rate)
     labelflip_record("attack_strength", comparison.decision, case=case.id, autoattack_case=against.id)
     if report is not None:
         write_strength(report, comparison)
