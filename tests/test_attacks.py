@@ -1,7 +1,7 @@
 import inspect
 import json
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import foolbox as fb
 import numpy as np
@@ -402,3 +402,14 @@ def test_a_run_records_which_flips_survive_8_bit_rounding(linear, name, epsilon)
     assert result.survives_8bit[1] > 0
     summary = summarize(result, [str(i) for i in range(10)])
     assert (summary["survives_8bit"]["count"], summary["survives_8bit"]["n"]) == result.survives_8bit
+
+
+def test_a_run_of_chunks_reports_8_bit_figures_only_if_every_chunk_has_them(linear):
+    """Chunks stored by an earlier version (no rounded predictions) beside new ones: no figure rather than a crash."""
+    model, x, y = linear
+    parts = [run_attack(model, x[i:i + 8], y[i:i + 8], make_attack("fgsm"), 0.1) for i in (0, 8)]
+    both = AttackResult.concat(parts, parts[0].params)
+    assert torch.equal(both.rounded_pred, torch.cat([p.rounded_pred for p in parts]))
+    for old in (0, 1):
+        mixed = [replace(p, rounded_pred=None) if i == old else p for i, p in enumerate(parts)]
+        assert AttackResult.concat(mixed, parts[0].params).rounded_pred is None

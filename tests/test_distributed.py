@@ -273,7 +273,7 @@ def test_a_runs_engine_is_judged_where_the_engine_setting_decides(requested, des
 
 
 @pytest.mark.slow
-def test_a_stored_run_stands_only_for_the_run_the_gate_would_compute(single):
+def test_a_stored_run_stands_only_for_the_run_the_gate_would_compute(single, tmp_path):
     from labelflip_models.attacks import Bounds
     from labelflip_models.data import load_dataset
     from labelflip_models.gate.profiles import Case
@@ -290,6 +290,15 @@ def test_a_stored_run_stands_only_for_the_run_the_gate_would_compute(single):
         settings = {"seed": 0, **change}
         with pytest.raises(ConfigError, match=says):
             stored_run(single, settings.pop("case", case), data, sha, **settings)
+    # A run stored before an upgrade changed the profile's attack settings (L∞ PGD's step) is not taken for the new.
+    shutil.copytree(single / CASES[0], tmp_path / CASES[0])
+    path = tmp_path / CASES[0] / "result.json"
+    result = json.loads(path.read_text())
+    result["attack"]["rel_stepsize"] = 0.01 / 0.3
+    path.write_text(json.dumps(result))
+    says = r"attack settings rel_stepsize=0\.0333\d*, not the profile's rel_stepsize=0\.1"
+    with pytest.raises(ConfigError, match=says):
+        stored_run(tmp_path, case, data, sha, seed=0)
 
 
 @pytest.mark.parametrize("argv, says", [

@@ -186,6 +186,16 @@ def test_the_large_epsilon_probe_flags_masked_gradients_and_passes_the_reference
         assert "hides its gradients" in decision.message
 
 
+def test_the_rerun_checks_pass_a_run_without_a_correctly_classified_image():
+    from types import SimpleNamespace
+
+    wrong = run("linf-pgd", 0.1, [0] * 4 + [1] * 4, [1] * 4 + [0] * 4, [1] * 4 + [0] * 4)
+    data = SimpleNamespace(num_classes=2)
+    for check in (check_converged, check_white_box_beats_black_box):
+        decision = check([wrong], None, data, None)
+        assert decision.passed and decision.figures["n"] == 0 and "no correctly classified image" in decision.message
+
+
 @contextmanager
 def pgd_variant(params, dataset="mnist-5k", epsilon=0.1):
     """A profile "variant" whose one case is L∞ PGD with `params` at `epsilon` on 100 images per class, for as long
@@ -251,7 +261,9 @@ def test_square_flags_a_model_that_rounds_its_input_and_passes_the_reference():
 
     rounded = Rounded().eval()
     with pgd_variant(PGD_CONVERGED, "fashion-mnist", 0.05) as profile:
-        decision = check_white_box_beats_black_box(pgd_runs(model, data, profile, 0.05), model, data, Bounds())
+        # Square has no native kernel: under a native engine it runs its reference, as the gate's cases do.
+        decision = check_white_box_beats_black_box(pgd_runs(model, data, profile, 0.05), model, data, Bounds(),
+                                                   engine="native")
         assert decision.passed, decision.message
         decision = check_white_box_beats_black_box(pgd_runs(rounded, data, profile, 0.05), rounded, data, Bounds())
     assert not decision.passed and decision.figures["only_black_box"] >= 50, decision.message

@@ -107,7 +107,8 @@ class AttackResult:
             measured = {"norms": cat("norms"), "linf_norms": cat("linf_norms"),
                         "range": torch.stack([ranges[:, 0].min(), ranges[:, 1].max()])}
         broken_by = None if first.broken_by is None else cat("broken_by")
-        rounded_pred = None if first.rounded_pred is None else cat("rounded_pred")
+        # Chunks stored by an earlier version have none: the run then reports no 8-bit figure.
+        rounded_pred = None if any(p.rounded_pred is None for p in parts) else cat("rounded_pred")
         return cls(epsilon=first.epsilon, norm=first.norm, **images, **tensors,
                    seconds=sum(p.seconds for p in parts), params=params, measured=measured, broken_by=broken_by,
                    rounded_pred=rounded_pred)

@@ -103,7 +103,8 @@ def run_attack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, att
         attacked, raw, clipped, success, adv_pred, broken_by = halving_on_oom(
             attack_in, batch_size, attack.name, halve=isinstance(attack, FixedAttack))
     seconds = time.perf_counter() - start
-    rounded_pred = predict(model, bounds.to_8bit(clipped))
+    # Batch by batch: rounding makes copies of the adversarials, which for large images would double the memory.
+    rounded_pred = torch.cat([predict(model, bounds.to_8bit(part)) for part in clipped.split(batch_size)])
     params: dict[str, Any] = {**describe(attack), "engine": chosen.describe(), "epsilon": epsilon,
                               "bounds": [bounds.lower, bounds.upper], "criterion": "misclassification",
                               "batch_size": batch_size, "seed": seed}

@@ -24,14 +24,15 @@ the gate compares would understate what an adversary does.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy.stats import binom
 
+from ..attacks.registry import ATTACKS
 from .decisions import ALPHA, Decision, flip_p_value, holm_tarone
-from .profiles import get_profile
 from .strength import paired_flips, paired_positions
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def most_informative(runs: Sequence[CaseRun]) -> CaseRun:
 
 def rerun_positions(run: CaseRun, num_classes: int) -> np.ndarray:
     """Positions in `run` of the first RERUN_PER_CLASS correctly classified images of each class (fewer per class
-    when K is large: RERUN_IMAGES in all, at least one per class)."""
+    when K is large: RERUN_IMAGES in all, or one per class beyond RERUN_IMAGES classes)."""
     per_class = max(1, min(RERUN_PER_CLASS, RERUN_IMAGES // num_classes))
     labels = run.labels.numpy()
     correct = np.flatnonzero(run.clean_pred.numpy() == labels)
@@ -170,8 +171,11 @@ def _rerun(run: CaseRun, positions: np.ndarray, model: nn.Module, data: Dataset,
 
     indices = run.indices.numpy()[positions]
     images, labels = pixel_images(data, indices, bounds)
-    result = run_attack(model, images, labels, make_attack(attack, **params), run.result["attack"]["epsilon"],
-                        bounds=bounds, seed=seed, engine=engine, ids=torch.as_tensor(indices))
+    chosen = make_attack(attack, **params)
+    # As for the gate's cases: a native engine applies where the attack has a native kernel (Square has none).
+    engine = engine if chosen.native_kernel or not engine.startswith("native") else "auto"
+    result = run_attack(model, images, labels, chosen, run.result["attack"]["epsilon"], bounds=bounds, seed=seed,
+                        engine=engine, ids=torch.as_tensor(indices))
     return (result.adv_pred != result.labels).numpy()
 
 
@@ -189,9 +193,12 @@ def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bo
     settings) with twice the steps from another random start (seed + 1) must not break significantly more images
     (exact one-sided McNemar, p < alpha): otherwise the run's flip rates stop short of what its attack can do."""
     run = most_informative(runs)
-    params = dict(get_profile(run.case.profile).spec(run.case.attack).params)
     positions = rerun_positions(run, data.num_classes)
-    steps = run.result["attack"]["steps"]
+    if not len(positions):
+        return Decision(True, f"{run.case.attack}: no correctly classified image to rerun", {"n": 0})
+    # The run's own settings, which a run stored by an earlier version may hold rather than the profile's.
+    params = {f.name: run.result["attack"][f.name] for f in fields(ATTACKS[run.case.attack])}
+    steps = params["steps"]
     longer = _rerun(run, positions, model, data, bounds, run.case.attack, {**params, "steps": 2 * steps}, seed + 1,
                     engine)
     b, c, p = _more_found(run, positions, longer)
@@ -214,6 +221,8 @@ def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, d
     McNemar, p < alpha): where it does, the model hides its gradients from the gradient attacks."""
     run = most_informative(runs)
     positions = rerun_positions(run, data.num_classes)
+    if not len(positions):
+        return Decision(True, f"{run.case.attack}: no correctly classified image to rerun", {"n": 0})
     square = _rerun(run, positions, model, data, bounds, "linf-square", {"n_queries": SQUARE_QUERIES}, seed, engine)
     b, c, p = _more_found(run, positions, square)
     what = f"{run.case.attack} and L∞ Square at ε={run.case.epsilon:g}"

@@ -83,7 +83,8 @@ def pair(now: ImageOutcomes, result: dict[str, Any], baseline: dict[str, Any]) -
     ours, theirs = _settings(result), _settings(baseline["result"])
     if ours != theirs:
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        return None, f"unpaired: attack settings differ from the baseline's: {', '.join(differ)}"
+        return None, (f"unpaired: attack settings differ from the baseline's: {', '.join(differ)} (after a change "
+                      "of the profile's attack, on purpose or by an upgrade, regenerate the baseline)")
     mine, other = np.argsort(now.index, kind="stable"), np.argsort(base.index, kind="stable")
     if not np.array_equal(now.index[mine], base.index[other]) or not np.array_equal(now.label[mine],
                                                                                     base.label[other]):

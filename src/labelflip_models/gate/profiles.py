@@ -59,7 +59,7 @@ PAPER_EPSILONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # early abort finds adversarials for every image we tried, at larger norms than the full search.
 CW_SMOKE = (("binary_search_steps", 5), ("steps", 100))
 # Foolbox's L∞ PGD default (40 steps of ε/30, a path of 1.3 ε) has not converged on the reference models: twice the
-# steps break 9% more Fashion-MNIST images at ε = 0.02. Steps of ε/10 (a path of 4 ε) have (test_converged;
+# steps break 7% more Fashion-MNIST images at ε = 0.02. Steps of ε/10 (a path of 4 ε) have (test_converged;
 # docs/methods.md, "Evaluation checks").
 PGD_CONVERGED = (("rel_stepsize", 0.1),)
 # Brendel-Bethge's per-sample trust-region solver runs on the CPU (numba) whatever the device.

@@ -25,7 +25,7 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..runs.distributed import World, all_values, broadcast
 from .cases import case_images, compute_case
-from .profiles import Case
+from .profiles import Case, get_profile
 from .shared_runs import CaseRun, load_run, save_run
 
 SCRATCH = ".chunks"
@@ -67,6 +67,11 @@ def mismatches(run: CaseRun, case: Case, data: Dataset, indices: np.ndarray, mod
     if attack["epsilon"] != epsilon or attack["bounds"] != [bounds.lower, bounds.upper]:
         problems.append(f"ε {attack['epsilon']} in bounds {attack['bounds']}, not ε {epsilon} in "
                         f"{[bounds.lower, bounds.upper]}")
+    expected = make_attack(case.attack, **dict(get_profile(case.profile).spec(case.attack).params)).settings()
+    differ = [k for k, v in expected.items() if attack.get(k) != v]
+    if differ:  # e.g. a run stored before an upgrade changed the profile's settings
+        problems.append(f"attack settings {', '.join(f'{k}={attack.get(k)!r}' for k in differ)}, not the "
+                        f"profile's {', '.join(f'{k}={expected[k]!r}' for k in differ)}")
     if not engine_matches(engine, attack["engine"], make_attack(case.attack).native_kernel):
         problems.append(f"run by {attack['engine']}, not by engine {engine}")
     if not np.array_equal(run.indices.numpy(), indices):
@@ -97,12 +102,13 @@ def stored_run(runs: Path, case: Case, data: Dataset, model_sha256: str, *, seed
 
 
 def scratch_dir(directory: Path, data: Dataset, indices: np.ndarray, model_sha256: str, seed: int, engine: str,
-                device: str, bounds: Bounds, batch_size: int | None) -> Path:
+                device: str, bounds: Bounds, batch_size: int | None, attack_settings: dict[str, Any]) -> Path:
     """Where the ranks keep a case's finished chunks: one folder per setting that changes what a chunk holds, so a
-    rerun with other images, model, seed, engine, device type or batch size never takes up a chunk it did not
-    compute."""
+    rerun with other images, model, seed, engine, device type, batch size or attack settings (an upgrade that
+    changed the profile's) never takes up a chunk it did not compute."""
     key = json.dumps([data.fingerprint, hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest(),
-                      model_sha256, seed, engine, torch.device(device).type, bounds.lower, bounds.upper, batch_size])
+                      model_sha256, seed, engine, torch.device(device).type, bounds.lower, bounds.upper, batch_size,
+                      attack_settings], sort_keys=True)
     return directory / f"{SCRATCH}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -148,8 +154,9 @@ def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], t
                                 uncapped=uncapped), world)
         if not done:
             indices = case_images(case, data, uncapped)[0]
+            settings = make_attack(case.attack, **dict(get_profile(case.profile).spec(case.attack).params)).settings()
             scratch = scratch_dir(directory, data, indices, info["sha256"], seed, engine,
-                                  str(next(model.parameters()).device), bounds, batch_size)
+                                  str(next(model.parameters()).device), bounds, batch_size, settings)
             scratch.mkdir(parents=True, exist_ok=True)
             # A rank that fails inside compute_case stops the job through its launcher (torchrun; srun with
             # --kill-on-bad-exit): the others are waiting in one of its collectives.
