@@ -316,7 +316,7 @@ def _score(s: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace, progress: bool) -> None:
     from .gate.profiles import cases, get_profile
     from .gate.runs_dir import compute_runs
-    from .runs.distributed import init_world, rank_device, world_from_env
+    from .runs.distributed import init_world, leave_world, rank_device, world_from_env
 
     if args.model is not None and args.dataset is None:
         raise ConfigError("--model needs --dataset: the dataset your model classifies")
@@ -348,6 +348,7 @@ def cmd_run(args: argparse.Namespace, progress: bool) -> None:
     computed = compute_runs(selected, out, model_of, seed=args.seed, bounds=Bounds(*parse_bounds(args.bounds)),
                             engine=args.engine, uncapped=args.uncapped, batch_size=args.batch_size, world=world,
                             progress=True)
+    leave_world(world)
     if world.main:
         print(f"{out}: {len(selected)} cases of profile {args.profile}, {len(computed)} computed now; gate them with "
               f"pytest robustness_tests --labelflip-profile {args.profile} --labelflip-runs {out}")

@@ -93,6 +93,13 @@ def init_world(world: World, device: str) -> None:
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
 
 
+def leave_world(world: World) -> None:
+    """Leave the process group once every rank is done with it: a process that exits still in it may abort in
+    gloo's teardown ("terminate called without an active exception")."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def rank_device(world: World, device: str) -> str:
     """`cuda` means this rank's local GPU; ConfigError for one GPU named for every rank of a job."""
     if not world.distributed or device == "cpu":
