@@ -46,6 +46,12 @@ def check_engine(requested: str, has_kernel: bool) -> None:
         raise ConfigError(f"engine {requested!r} has no kernel for this attack; use `engine` reference or auto")
 
 
+def engine_where_it_applies(requested: str, has_kernel: bool) -> str:
+    """`requested` for an attack that can run it; "auto" in place of a native engine for one without a native
+    kernel: a session-wide engine setting applies to the attacks that have that engine."""
+    return requested if has_kernel or not requested.startswith("native") else "auto"
+
+
 def choose_engine(requested: str, has_kernel: bool, model: nn.Module, device: torch.device,
                   reference: str = "foolbox", bf16: bool = True) -> Engine:
     """`auto`: native (bf16 where the hardware runs it natively and the attack allows it, `bf16`) for attacks with

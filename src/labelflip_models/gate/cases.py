@@ -9,7 +9,9 @@ import numpy as np
 from torch import nn
 
 from ..attacks import AttackResult, Bounds, make_attack
+from ..attacks.engine import engine_where_it_applies
 from ..attacks.memo import Memo
+from ..attacks.registry import Attack
 from ..data import Dataset, balanced_subset
 from ..runs.distributed import World
 from ..runs.evaluate import attack_images
@@ -34,6 +36,11 @@ def case_images(case: Case, data: Dataset, uncapped: bool = False) -> tuple[np.n
     return select(get_profile(case.profile), data, case.attack, uncapped)
 
 
+def case_attack(case: Case) -> Attack:
+    """The attack `case` runs, with its profile's settings."""
+    return make_attack(case.attack, **dict(get_profile(case.profile).spec(case.attack).params))
+
+
 def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,
              bounds: Bounds = Bounds(), uncapped: bool = False, engine: str = "auto", *, world: World = World(),
              scratch: Path | None = None, batch_size: int | None = None,
@@ -44,14 +51,12 @@ def run_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, 
     Profile ε are fractions of the pixel range (the paper's [0, 1] scale); the recorded ε is in the model's units.
     The images attacked are case_images(case, data, uncapped), in that order.
     """
-    profile = get_profile(case.profile)
     indices, selection = case_images(case, data, uncapped)
-    attack = make_attack(case.attack, **dict(profile.spec(case.attack).params))
+    attack = case_attack(case)
     epsilon = None if case.epsilon is None else case.epsilon * (bounds.upper - bounds.lower)
-    # The gate's engine option applies where the attack has that engine: native kernels exist for some attacks only.
     return attack_images(data, model, model_info, indices, selection, attack, epsilon, bounds=bounds, seed=seed,
-                         engine=engine if attack.native_kernel or not engine.startswith("native") else "auto",
-                         world=world, scratch=scratch, batch_size=batch_size, memo=memo)
+                         engine=engine_where_it_applies(engine, attack.native_kernel), world=world, scratch=scratch,
+                         batch_size=batch_size, memo=memo)
 
 
 def compute_case(case: Case, data: Dataset, model: nn.Module, model_info: dict[str, Any], seed: int,

@@ -167,15 +167,14 @@ def _rerun(run: CaseRun, positions: np.ndarray, model: nn.Module, data: Dataset,
            params: dict[str, Any], seed: int, engine: str) -> np.ndarray:
     """Whether `attack` (with `params`) at the run's ε breaks each image at `positions` of the run."""
     from ..attacks import make_attack, run_attack
+    from ..attacks.engine import engine_where_it_applies
     from ..runs.evaluate import pixel_images
 
     indices = run.indices.numpy()[positions]
     images, labels = pixel_images(data, indices, bounds)
     chosen = make_attack(attack, **params)
-    # As for the gate's cases: a native engine applies where the attack has a native kernel (Square has none).
-    engine = engine if chosen.native_kernel or not engine.startswith("native") else "auto"
     result = run_attack(model, images, labels, chosen, run.result["attack"]["epsilon"], bounds=bounds, seed=seed,
-                        engine=engine, ids=torch.as_tensor(indices))
+                        engine=engine_where_it_applies(engine, chosen.native_kernel), ids=torch.as_tensor(indices))
     return (result.adv_pred != result.labels).numpy()
 
 

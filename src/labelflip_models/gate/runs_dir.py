@@ -24,8 +24,8 @@ from ..attacks.memo import Memos
 from ..data import Dataset
 from ..errors import ConfigError
 from ..runs.distributed import World, all_values, broadcast
-from .cases import case_images, compute_case
-from .profiles import Case, get_profile
+from .cases import case_attack, case_images, compute_case
+from .profiles import Case
 from .shared_runs import CaseRun, load_run, save_run
 
 SCRATCH = ".chunks"
@@ -67,7 +67,7 @@ def mismatches(run: CaseRun, case: Case, data: Dataset, indices: np.ndarray, mod
     if attack["epsilon"] != epsilon or attack["bounds"] != [bounds.lower, bounds.upper]:
         problems.append(f"ε {attack['epsilon']} in bounds {attack['bounds']}, not ε {epsilon} in "
                         f"{[bounds.lower, bounds.upper]}")
-    expected = make_attack(case.attack, **dict(get_profile(case.profile).spec(case.attack).params)).settings()
+    expected = case_attack(case).settings()
     differ = [k for k, v in expected.items() if attack.get(k) != v]
     if differ:  # e.g. a run stored before an upgrade changed the profile's settings
         problems.append(f"attack settings {', '.join(f'{k}={attack.get(k)!r}' for k in differ)}, not the "
@@ -154,9 +154,9 @@ def compute_runs(cases: Sequence[Case], runs: Path, model_of: Callable[[Case], t
                                 uncapped=uncapped), world)
         if not done:
             indices = case_images(case, data, uncapped)[0]
-            settings = make_attack(case.attack, **dict(get_profile(case.profile).spec(case.attack).params)).settings()
             scratch = scratch_dir(directory, data, indices, info["sha256"], seed, engine,
-                                  str(next(model.parameters()).device), bounds, batch_size, settings)
+                                  str(next(model.parameters()).device), bounds, batch_size,
+                                  case_attack(case).settings())
             scratch.mkdir(parents=True, exist_ok=True)
             # A rank that fails inside compute_case stops the job through its launcher (torchrun; srun with
             # --kill-on-bad-exit): the others are waiting in one of its collectives.
