@@ -3,6 +3,7 @@ ways that make attacks meaningless: each break is flagged by its own check, and 
 checks in `labelflip attack`, result.json and the gate's refusal to write baselines."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from torch import nn
 
 from labelflip_models.data import balanced_subset, load_dataset
 from labelflip_models.models.cache import load_or_train
-from labelflip_models.runs.model_checks import check_logits, model_checks
+from labelflip_models.models.io import LogOfProbabilities, logits_adapter
+from labelflip_models.runs.model_checks import check_logits, model_checks, warning_summary
 
 # name: (forward of the broken model around the reference model m, the checks that must fail)
 BROKEN = {
@@ -68,9 +70,36 @@ def test_a_class_classified_below_chance_is_named_with_where_it_went(reference):
 
 
 def test_log_probabilities_are_logits_enough():
+    model = nn.Identity()
     logits = torch.randn(8, 10)
-    assert check_logits(F.log_softmax(logits, 1)).passed and check_logits(logits).passed
-    assert not check_logits(F.softmax(logits, 1)).passed
+    assert check_logits(model, F.log_softmax(logits, 1)).passed and check_logits(model, logits).passed
+    assert not check_logits(model, F.softmax(logits, 1)).passed
+    sigmoid = check_logits(model, torch.sigmoid(logits))
+    assert not sigmoid.passed and "every value in [0, 1]" in sigmoid.message
+
+
+def test_probabilities_are_attacked_through_their_log(reference):
+    """A model file returning softmax or sigmoid outputs is wrapped (with a warning) to return their log: the same
+    predictions, the softmax's log equal to log_softmax of the logits, and the logits check passes with a warning.
+    Logits and log-probabilities are left as they are."""
+    model, images, labels, names = reference
+    softmax = Broken(model, BROKEN["softmax outputs"][0]).eval()
+    with pytest.warns(UserWarning, match=r"look like probabilities \(every row non-negative and summing to 1 on 8"):
+        adapted = logits_adapter(softmax, images[:8])
+    assert isinstance(adapted, LogOfProbabilities) and adapted.model is softmax
+    with torch.no_grad():
+        assert torch.allclose(adapted(images), F.log_softmax(model(images), 1), atol=1e-4)
+    sigmoid = Broken(model, lambda m, x: torch.sigmoid(m(x))).eval()
+    with pytest.warns(UserWarning, match=r"every value in \[0, 1\]"):
+        assert logits_adapter(sigmoid, images[:8]).kind == "every value in [0, 1]"
+    checks = {c.name: c for c in model_checks(adapted, images, labels, names)}
+    assert all(c.passed for c in checks.values()) and [n for n, c in checks.items() if c.warning] == ["logits"]
+    assert warning_summary(list(checks.values())).startswith("logits: the model returns probabilities")
+    log_softmax = Broken(model, lambda m, x: F.log_softmax(m(x), 1)).eval()
+    for honest in (model, log_softmax):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert logits_adapter(honest, images[:8]) is honest
 
 
 def test_bad_input_is_refused(reference):
@@ -92,28 +121,36 @@ def _export(model: nn.Module, path):
 
 @pytest.mark.slow
 def test_attack_prints_the_checks_and_result_json_records_them(reference, capsys, tmp_path):
-    """`labelflip attack` on a user's .pt2 that returns probabilities: the failed check is printed before the
-    figures it puts in doubt, every check lands in result.json; the reference model passes all six."""
+    """`labelflip attack` on a user's .pt2 that returns probabilities: it is attacked through their log, with the
+    logits check's warning printed before the figures and recorded in result.json, and flips what the model itself
+    flips; the reference model passes all six checks with no warning."""
     from .helpers import run_cli
 
     model = reference[0]
     path = _export(Broken(model, BROKEN["softmax outputs"][0]).eval(), tmp_path / "softmax.pt2")
-    rc, out, err = run_cli(capsys, ["attack", "--dataset", "fashion-mnist", "--model", str(path), "--attack", "fgsm",
-                                    "--epsilon", "0.1", "--limit", "200", "--out", str(tmp_path / "run")])
+    common = ["--dataset", "fashion-mnist", "--attack", "fgsm", "--epsilon", "0.1", "--limit", "200"]
+    with pytest.warns(UserWarning, match="look like probabilities .*labelflip attacks their log"):
+        rc, out, err = run_cli(capsys, ["attack", *common, "--model", str(path), "--out", str(tmp_path / "run")])
     assert rc == 0, err
-    first = out.splitlines()[0]
-    assert first.startswith("model check failed, the figures below may not mean what they say: logits: the model "
-                            "returns probabilities"), out
-    recorded = json.loads((tmp_path / "run" / "result.json").read_text())["model_checks"]
-    assert [(c["name"], c["passed"]) for c in recorded] == [
-        ("accuracy", True), ("preprocessing", True), ("deterministic", True), ("batch independent", True),
-        ("logits", False), ("gradients", True)]
-    rc, out, err = run_cli(capsys, ["attack", "--dataset", "fashion-mnist", "--attack", "fgsm", "--epsilon", "0.1",
-                                    "--limit", "50", "--out", str(tmp_path / "reference")])
-    assert rc == 0 and out.startswith("model checks: all 6 passed\n"), (out, err)
-    recorded = json.loads((tmp_path / "reference" / "result.json").read_text())["model_checks"]
+    assert out.splitlines()[:2] == [
+        "model checks: all 6 passed",
+        "model check warning: logits: the model returns probabilities (every row non-negative and summing to 1); "
+        "the attacks use their log, whose gradients still vanish where the softmax saturates (the gradients check "
+        "counts those): return the logits to be sure"], out
+    softmax = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert [(c["name"], c["passed"], c["warning"]) for c in softmax["model_checks"]] == [
+        ("accuracy", True, False), ("preprocessing", True, False), ("deterministic", True, False),
+        ("batch independent", True, False), ("logits", True, True), ("gradients", True, False)]
+    rc, out, err = run_cli(capsys, ["attack", *common, "--out", str(tmp_path / "reference")])
+    assert rc == 0 and out.splitlines()[0] == "model checks: all 6 passed" and "warning" not in out, (out, err)
+    recorded = json.loads((tmp_path / "reference" / "result.json").read_text())
     # As many images as --limit asks for, balanced over the classes.
-    assert all(c["passed"] for c in recorded) and recorded[0]["figures"]["n"] == 50
+    assert all(c["passed"] and not c["warning"] for c in recorded["model_checks"])
+    assert recorded["model_checks"][0]["figures"]["n"] == 200
+    # The log of a softmax is the logits less a per-image constant: the same cross-entropy, the same flips, give
+    # or take float rounding at the sign of a gradient.
+    assert abs(softmax["flip_fraction"]["count"] - recorded["flip_fraction"]["count"]) <= 2, \
+        (softmax["flip_fraction"], recorded["flip_fraction"])
 
 
 GATE_ONLY_FGSM = ["-p", "no:xdist", "-p", "no:cacheprovider", "--labelflip-profile", "quick", "-k",

@@ -301,6 +301,9 @@ def _print_checks(checks: list[ModelCheck]) -> None:
         print(f"model checks: all {len(checks)} passed")
     for c in failed:
         print(f"model check failed, the figures below may not mean what they say: {c.name}: {c.message}")
+    for c in checks:
+        if c.passed and c.warning:
+            print(f"model check warning: {c.name}: {c.message}")
 
 
 def _rate(r: dict[str, Any]) -> str:

@@ -11,7 +11,8 @@ weights_only=True) only hold tensors, and a pickled whole module needs trust_pic
 The logits of a model's output (`logits_of`): a tensor is the logits; else an object with a tensor attribute
 `logits` (e.g. a Hugging Face ModelOutput) gives that; else a Mapping gives its "logits" key; else a tuple or list
 gives its first element, which must be a tensor. `logits_adapter` wraps a model whose output needs this in
-`LogitsOutput`, and leaves one that returns a tensor as it is.
+`LogitsOutput`, one whose outputs look like probabilities in `LogOfProbabilities` (with a warning), and leaves one
+that returns logits as it is.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ PT2_OPAQUE_PREFIX = "opaque_obj_"
 EXPORT_LOGGERS = ("torch.export", "torch._export")
 # torch.export.save writes the program itself as "<root>/models/<name>.json"; an AOTInductor package need not.
 PT2_PROGRAM = re.compile(r"[^/]+/models/[^/]+\.json")
+# Rows summing to 1 within this are a softmax's (float32 rounding over K classes stays far below it).
+PROBABILITY_SUM_TOLERANCE = 1e-3
 LOGITS_RULE = ("labelflip takes the logits from a tensor output, from an output's tensor attribute `logits`, from "
                "a mapping's 'logits' key, or from the first element of a tuple or list")
 
@@ -96,6 +99,31 @@ class LogitsOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of(self.model(x))
+
+
+class LogOfProbabilities(nn.Module):
+    """`model` returning the log of its outputs, for a model that returns probabilities: the attacks' losses take
+    logits, and the log keeps every prediction (it is monotone). `kind` says what the outputs looked like."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.model(x)
+        # A probability that underflowed to 0 would give -inf and NaN gradients; the smallest normal number keeps
+        # the log finite (its gradient there is zero, which the gradients check counts).
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
+def probability_kind(outputs: torch.Tensor) -> str | None:
+    """What makes `outputs` (N, K) look like probabilities rather than logits, or None: every row non-negative and
+    summing to 1 (a softmax), or every value in [0, 1] (e.g. a sigmoid)."""
+    if not len(outputs) or not bool(((outputs >= 0) & (outputs <= 1)).all()):
+        return None
+    if bool(((outputs.sum(1) - 1).abs() < PROBABILITY_SUM_TOLERANCE).all()):
+        return "every row non-negative and summing to 1"
+    return "every value in [0, 1]"
 
 
 class _NeedsTrust(Exception):
@@ -241,15 +269,20 @@ def logits_of(output: object) -> torch.Tensor:
 
 
 def logits_adapter(model: nn.Module, sample: torch.Tensor) -> nn.Module:
-    """`model` itself when one forward pass on `sample` (N, C, H, W pixels) returns a tensor, so that nothing about
-    an ordinary model changes (its type, its weights' sha256); else `model` in `LogitsOutput`, once `logits_of` has
-    found the logits in its output (ConfigError now where it finds none, not mid-attack)."""
+    """`model` itself when one forward pass on `sample` (N, C, H, W pixels) returns a tensor of logits, so that
+    nothing about an ordinary model changes (its type, its weights' sha256); else `model` in `LogitsOutput`, once
+    `logits_of` has found the logits in its output (ConfigError now where it finds none, not mid-attack); and in
+    `LogOfProbabilities`, with a ModelWarning, when those look like probabilities (`probability_kind`)."""
     _ensure_eval(model, "the model")
     out = _forward(model, sample)
-    if isinstance(out, torch.Tensor):
-        return model
-    logits_of(out)
-    return LogitsOutput(model).eval()
+    adapted = model if isinstance(out, torch.Tensor) else LogitsOutput(model).eval()
+    kind = probability_kind(logits_of(out))
+    if kind is None:
+        return adapted
+    warnings.warn(f"labelflip: the model's outputs look like probabilities ({kind} on {len(sample)} images), not "
+                  "logits; labelflip attacks their log. A saturated softmax still hides gradients: return the logits "
+                  "(drop the final softmax) to be sure", ModelWarning, stacklevel=3)
+    return LogOfProbabilities(adapted, kind).eval()
 
 
 def check_model(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:

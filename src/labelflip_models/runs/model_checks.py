@@ -8,7 +8,8 @@ images before any attack. Each failure makes a model look more robust than it is
   makes the model clearly more accurate than the inputs it is given;
 - deterministic: two forward passes on the same images agree (noise or dropout at inference);
 - batch independent: an image's output does not depend on the other images of its batch;
-- logits: the outputs are not probabilities (softmax outputs saturate, and their gradients vanish);
+- logits: the outputs are not probabilities (softmax outputs saturate, and their gradients vanish); a user's model
+  file whose outputs are (`models/io.logits_adapter`) is attacked through their log, with a warning;
 - gradients: the logit margin has a finite, nonzero input gradient at almost every image (non-differentiable
   preprocessing such as input quantisation, a detached input).
 """
@@ -28,6 +29,7 @@ from ..attacks import Bounds
 from ..data import Dataset, balanced_subset
 from ..devices import ieee_fp32
 from ..models.architectures import logits
+from ..models.io import LogOfProbabilities, probability_kind
 from .evaluate import pixel_images
 
 CONFIDENCE = 0.99
@@ -57,6 +59,8 @@ class ModelCheck:
     # One line: what is wrong and what to do (or what was found).
     message: str
     figures: dict[str, Any] = field(default_factory=dict)
+    # Passed, but with something the user should fix (e.g. probabilities attacked through their log).
+    warning: bool = False
 
 
 def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -171,16 +175,21 @@ def check_batch_independent(model: nn.Module, images: torch.Tensor, in_batch: to
                       figures)
 
 
-def check_logits(outputs: torch.Tensor) -> ModelCheck:
-    """Outputs that are non-negative rows summing to 1 are probabilities, not logits."""
-    sums = outputs.sum(1)
-    probabilities = bool(len(outputs)) and bool((outputs >= 0).all()) and bool(((sums - 1).abs() < 1e-3).all())
-    figures = {"probabilities": "yes" if probabilities else "no", "min": float(outputs.min()),
-               "max": float(outputs.max())}
-    if probabilities:
-        return ModelCheck("logits", False, "the model returns probabilities (every row non-negative and summing to "
-                                           "1): the loss of softmax outputs saturates and its gradients vanish; "
-                                           "return the logits (drop the final softmax)", figures)
+def check_logits(model: nn.Module, outputs: torch.Tensor) -> ModelCheck:
+    """`outputs` (the model's, on the checked images) must be logits, not probabilities (`probability_kind`). A
+    model wrapped in `LogOfProbabilities` passes with a warning: its probabilities are attacked through their log."""
+    figures = {"probabilities": "no", "min": float(outputs.min()), "max": float(outputs.max())}
+    if isinstance(model, LogOfProbabilities):
+        return ModelCheck("logits", True, f"the model returns probabilities ({model.kind}); the attacks use their "
+                                          "log, whose gradients still vanish where the softmax saturates (the "
+                                          "gradients check counts those): return the logits to be sure",
+                          {**figures, "probabilities": "yes, attacked through their log"}, warning=True)
+    kind = probability_kind(outputs)
+    if kind is not None:
+        return ModelCheck("logits", False, f"the model returns probabilities ({kind}): the loss of softmax outputs "
+                                           "saturates and its gradients vanish; return the logits (drop the final "
+                                           "softmax) or wrap the model in labelflip_models.models.io."
+                                           "LogOfProbabilities", {**figures, "probabilities": "yes"})
     return ModelCheck("logits", True, f"outputs are logits (range {figures['min']:.3g} to {figures['max']:.3g})",
                       figures)
 
@@ -237,7 +246,7 @@ def model_checks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     outputs = logits(model, images, BATCH)
     return [check_accuracy(outputs, labels, class_names), check_preprocessing(model, images, labels, outputs),
             check_deterministic(model, images, outputs),
-            check_batch_independent(model, images, outputs), check_logits(outputs),
+            check_batch_independent(model, images, outputs), check_logits(model, outputs),
             check_gradients(model, images, labels)]
 
 
@@ -256,3 +265,8 @@ def checks_on_test_images(model: nn.Module, data: Dataset, bounds: Bounds,
 def failed_summary(checks: list[ModelCheck]) -> str:
     """The failed checks' one-line messages, joined: "name: message; ..." (empty when all passed)."""
     return "; ".join(f"{c.name}: {c.message}" for c in checks if not c.passed)
+
+
+def warning_summary(checks: list[ModelCheck]) -> str:
+    """The passed checks' warnings, joined like failed_summary's messages (empty when there are none)."""
+    return "; ".join(f"{c.name}: {c.message}" for c in checks if c.passed and c.warning)

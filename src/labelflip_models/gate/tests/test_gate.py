@@ -37,7 +37,7 @@ from labelflip_models.gate.strength import (
 )
 from labelflip_models.gate.tests import gate_test
 from labelflip_models.models.architectures import predict_with_ties
-from labelflip_models.runs.model_checks import failed_summary
+from labelflip_models.runs.model_checks import failed_summary, warning_summary
 
 __all__ = ["test_attack_strength", "test_attack_success", "test_class_flip_rate", "test_class_min_norm",
            "test_converged", "test_covers_single_step", "test_epsilon_bound", "test_large_epsilon_breaks_everything",
@@ -73,8 +73,9 @@ def test_model_checks(labelflip_checked_model, labelflip_model_checks, labelflip
     """Whether attacks can evaluate the model at all (runs/model_checks.py): accuracy above chance under the given
     class order and preprocessing, a deterministic and batch-independent forward pass, logits, usable gradients."""
     checks = labelflip_model_checks(labelflip_checked_model)
-    failed = failed_summary(checks)
-    decision = Decision(not failed, failed or f"all {len(checks)} model checks passed",
+    failed, warned = failed_summary(checks), warning_summary(checks)
+    decision = Decision(not failed, failed or f"all {len(checks)} model checks passed"
+                        + (f"; warning: {warned}" if warned else ""),
                         {c.name.replace(" ", "_"): "passed" if c.passed else "failed" for c in checks})
     labelflip_record("model_checks", decision, model=labelflip_checked_model.model_key)
     assert decision.passed, decision.message
