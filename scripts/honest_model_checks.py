@@ -1,4 +1,5 @@
-"""The model checks on honest user models, as a user hands them to `labelflip attack`: none may be flagged.
+"""The model checks and the gate's evaluation checks on honest user models, as a user hands them over: none may be
+flagged.
 
 Three models, each through the CLI on the user's own files (Fashion-MNIST written out as the user would have it):
 - a Fashion-MNIST retrain (another seed than the reference) exported with torch.export (.pt2), on PNG folders;
@@ -6,8 +7,10 @@ Three models, each through the CLI on the user's own files (Fashion-MNIST writte
 - a torchvision ResNet-18 trained here for one epoch on 32x32 RGB copies of the images (state dict,
   `--arch torchvision:resnet18`), on an .npz in NHWC uint8.
 
-Writes docs/zoo/model-checks-honest.json (tests/test_model_checks.py checks it): per model its checks as
-result.json records them, and provenance. Takes a few minutes on a 2-core CPU.
+Each model goes through `labelflip attack` (its model checks, as result.json records them) and through the gate
+(`pytest` on the shipped gate tests, smoke profile, every evaluation test in gate/session.EVALUATION_TESTS, their
+outcomes and messages read from JUnit XML). Writes docs/zoo/model-checks-honest.json (tests/test_model_checks.py
+checks it), with provenance. Takes about half an hour on a 2-core CPU.
 
     python scripts/honest_model_checks.py [--out docs/zoo/model-checks-honest.json]
 """
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +32,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from labelflip_models.data import load_dataset
+from labelflip_models.gate.session import EVALUATION_TESTS
 from labelflip_models.models.cache import load_or_train
 from labelflip_models.provenance import machine, now_iso, versions
 from labelflip_models.storage.atomic import atomic_write_text
 
-SCHEMA = "labelflip.model-checks-honest/1"
+SCHEMA = "labelflip.model-checks-honest/2"
+GATE_FILE = ("from labelflip_models.gate.tests.test_flip_structure import *  # noqa: F401,F403\n"
+             "from labelflip_models.gate.tests.test_gate import *  # noqa: F401,F403\n")
 PER_CLASS = 100  # test images written per class: the checks take 100 per class
 RESNET_TRAIN = 10_000
 
@@ -80,6 +87,30 @@ def attack(args: list[str]) -> dict:
             "model_checks": json.loads((out / "result.json").read_text())["model_checks"]}
 
 
+def gate(args: list[str]) -> dict:
+    """The gate's evaluation tests on the model `args` name (--labelflip-* options), with -n 2: each test's outcome
+    and message, from JUnit XML."""
+    work = Path(tempfile.mkdtemp())
+    (work / "test_labelflip.py").write_text(GATE_FILE)
+    junit = work / "junit.xml"
+    command = [sys.executable, "-m", "pytest", str(work / "test_labelflip.py"), "-p", "no:cacheprovider",
+               "--rootdir", str(work), "-n", "2", "--labelflip-profile", "smoke", "--labelflip-baselines",
+               str(work / "baselines"), "-k", " or ".join(EVALUATION_TESTS), f"--junitxml={junit}", *args]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=work)
+    if not junit.exists():
+        raise SystemExit(f"{' '.join(command)} wrote no JUnit XML:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    tests = {}
+    for case in ET.parse(junit).iter("testcase"):
+        problem = next((case.find(tag) for tag in ("failure", "error", "skipped") if case.find(tag) is not None), None)
+        props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        tests[case.get("name")] = {"outcome": "passed" if problem is None else problem.tag,
+                                   "message": props.get("labelflip_message") or (problem.get("message", "")
+                                                                                  if problem is not None else "")}
+    return {"command": " ".join(["pytest", *command[3:]]), "exit_code": done.returncode,
+            "seconds": round(time.perf_counter() - start, 1), "tests": tests}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("docs/zoo/model-checks-honest.json"))
@@ -101,17 +132,22 @@ def main() -> None:
     torch.save(resnet.state_dict(), work / "resnet18.pt")
     names = ",".join(n.replace("/", "-") for n in data.class_names)
 
-    models = {
-        "retrain seed 1, .pt2, PNG folders": attack(["--model", str(work / "retrain.pt2"), "--dataset", str(pngs),
-                                                     "--class-names", names]),
-        "retrain seed 1, state dict + cw-mnist, .npz": attack(
-            ["--model", str(work / "retrain-state.pt"), "--arch", "cw-mnist", "--mean", "0.5", "--std", "1",
-             "--dataset", str(work / "grey.npz")]),
-        "ResNet-18 (torchvision), state dict, RGB .npz": attack(
-            ["--model", str(work / "resnet18.pt"), "--arch", "torchvision:resnet18", "--dataset",
-             str(work / "rgb.npz")]),
+    options = {  # each model's options, as `labelflip attack` names them; the gate's are --labelflip-<name>
+        "retrain seed 1, .pt2, PNG folders": ["--model", str(work / "retrain.pt2"), "--dataset", str(pngs),
+                                              "--class-names", names],
+        "retrain seed 1, state dict + cw-mnist, .npz": ["--model", str(work / "retrain-state.pt"), "--arch",
+                                                        "cw-mnist", "--mean", "0.5", "--std", "1", "--dataset",
+                                                        str(work / "grey.npz")],
+        "ResNet-18 (torchvision), state dict, RGB .npz": ["--model", str(work / "resnet18.pt"), "--arch",
+                                                          "torchvision:resnet18", "--dataset", str(work / "rgb.npz")],
     }
-    flagged = {name: [c["name"] for c in m["model_checks"] if not c["passed"]] for name, m in models.items()}
+    models = {}
+    for name, opts in options.items():
+        models[name] = {**attack(opts), "gate": gate([o.replace("--", "--labelflip-", 1) if o.startswith("--")
+                                                      else o for o in opts])}
+        print(name, json.dumps(models[name]["gate"]["tests"], indent=1), flush=True)
+    flagged = {name: [c["name"] for c in m["model_checks"] if not c["passed"]]
+               + [t for t, r in m["gate"]["tests"].items() if r["outcome"] != "passed"] for name, m in models.items()}
     record = {"schema": SCHEMA, "models": models, "flagged": flagged,
               "provenance": {"timestamp": now_iso(), "machine": machine(), "versions": versions(),
                              "seconds": round(time.perf_counter() - start, 1)}}

@@ -150,7 +150,7 @@ def test_drift_is_collected_once_from_passing_tests_and_shown_in_the_verdict():
                                                                  "labelflip_message": "class '9' rose"}))
     assert outcomes.drift == [("t.py::white_noise", "noise moved")]
     assert verdict(outcomes) == {"passed": False, "failed": [{"test": "t.py::flip_rate", "message": "class '9' rose",
-                                                           "evaluation": False}],
+                                                           "kind": "less robust"}],
                                  "drift": [{"test": "t.py::white_noise", "message": "noise moved"}], "evaluation": []}
 
 
@@ -181,14 +181,24 @@ def test_evaluation_checks_are_collected_and_their_failures_told_apart():
     outcomes.pytest_runtest_logreport(report("t.py::test_attack_strength[m-fgsm-eps0.02]", "call", "skipped", {}))
     outcomes.pytest_runtest_logreport(report("t.py::test_class_flip_rate[m-fgsm-eps0.1-0]", "call", "failed",
                                              {"labelflip_check": "flip_rate", "labelflip_message": "class '0' rose"}))
+    # Failed without a decision (a baseline --labelflip-regen refused to write), and a drift under
+    # --labelflip-fail-on-drift: neither is a loss of robustness.
+    outcomes.pytest_runtest_logreport(report("t.py::test_class_flip_rate[m-fgsm-eps0.2-0]", "call", "failed", {},
+                                             "E   Failed: not writing m-fgsm-eps0.2's baseline"))
+    outcomes.pytest_runtest_logreport(report("t.py::test_catch_all_classes[m-fgsm-eps0.1]", "call", "failed",
+                                             {"labelflip_check": "catch_all", "labelflip_drift": "yes",
+                                              "labelflip_message": "catch-all classes changed"}))
     result = verdict(outcomes)
-    assert [(i["test"].split("::")[1][:20], i["evaluation"]) for i in result["failed"]] == [
-        ("test_covers_single_s", True), ("test_large_epsilon_b", True), ("test_class_flip_rate", False)]
+    assert [(i["test"].split("::")[1][:20], i["kind"]) for i in result["failed"]] == [
+        ("test_covers_single_s", "evaluation"), ("test_large_epsilon_b", "evaluation"),
+        ("test_class_flip_rate", "less robust"), ("test_class_flip_rate", "not decided"),
+        ("test_catch_all_class", "drift")]
     assert [(i["check"], i["passed"]) for i in result["evaluation"]] == [
         ("model_checks", True), ("covers_single_step", False), ("large_epsilon", False), ("attack_strength", False)]
     text = "\n".join(verdict_markdown(result))
     assert ("**Gate failed**: 1 test(s) found the model less robust than its baselines; 2 evaluation check(s) "
-            "failed: the figures may not mean what they say.") in text
+            "failed: the figures may not mean what they say; 1 drift test(s) failed under --labelflip-fail-on-drift; "
+            "1 test(s) decided nothing (an error, a missing or refused baseline: see their messages).") in text
     table = text[text.index("#### Evaluation checks"):].splitlines()
     assert [row.split(" | ")[1] for row in table[4:8]] == ["FAILED", "FAILED", "FAILED", "passed"]
     assert "labelflip: m.pt: not a model" in text

@@ -372,7 +372,8 @@ def test_write_report_writes_images_texts_and_index(tmp_path: Path, report_input
 def test_a_gate_report_opens_with_its_verdict(tmp_path: Path, failed: bool) -> None:
     results = fixed_runs((0.1,))
     verdict = {"passed": not failed,
-               "failed": [{"test": "t.py::test_class_flip_rate[c-9]", "message": "class '9' rose <by> +0.3"}] * failed,
+               "failed": [{"test": "t.py::test_class_flip_rate[c-9]", "message": "class '9' rose <by> +0.3",
+                          "kind": "less robust"}] * failed,
                "drift": [{"test": "t.py::test_white_noise[d]", "message": "noise moved"}]}
     files = write_report(tmp_path / "report", results, [], verdict=verdict)
     summary = files["summary.md"].read_text()

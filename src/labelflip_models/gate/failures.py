@@ -131,10 +131,21 @@ def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files:
     return lines
 
 
+def failure_kind(nodeid: str, properties: dict[str, object]) -> str:
+    """Why a gate test failed: "evaluation" (an evaluation check), "less robust" (a decision against a baseline),
+    "drift" (a drift decision, failing under --labelflip-fail-on-drift) or "not decided" (no decision was
+    recorded: an error, a missing baseline, a baseline --labelflip-regen refused to write)."""
+    if evaluation_check(nodeid) is not None:
+        return "evaluation"
+    if PROPERTY_PREFIX + "check" not in properties:
+        return "not decided"
+    return "drift" if properties.get(PROPERTY_PREFIX + "drift") == "yes" else "less robust"
+
+
 def verdict(outcomes: GateOutcomes) -> dict[str, Any]:
-    """The session's verdict as the report shows it."""
+    """The session's verdict as the report shows it; each failed test with its `failure_kind`."""
     failed = [{"test": nodeid, "message": str(p.get(PROPERTY_PREFIX + "message") or _first_line(text)),
-               "evaluation": evaluation_check(nodeid) is not None}
+               "kind": failure_kind(nodeid, p)}
               for nodeid, text, p in outcomes.failures]
     return {"passed": not failed, "failed": failed,
             "drift": [{"test": nodeid, "message": message} for nodeid, message in outcomes.drift],

@@ -5,6 +5,7 @@ flipped, the least robust, the easiest to move), and the most frequent flips are
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -253,11 +254,13 @@ def _strength_verdict(record: dict[str, Any]) -> str:
 
 def verdict_head(verdict: dict[str, Any]) -> str:
     """The verdict in one sentence: a loss of robustness, an evaluation that cannot be trusted, or a pass."""
-    lost = [i for i in verdict["failed"] if not i.get("evaluation")]
-    untrusted = len(verdict["failed"]) - len(lost)
-    parts = [f"{len(lost)} test(s) found the model less robust than its baselines"] if lost else []
-    if untrusted:
-        parts.append(f"{untrusted} evaluation check(s) failed: the figures may not mean what they say")
+    kinds = Counter(i["kind"] for i in verdict["failed"])
+    parts = [text.format(n=kinds[kind]) for kind, text in (
+        ("less robust", "{n} test(s) found the model less robust than its baselines"),
+        ("evaluation", "{n} evaluation check(s) failed: the figures may not mean what they say"),
+        ("drift", "{n} drift test(s) failed under --labelflip-fail-on-drift"),
+        ("not decided", "{n} test(s) decided nothing (an error, a missing or refused baseline: see their messages)"),
+    ) if kinds[kind]]
     head = "Gate failed: " + "; ".join(parts) if parts else "Gate passed: no loss of robustness beyond the margins"
     drift = verdict["drift"]
     return head + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + "."

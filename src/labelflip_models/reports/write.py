@@ -53,7 +53,7 @@ def write_report(out_dir: Path, results: Sequence[dict[str, Any]], noise: Sequen
                  strength: Sequence[dict[str, Any]] = (), verdict: dict[str, Any] | None = None) -> dict[str, Path]:
     """Every file written, keyed by its path relative to `out_dir` (e.g. 'summary.md', 'heatmaps/...png');
     `strength`: a gate session's attack-strength comparisons (load_strength), tabled in their subject's section;
-    `verdict`: a gate session's {"passed", "failed": [{"test", "message"}], "drift": [...]}, shown first."""
+    `verdict`: a gate session's {"passed", "failed": [{"test", "message", "kind"}], "drift": [...]}, shown first."""
     out_dir = check_out_dir(out_dir)
     if not results and not noise:
         raise ConfigError("nothing to report: no attack runs and no noise probes")
