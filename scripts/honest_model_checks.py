@@ -104,11 +104,19 @@ def gate(args: list[str]) -> dict:
     for case in ET.parse(junit).iter("testcase"):
         problem = next((case.find(tag) for tag in ("failure", "error", "skipped") if case.find(tag) is not None), None)
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
+        # A decision that passed its test may still say no: test_attack_strength warns on a weaker attack.
         tests[case.get("name")] = {"outcome": "passed" if problem is None else problem.tag,
+                                   "decision_passed": props.get("labelflip_passed"),
                                    "message": props.get("labelflip_message") or (problem.get("message", "")
                                                                                   if problem is not None else "")}
     return {"command": " ".join(["pytest", *command[3:]]), "exit_code": done.returncode,
             "seconds": round(time.perf_counter() - start, 1), "tests": tests}
+
+
+def flagged_by(test: dict) -> bool:
+    """Whether a gate test's outcome flags the model: a failure or error, or a decision that said no. A skip (a case
+    with no AutoAttack case to compare with) flags nothing."""
+    return test["outcome"] in ("failure", "error") or test["decision_passed"] == "False"
 
 
 def main() -> None:
@@ -147,7 +155,7 @@ def main() -> None:
                                                       else o for o in opts])}
         print(name, json.dumps(models[name]["gate"]["tests"], indent=1), flush=True)
     flagged = {name: [c["name"] for c in m["model_checks"] if not c["passed"]]
-               + [t for t, r in m["gate"]["tests"].items() if r["outcome"] != "passed"] for name, m in models.items()}
+               + [t for t, r in m["gate"]["tests"].items() if flagged_by(r)] for name, m in models.items()}
     record = {"schema": SCHEMA, "models": models, "flagged": flagged,
               "provenance": {"timestamp": now_iso(), "machine": machine(), "versions": versions(),
                              "seconds": round(time.perf_counter() - start, 1)}}

@@ -268,3 +268,35 @@ def test_square_flags_a_model_that_rounds_its_input_and_passes_the_reference():
         decision = check_white_box_beats_black_box(pgd_runs(rounded, data, profile, 0.05), rounded, data, Bounds())
     assert not decision.passed and decision.figures["only_black_box"] >= 50, decision.message
     assert "hides its gradients" in decision.message
+
+
+@pytest.mark.slow
+def test_labelflip_attack_runs_the_checks_its_run_supports(capsys, tmp_path):
+    """`labelflip attack`: linf-pgd at an ε gets the large-ε probe, convergence, Square and FGSM on the same images,
+    printed after its figures and recorded in result.json. A PGD of ten steps of ε/20 (half ε in all) fails all three
+    of its own checks: more steps, Square and FGSM each break images it misses. Any other attack gets the probe
+    alone; --no-evaluation-checks skips them."""
+    import json
+
+    from .helpers import run_cli
+
+    common = ["attack", "--dataset", "fashion-mnist", "--epsilon", "0.02", "--limit", "300"]
+    rc, out, err = run_cli(capsys, [*common, "--attack", "linf-pgd", "--param", "steps=10", "--param",
+                                    "rel_stepsize=0.05", "--out", str(tmp_path / "pgd")])
+    assert rc == 0, err
+    checks = {c["name"]: c for c in json.loads((tmp_path / "pgd" / "result.json").read_text())["evaluation_checks"]}
+    assert list(checks) == ["large_epsilon", "converged", "white_box_beats_black_box", "covers_single_step"]
+    assert [n for n, c in checks.items() if not c["passed"]] == list(checks)[1:], checks
+    assert checks["converged"]["figures"]["steps"] == 10 and checks["covers_single_step"]["figures"]["n"] > 250
+    lines = out.splitlines()
+    failed = [i for i, line in enumerate(lines) if line.startswith("evaluation check failed")]
+    assert [lines[i].split(": ")[1] for i in failed] == list(checks)[1:], out
+    assert "with 20 steps instead of 10" in lines[failed[0]]
+    assert failed[0] > next(i for i, line in enumerate(lines) if line.startswith("fashion-mnist linf-pgd"))
+
+    rc, out, err = run_cli(capsys, [*common, "--attack", "fgsm", "--out", str(tmp_path / "fgsm")])
+    assert rc == 0 and "evaluation checks: all 1 passed (large_epsilon)" in out, (out, err)
+    rc, out, err = run_cli(capsys, [*common, "--attack", "fgsm", "--no-evaluation-checks", "--out",
+                                    str(tmp_path / "none")])
+    assert rc == 0 and "evaluation check" not in out, (out, err)
+    assert json.loads((tmp_path / "none" / "result.json").read_text())["evaluation_checks"] == []

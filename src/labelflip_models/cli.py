@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .attacks import ATTACKS, NORMS, Bounds, check_epsilon_for, make_attack
+from .attacks import ATTACKS, NORMS, AttackResult, Bounds, check_epsilon_for, make_attack
 from .attacks.engine import ENGINES, check_engine
 from .attacks.registry import FAMILIES, attack_name
 from .bench.report import compare, load_baseline, load_report, make_baseline, markdown_table, write_baseline
@@ -24,6 +24,7 @@ from .data.own import describe_source
 from .devices import resolve_device, start_device
 from .errors import ConfigError, LabelflipError
 from .gate.config import REFERENCE_BASELINES
+from .gate.decisions import Decision, decision_record
 from .gate.profiles import PROFILES, Case
 from .gate.scaffold import config_section, write_test_file
 from .models.cache import SHIPPED_DIR, load_or_train
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "hardware runs it natively (minimal attacks: fp32), else the reference; reference (or "
                              "foolbox): the attack's reference implementation, Foolbox or pyautoattack; native / "
                              "native-fp32: native kernels in bf16 / fp32")
+    attack.add_argument("--no-evaluation-checks", action="store_true",
+                        help="skip the evaluation checks after the attack: the large-ε probe, and for linf-pgd at "
+                             "an ε its convergence, L∞ Square and FGSM on the same images (docs/methods.md)")
     attack.add_argument("--out", required=True, help="output directory")
     run = sub.add_parser("run", help="compute a gate profile's cases into a runs directory for "
                                      "`pytest --labelflip-runs`; under torchrun or srun, split over the processes")
@@ -265,10 +269,14 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     checks = checks_on_test_images(model, data, bounds, at_most=args.limit)
     _print_checks(checks)
     indices = first_n(data.test_labels, args.limit or len(data.test_labels))
-    summary, _ = attack_images(data, model, info, indices, f"first {len(indices)} test images", attack, args.epsilon,
-                               bounds=bounds, seed=args.seed, engine=args.engine, batch_size=args.batch_size,
-                               progress=progress)
-    csv_path, json_path = write_run(out, with_model_checks(summary, checks))
+    selection = f"first {len(indices)} test images"
+    summary, attacked = attack_images(data, model, info, indices, selection, attack, args.epsilon, bounds=bounds,
+                                      seed=args.seed, engine=args.engine, batch_size=args.batch_size,
+                                      progress=progress)
+    evaluation = {} if args.no_evaluation_checks else _evaluation_checks(
+        args, data, model, info, bounds, indices, Case("attack", data.name, name, args.epsilon), summary, attacked)
+    records = [{"name": check, **decision_record(d)} for check, d in evaluation.items()]
+    csv_path, json_path = write_run(out, with_model_checks(summary, checks, records))
     frac = summary["flip_fraction"]
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
     sym = summary["analysis"]["symmetry"]
@@ -284,6 +292,7 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         broken = ", ".join(f"{k} {v}" for k, v in summary["autoattack"]["broken_by"].items())
         print(f"robust accuracy {_rate(robust)} (95% interval {robust['ci'][0]:.3f}-{robust['ci'][1]:.3f}); "
               f"images broken first by: {broken}")
+    _print_evaluation(evaluation)
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
@@ -292,6 +301,37 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         # Some test sets are ordered by class (mnist-5k's split is): a small --limit then sees only a few classes.
         print(f"note: the first {len(indices)} test images cover {covered} of {data.num_classes} classes; the flip "
               "statistics describe those classes only (a larger --limit covers more)")
+
+
+def _evaluation_checks(args: argparse.Namespace, data: Dataset, model: nn.Module, info: dict[str, Any],
+                       bounds: Bounds, indices: np.ndarray, case: Case, summary: dict[str, Any],
+                       attacked: AttackResult) -> dict[str, Decision]:
+    """The evaluation checks `labelflip attack`'s run supports (gate/evaluation_checks.one_run_checks); for linf-pgd
+    at an ε it first runs FGSM on the same images, which PGD must cover."""
+    from .attacks.engine import engine_where_it_applies
+    from .gate.evaluation_checks import one_run_checks
+    from .gate.profiles import ITERATIVE, SINGLE_STEP
+    from .gate.shared_runs import CaseRun
+
+    run = CaseRun.from_attack(case, summary, attacked, indices)
+    single = None
+    if case.attack == ITERATIVE and not case.minimal:
+        fgsm = make_attack(SINGLE_STEP)
+        done = attack_images(data, model, info, indices, summary["dataset"]["selection"], fgsm, case.epsilon,
+                             bounds=bounds, seed=args.seed,
+                             engine=engine_where_it_applies(args.engine, fgsm.native_kernel),
+                             batch_size=args.batch_size)
+        single = CaseRun.from_attack(replace(case, attack=SINGLE_STEP), *done, indices)
+    return one_run_checks(run, model, data, bounds, seed=args.seed, engine=args.engine, single_step=single)
+
+
+def _print_evaluation(evaluation: dict[str, Decision]) -> None:
+    """Like _print_checks, for the evaluation checks after the attack."""
+    failed = {name: d for name, d in evaluation.items() if not d.passed}
+    if evaluation and not failed:
+        print(f"evaluation checks: all {len(evaluation)} passed ({', '.join(evaluation)})")
+    for name, d in failed.items():
+        print(f"evaluation check failed, the figures above may not mean what they say: {name}: {d.message}")
 
 
 def _print_checks(checks: list[ModelCheck]) -> None:

@@ -45,6 +45,12 @@ class Decision:
     figures: dict[str, float | int | str | None] = field(default_factory=dict)
 
 
+def decision_record(decision: Decision) -> dict[str, Any]:
+    """The decision as plain JSON values: passed, message, figures (numpy scalars as Python numbers)."""
+    figures = {k: v.item() if hasattr(v, "item") else v for k, v in decision.figures.items()}
+    return {"passed": bool(decision.passed), "message": decision.message, "figures": figures}
+
+
 @dataclass(frozen=True)
 class Pairs:
     """Per class of a case, how the images both runs attacked moved between the baseline and the run."""

@@ -15,7 +15,8 @@ better than single-step attacks", "verify that increasing the distortion bound i
   white-box attacks").
 
 The last two rerun an attack on a few images at the one ε of the profile where the run's robust accuracy is
-nearest one half: where more steps or another attack can change the most images.
+nearest one half: where more steps or another attack can change the most images. `one_run_checks` gives the checks
+that a single run (`labelflip attack`) supports.
 
 Either failing points at gradient masking or a broken attack (too few steps, a wrong step size): the flip rates
 the gate compares would understate what an adversary does.
@@ -33,6 +34,7 @@ from scipy.stats import binom
 
 from ..attacks.registry import ATTACKS
 from .decisions import ALPHA, Decision, flip_p_value, holm_tarone
+from .profiles import ITERATIVE
 from .strength import paired_flips, paired_positions
 
 if TYPE_CHECKING:
@@ -121,14 +123,16 @@ def large_epsilon_probe(model: nn.Module, data: Dataset, bounds: Bounds, seed: i
     fails where robust accuracy lies significantly above chance (exact one-sided binomial, p < alpha). Chance is
     the largest class's share of the probed images: all of them pushed to one grey image keep at most that class."""
     from ..attacks import make_attack, run_attack
+    from ..attacks.engine import engine_where_it_applies
     from ..data import balanced_subset
     from ..runs.evaluate import pixel_images
 
     indices = balanced_subset(data.test_labels, PROBE_PER_CLASS, data.num_classes, at_most=True)
     images, labels = pixel_images(data, indices, bounds)
     epsilon = (bounds.upper - bounds.lower) / 2
-    result = run_attack(model, images, labels, make_attack("linf-pgd", **PROBE_PARAMS), epsilon, bounds=bounds,
-                        seed=seed, engine=engine)
+    pgd = make_attack("linf-pgd", **PROBE_PARAMS)
+    result = run_attack(model, images, labels, pgd, epsilon, bounds=bounds, seed=seed,
+                        engine=engine_where_it_applies(engine, pgd.native_kernel))
     n, robust = len(labels), int((result.adv_pred == result.labels).sum())
     chance = float(torch.bincount(labels).max()) / n
     p = float(flip_p_value(robust, n, chance))
@@ -207,7 +211,7 @@ def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bo
     if p < alpha:
         return Decision(False, f"{what}: with {2 * steps} steps instead of {steps} it breaks {b} of "
                                f"{len(positions)} images the run did not, and misses {c} it broke (p={p:.2g}): the "
-                               "attack has not converged; give it more steps (or a larger step size) in the profile",
+                               "attack has not converged; give it more steps or a larger step (steps, rel_stepsize)",
                         figures)
     return Decision(True, f"{what}: {2 * steps} steps instead of {steps} break {b} more and {c} fewer of "
                           f"{len(positions)} images (p={p:.2g})", figures)
@@ -234,3 +238,20 @@ def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, d
                                "attacks' flip rates understate what an adversary does", figures)
     return Decision(True, f"{what}: Square breaks {b} images {run.case.attack} did not, {run.case.attack} {c} that "
                           f"Square did not, of {len(positions)} (p={p:.2g})", figures)
+
+
+def one_run_checks(run: CaseRun, model: nn.Module, data: Dataset, bounds: Bounds, *, seed: int = 0,
+                   engine: str = "auto", single_step: CaseRun | None = None) -> dict[str, Decision]:
+    """The evaluation checks one run supports, by the names gate/session.EVALUATION_TESTS gives them: the large-ε
+    probe for any run; for a fixed-ε run of the ITERATIVE attack also converged and white box beats black box at
+    its ε, and covers single-step given `single_step`, the SINGLE_STEP attack's run on the same images. Monotone
+    in ε needs runs at several ε: only the gate has them."""
+    checks = {"large_epsilon": large_epsilon_probe(model, data, bounds, seed=seed, engine=engine)}
+    if run.case.attack != ITERATIVE or run.case.minimal:
+        return checks
+    checks["converged"] = check_converged([run], model, data, bounds, seed=seed, engine=engine)
+    checks["white_box_beats_black_box"] = check_white_box_beats_black_box([run], model, data, bounds, seed=seed,
+                                                                          engine=engine)
+    if single_step is not None:
+        checks["covers_single_step"] = check_covers_single_step(single_step, run)
+    return checks

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,10 +145,12 @@ def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: floa
             "attack_seconds": round(attack_seconds, 2)}
 
 
-def with_model_checks(result: dict[str, Any], checks: list[ModelCheck]) -> dict[str, Any]:
+def with_model_checks(result: dict[str, Any], checks: list[ModelCheck],
+                      evaluation: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """result.json's content with the model checks (runs/model_checks.py) run before the attack: name, passed,
-    message and figures of each."""
-    return {**result, "model_checks": [dataclasses.asdict(c) for c in checks]}
+    message, figures and warning of each; and the evaluation checks run after it (gate/evaluation_checks.py,
+    `one_run_checks`), each as {"name", "passed", "message", "figures"}."""
+    return {**result, "model_checks": [dataclasses.asdict(c) for c in checks], "evaluation_checks": list(evaluation)}
 
 
 def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
