@@ -191,15 +191,24 @@ def test_the_gate_refuses_baselines_of_a_model_that_fails_its_checks(swapped_pt2
 def test_no_honest_user_model_is_flagged():
     """The committed record of scripts/honest_model_checks.py: three honest user models (a .pt2 on PNG folders, a
     state dict with labelflip's architecture on an .npz, a torchvision ResNet-18 state dict on RGB data), each
-    through `labelflip attack`, none flagged by any check."""
+    through `labelflip attack` and through the gate's evaluation tests, none flagged by any check."""
     from pathlib import Path
 
+    from labelflip_models.gate.session import EVALUATION_TESTS
+
     record = json.loads((Path(__file__).parents[1] / "docs" / "zoo" / "model-checks-honest.json").read_text())
-    assert record["schema"] == "labelflip.model-checks-honest/1"
+    assert record["schema"] == "labelflip.model-checks-honest/2"
     assert len(record["models"]) >= 3 and {"timestamp", "machine", "versions"} <= set(record["provenance"])
     for name, model in record["models"].items():
         assert [c["name"] for c in model["model_checks"]] == ["accuracy", "preprocessing", "deterministic",
                                                               "batch independent", "logits", "gradients"], name
         assert all(c["passed"] for c in model["model_checks"]), (name, model["model_checks"])
         assert model["stdout_first_line"] == "model checks: all 6 passed", name
+        tests = model["gate"]["tests"]
+        # Every evaluation test ran; attack strength only where the profile has an AutoAttack case at the ε.
+        assert {t.partition("[")[0] for t in tests} == set(EVALUATION_TESTS), (name, sorted(tests))
+        assert model["gate"]["exit_code"] == 0, (name, model["gate"])
+        for test, outcome in tests.items():
+            allowed = ("passed", "skipped") if test.startswith("test_attack_strength[") else ("passed",)
+            assert outcome["outcome"] in allowed and outcome["decision_passed"] != "False", (name, test, outcome)
     assert record["flagged"] == {name: [] for name in record["models"]}

@@ -137,3 +137,24 @@ def test_ini_paths_are_relative_to_the_ini_file(pytester_gate):
                              "-q", str(pytester_gate.path)], cwd=sub, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test_class_flip_rate[mnist-5k-fgsm-eps0.1-digit9]" in result.stdout
+
+
+def test_evaluation_tests_are_collected_before_the_other_gate_tests(pytester_gate):
+    """The gate's evaluation tests come first among its tests, cheapest first; a test of the user's own, collected
+    before the gate, keeps its place."""
+    from labelflip_models.gate.session import evaluation_check
+
+    from .helpers import GATE_FILE
+
+    pytester_gate.makepyfile(test_a_mine="def test_mine():\n    pass\n", test_gate=GATE_FILE)
+    result = pytester_gate.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--collect-only", "-q",
+                                                "--labelflip-profile", "smoke")
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert ids[0] == "test_a_mine.py::test_mine"
+    kinds = [evaluation_check(i) is not None for i in ids[1:]]
+    first_other = kinds.index(False)
+    assert first_other > 20 and not any(kinds[first_other:]), ids
+    names = list(dict.fromkeys(i.split("::")[1].partition("[")[0] for i in ids[1:first_other + 2]))
+    assert names == ["test_model_checks", "test_large_epsilon_breaks_everything", "test_monotone_in_epsilon",
+                     "test_covers_single_step", "test_converged", "test_white_box_beats_black_box",
+                     "test_attack_strength", "test_catch_all_classes"], names

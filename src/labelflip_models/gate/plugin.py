@@ -30,6 +30,7 @@ from .session import (
     GATE_TAG,
     asked,
     asked_on_command_line,
+    evaluation_first,
     gate_config,
     outcomes,
     selected_cases,
@@ -136,6 +137,12 @@ def _parametrize(metafunc: pytest.Metafunc, name: str, values: list[Any], ids: l
         metafunc.parametrize(name, values, ids=ids)
     else:
         metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=none))], ids=["none"])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The gate's evaluation tests run before its other gate tests: whether the evaluation can be trusted is the
+    first thing to know."""
+    items[:] = evaluation_first(items)
 
 
 @pytest.hookimpl(wrapper=True)

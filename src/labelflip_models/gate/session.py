@@ -31,6 +31,24 @@ def evaluation_check(nodeid: str) -> str | None:
     return EVALUATION_TESTS.get(nodeid.rpartition("::")[2].partition("[")[0])
 
 
+def evaluation_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """`items` with the gate's evaluation tests ahead of its other tests, in the places the gate's tests (marked
+    `labelflip`) hold: the evaluation tests in EVALUATION_TESTS's order (the model checks first, the costly
+    comparison with AutoAttack last), the others in theirs; every other test keeps its place."""
+    order = {check: i for i, check in enumerate(EVALUATION_TESTS.values())}
+
+    def rank(item: pytest.Item) -> int:
+        check = evaluation_check(item.nodeid)
+        return len(order) if check is None else order[check]
+
+    places = [i for i, item in enumerate(items) if item.get_closest_marker("labelflip") is not None]
+    gate = sorted((items[i] for i in places), key=rank)
+    ordered = list(items)
+    for place, item in zip(places, gate):
+        ordered[place] = item
+    return ordered
+
+
 INI_KEYS = [ini for _, ini, _, _ in OPTIONS] + [f"labelflip_{name.replace('-', '_')}" for name, _ in FLAGS]
 
 
