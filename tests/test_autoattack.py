@@ -95,6 +95,25 @@ def test_adversarials_respect_epsilon_and_bounds(name, epsilon, engine):
     assert torch.equal(run.success, run.adv_pred != y)
 
 
+@pytest.mark.parametrize("name, epsilon", [("l2-autoattack", 1.0), ("l2-square", 1.0), ("linf-autoattack", 0.03)])
+@pytest.mark.parametrize("engine", ["auto", "reference"])
+def test_rgb_images_run_through_the_official_code(name, epsilon, engine):
+    """Three channels: the attacks run on a channels_last copy of the model, whose input gradient and batches
+    come channels_last; pyautoattack's L2 steps and Square `view` them, so they must get contiguous ones. `auto`
+    runs APGD natively and FAB-T and Square through the official code."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10)).eval()
+    x = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    params = {"n_queries": 100} if name.endswith("square") else {}
+    run = run_attack(model, x, y, make_attack(name, **params), epsilon, bounds=Bounds(), engine=engine)
+    order = float("inf") if name.startswith("linf") else 2
+    assert torch.linalg.vector_norm((run.clipped - x).flatten(1), ord=order, dim=1).max() <= epsilon * (1 + 1e-5)
+    assert run.success.any()
+
+
 class Scale(nn.Module):
     def __init__(self, factor: float) -> None:
         super().__init__()

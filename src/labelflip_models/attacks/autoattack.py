@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -102,15 +102,29 @@ def _native_apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Aut
     return out
 
 
+class _ContiguousGradient(torch.autograd.Function):
+    """The identity, whose backward pass hands on a contiguous gradient: pyautoattack's L2 and L1 steps `view`
+    the input gradient, which a channels_last model returns channels_last for a multi-channel input."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class _UnitInput(nn.Module):
-    """The model seen on inputs in [0, 1], as pyautoattack expects them."""
+    """The model seen on inputs in [0, 1], as pyautoattack expects them, with contiguous input gradients."""
 
     def __init__(self, model: nn.Module, bounds: Bounds) -> None:
         super().__init__()
         self.model, self.lower, self.width = model, bounds.lower, bounds.upper - bounds.lower
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.lower + x * self.width)
+        x = _ContiguousGradient.apply(x)
+        return self.model(x if (self.lower, self.width) == (0.0, 1.0) else self.lower + x * self.width)
 
 
 class _Official:
@@ -122,7 +136,7 @@ class _Official:
         from pyautoattack import AutoAttack
 
         self.bounds, self.seed = bounds, seed
-        unit = model if (bounds.lower, bounds.upper) == (0.0, 1.0) else _UnitInput(model, bounds)
+        unit = _UnitInput(model, bounds)
         device = next(model.parameters()).device
         self.aa = AutoAttack(unit, norm=OFFICIAL_NORMS[attack.norm], eps=epsilon / (bounds.upper - bounds.lower),
                              seed=seed, version="standard", device=device)
@@ -139,7 +153,8 @@ class _Official:
 
     def perturb(self, component: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         lower, width = self.bounds.lower, self.bounds.upper - self.bounds.lower
-        unit = (x - lower) / width
+        # Contiguous: Square's L2 and L1 start from zeros_like(x), which keeps a channels_last layout, and `view` it.
+        unit = ((x - lower) / width).contiguous()
         with torch.no_grad():  # as the official evaluation calls them: each enables gradients where it needs them
             adv = self._perturb(component, unit, y)
         return lower + adv.detach() * width
