@@ -7,10 +7,11 @@ Three models, each through the CLI on the user's own files (Fashion-MNIST writte
 - a torchvision ResNet-18 trained here for one epoch on 32x32 RGB copies of the images (state dict,
   `--arch torchvision:resnet18`), on an .npz in NHWC uint8.
 
-Each model goes through `labelflip attack` (its model checks, as result.json records them) and through the gate
-(`pytest` on the shipped gate tests, smoke profile, every evaluation test in gate/session.EVALUATION_TESTS, their
-outcomes and messages read from JUnit XML). Writes docs/zoo/model-checks-honest.json (tests/test_model_checks.py
-checks it), with provenance. Takes about half an hour on a 2-core CPU.
+Each model goes through `labelflip attack` (its model and evaluation checks, as result.json records them) and
+through the gate (`pytest` on the shipped gate tests, smoke profile, every evaluation test in
+gate/session.EVALUATION_TESTS, their outcomes and messages read from JUnit XML). Writes
+docs/zoo/model-checks-honest.json (tests/test_model_checks.py checks it), with provenance. Takes about half an hour
+on a 2-core CPU.
 
     python scripts/honest_model_checks.py [--out docs/zoo/model-checks-honest.json]
 """
@@ -83,8 +84,9 @@ def attack(args: list[str]) -> dict:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr}")
+    result = json.loads((out / "result.json").read_text())
     return {"command": " ".join(["labelflip", *command[1:]]), "stdout_first_line": done.stdout.splitlines()[0],
-            "model_checks": json.loads((out / "result.json").read_text())["model_checks"]}
+            "model_checks": result["model_checks"], "evaluation_checks": result["evaluation_checks"]}
 
 
 def gate(args: list[str]) -> dict:
@@ -154,7 +156,7 @@ def main() -> None:
         models[name] = {**attack(opts), "gate": gate([o.replace("--", "--labelflip-", 1) if o.startswith("--")
                                                       else o for o in opts])}
         print(name, json.dumps(models[name]["gate"]["tests"], indent=1), flush=True)
-    flagged = {name: [c["name"] for c in m["model_checks"] if not c["passed"]]
+    flagged = {name: [c["name"] for c in m["model_checks"] + m["evaluation_checks"] if not c["passed"]]
                + [t for t, r in m["gate"]["tests"].items() if flagged_by(r)] for name, m in models.items()}
     record = {"schema": SCHEMA, "models": models, "flagged": flagged,
               "provenance": {"timestamp": now_iso(), "machine": machine(), "versions": versions(),

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from labelflip_models.data import balanced_subset, load_dataset
+from labelflip_models.errors import ConfigError
 from labelflip_models.models.cache import load_or_train
-from labelflip_models.models.io import LogOfProbabilities, logits_adapter
+from labelflip_models.models.io import LogOfProbabilities, check_model, logits_adapter
 from labelflip_models.runs.model_checks import check_logits, model_checks, warning_summary
 
 # name: (forward of the broken model around the reference model m, the checks that must fail)
@@ -75,13 +76,15 @@ def test_log_probabilities_are_logits_enough():
     assert check_logits(model, F.log_softmax(logits, 1)).passed and check_logits(model, logits).passed
     assert not check_logits(model, F.softmax(logits, 1)).passed
     sigmoid = check_logits(model, torch.sigmoid(logits))
-    assert not sigmoid.passed and "every value in [0, 1]" in sigmoid.message
+    assert sigmoid.passed and sigmoid.warning and "every value in [0, 1]" in sigmoid.message
+    assert not check_logits(model, logits).warning
 
 
 def test_probabilities_are_attacked_through_their_log(reference):
-    """A model file returning softmax or sigmoid outputs is wrapped (with a warning) to return their log: the same
+    """A model file returning softmax outputs is wrapped (with a warning) to return their log: the same
     predictions, the softmax's log equal to log_softmax of the logits, and the logits check passes with a warning.
-    Logits and log-probabilities are left as they are."""
+    Logits, log-probabilities and outputs merely in [0, 1] (which may be logits) are left as they are; malformed
+    outputs reach check_model's errors unwrapped."""
     model, images, labels, names = reference
     softmax = Broken(model, BROKEN["softmax outputs"][0]).eval()
     with pytest.warns(UserWarning, match=r"look like probabilities \(every row non-negative and summing to 1 on 8"):
@@ -90,16 +93,19 @@ def test_probabilities_are_attacked_through_their_log(reference):
     with torch.no_grad():
         assert torch.allclose(adapted(images), F.log_softmax(model(images), 1), atol=1e-4)
     sigmoid = Broken(model, lambda m, x: torch.sigmoid(m(x))).eval()
-    with pytest.warns(UserWarning, match=r"every value in \[0, 1\]"):
-        assert logits_adapter(sigmoid, images[:8]).kind == "every value in [0, 1]"
+    one_d = Broken(model, lambda m, x: torch.sigmoid(m(x))[:, 0]).eval()
+    integers = Broken(model, lambda m, x: F.one_hot(m(x).argmax(1), 10)).eval()
+    for left in (model, sigmoid, one_d, integers, Broken(model, lambda m, x: F.log_softmax(m(x), 1)).eval()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert logits_adapter(left, images[:8]) is left
+    with pytest.raises(ConfigError, match="expected a tensor of logits|shape"):
+        check_model(one_d, images[:8], 10)
+    with pytest.raises(ConfigError, match="torch.int64 outputs"):
+        check_model(integers, images[:8], 10)
     checks = {c.name: c for c in model_checks(adapted, images, labels, names)}
     assert all(c.passed for c in checks.values()) and [n for n, c in checks.items() if c.warning] == ["logits"]
     assert warning_summary(list(checks.values())).startswith("logits: the model returns probabilities")
-    log_softmax = Broken(model, lambda m, x: F.log_softmax(m(x), 1)).eval()
-    for honest in (model, log_softmax):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            assert logits_adapter(honest, images[:8]) is honest
 
 
 def test_bad_input_is_refused(reference):

@@ -273,10 +273,8 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
     summary, attacked = attack_images(data, model, info, indices, selection, attack, args.epsilon, bounds=bounds,
                                       seed=args.seed, engine=args.engine, batch_size=args.batch_size,
                                       progress=progress)
-    evaluation = {} if args.no_evaluation_checks else _evaluation_checks(
-        args, data, model, info, bounds, indices, Case("attack", data.name, name, args.epsilon), summary, attacked)
-    records = [{"name": check, **decision_record(d)} for check, d in evaluation.items()]
-    csv_path, json_path = write_run(out, with_model_checks(summary, checks, records))
+    # Written before the evaluation checks run, so that an error or an interrupt there keeps the attack's result.
+    csv_path, json_path = write_run(out, with_model_checks(summary, checks))
     frac = summary["flip_fraction"]
     budget = "minimal perturbation" if args.epsilon is None else f"ε={args.epsilon:g}"
     sym = summary["analysis"]["symmetry"]
@@ -292,7 +290,12 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
         broken = ", ".join(f"{k} {v}" for k, v in summary["autoattack"]["broken_by"].items())
         print(f"robust accuracy {_rate(robust)} (95% interval {robust['ci'][0]:.3f}-{robust['ci'][1]:.3f}); "
               f"images broken first by: {broken}")
-    _print_evaluation(evaluation)
+    if not args.no_evaluation_checks:
+        case = Case("attack", data.name, name, args.epsilon)
+        evaluation = _evaluation_checks(args, data, model, info, bounds, indices, selection, case, summary, attacked)
+        records = [{"name": check, **decision_record(d)} for check, d in evaluation.items()]
+        write_run(out, with_model_checks(summary, checks, records))
+        _print_evaluation(evaluation)
     print(f"wrote {csv_path} and {json_path}")
     if data.note:
         print(f"note: {data.note}")
@@ -304,25 +307,24 @@ def cmd_attack(args: argparse.Namespace, progress: bool) -> None:
 
 
 def _evaluation_checks(args: argparse.Namespace, data: Dataset, model: nn.Module, info: dict[str, Any],
-                       bounds: Bounds, indices: np.ndarray, case: Case, summary: dict[str, Any],
+                       bounds: Bounds, indices: np.ndarray, selection: str, case: Case, summary: dict[str, Any],
                        attacked: AttackResult) -> dict[str, Decision]:
-    """The evaluation checks `labelflip attack`'s run supports (gate/evaluation_checks.one_run_checks); for linf-pgd
-    at an ε it first runs FGSM on the same images, which PGD must cover."""
+    """The evaluation checks `labelflip attack`'s run supports (gate/evaluation_checks.one_run_checks), FGSM on
+    the same images where the single-step check asks for it."""
     from .attacks.engine import engine_where_it_applies
     from .gate.evaluation_checks import one_run_checks
-    from .gate.profiles import ITERATIVE, SINGLE_STEP
+    from .gate.profiles import SINGLE_STEP
     from .gate.shared_runs import CaseRun
 
-    run = CaseRun.from_attack(case, summary, attacked, indices)
-    single = None
-    if case.attack == ITERATIVE and not case.minimal:
+    def single_step() -> CaseRun:
         fgsm = make_attack(SINGLE_STEP)
-        done = attack_images(data, model, info, indices, summary["dataset"]["selection"], fgsm, case.epsilon,
-                             bounds=bounds, seed=args.seed,
+        done = attack_images(data, model, info, indices, selection, fgsm, case.epsilon, bounds=bounds, seed=args.seed,
                              engine=engine_where_it_applies(args.engine, fgsm.native_kernel),
                              batch_size=args.batch_size)
-        single = CaseRun.from_attack(replace(case, attack=SINGLE_STEP), *done, indices)
-    return one_run_checks(run, model, data, bounds, seed=args.seed, engine=args.engine, single_step=single)
+        return CaseRun.from_attack(replace(case, attack=SINGLE_STEP), *done, indices)
+
+    return one_run_checks(CaseRun.from_attack(case, summary, attacked, indices), model, data, bounds,
+                          seed=args.seed, engine=args.engine, batch_size=args.batch_size, single_step=single_step)
 
 
 def _print_evaluation(evaluation: dict[str, Decision]) -> None:

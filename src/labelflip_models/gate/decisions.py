@@ -45,10 +45,15 @@ class Decision:
     figures: dict[str, float | int | str | None] = field(default_factory=dict)
 
 
+def plain(value: object) -> object:
+    """A numpy scalar as its Python value (JSON and xdist take those), anything else as it is."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def decision_record(decision: Decision) -> dict[str, Any]:
-    """The decision as plain JSON values: passed, message, figures (numpy scalars as Python numbers)."""
-    figures = {k: v.item() if hasattr(v, "item") else v for k, v in decision.figures.items()}
-    return {"passed": bool(decision.passed), "message": decision.message, "figures": figures}
+    """The decision as plain JSON values: passed, message, figures."""
+    return {"passed": bool(decision.passed), "message": decision.message,
+            "figures": {k: plain(v) for k, v in decision.figures.items()}}
 
 
 @dataclass(frozen=True)

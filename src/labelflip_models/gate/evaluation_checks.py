@@ -24,7 +24,7 @@ the gate compares would understate what an adversary does.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ SINGLE_STEP_ONLY = 0.02
 
 # The large-ε probe: images per class, and a PGD whose steps cover the ball twice over (20 steps of a tenth of ε)
 # from the clean image: a random start at this ε would scramble the image without any gradient.
-PROBE_PER_CLASS = 10
+PROBE_PER_CLASS, PROBE_IMAGES = 10, 200
 PROBE_PARAMS = {"steps": 20, "rel_stepsize": 0.1, "random_start": False}
 
 # The rerun checks' subsample: the first this many correctly classified images per class of the run, at most
@@ -118,8 +118,9 @@ def check_covers_single_step(single: CaseRun, iterative: CaseRun, share: float =
 
 
 def large_epsilon_probe(model: nn.Module, data: Dataset, bounds: Bounds, seed: int = 0, engine: str = "auto",
-                        alpha: float = ALPHA) -> Decision:
-    """L∞ PGD at ε = half the pixel range (PROBE_PARAMS) on the first PROBE_PER_CLASS test images of each class:
+                        alpha: float = ALPHA, batch_size: int | None = None) -> Decision:
+    """L∞ PGD at ε = half the pixel range (PROBE_PARAMS) on the first PROBE_PER_CLASS test images of each class
+    (fewer per class when K is large: PROBE_IMAGES in all, at least one per class, of the first classes beyond):
     fails where robust accuracy lies significantly above chance (exact one-sided binomial, p < alpha). Chance is
     the largest class's share of the probed images: all of them pushed to one grey image keep at most that class."""
     from ..attacks import make_attack, run_attack
@@ -127,11 +128,12 @@ def large_epsilon_probe(model: nn.Module, data: Dataset, bounds: Bounds, seed: i
     from ..data import balanced_subset
     from ..runs.evaluate import pixel_images
 
-    indices = balanced_subset(data.test_labels, PROBE_PER_CLASS, data.num_classes, at_most=True)
+    per_class = max(1, min(PROBE_PER_CLASS, PROBE_IMAGES // data.num_classes))
+    indices = balanced_subset(data.test_labels, per_class, data.num_classes, at_most=True)[:PROBE_IMAGES]
     images, labels = pixel_images(data, indices, bounds)
     epsilon = (bounds.upper - bounds.lower) / 2
     pgd = make_attack("linf-pgd", **PROBE_PARAMS)
-    result = run_attack(model, images, labels, pgd, epsilon, bounds=bounds, seed=seed,
+    result = run_attack(model, images, labels, pgd, epsilon, bounds=bounds, seed=seed, batch_size=batch_size,
                         engine=engine_where_it_applies(engine, pgd.native_kernel))
     n, robust = len(labels), int((result.adv_pred == result.labels).sum())
     chance = float(torch.bincount(labels).max()) / n
@@ -168,7 +170,7 @@ def rerun_positions(run: CaseRun, num_classes: int) -> np.ndarray:
 
 
 def _rerun(run: CaseRun, positions: np.ndarray, model: nn.Module, data: Dataset, bounds: Bounds, attack: str,
-           params: dict[str, Any], seed: int, engine: str) -> np.ndarray:
+           params: dict[str, Any], seed: int, engine: str, batch_size: int | None = None) -> np.ndarray:
     """Whether `attack` (with `params`) at the run's ε breaks each image at `positions` of the run."""
     from ..attacks import make_attack, run_attack
     from ..attacks.engine import engine_where_it_applies
@@ -178,7 +180,8 @@ def _rerun(run: CaseRun, positions: np.ndarray, model: nn.Module, data: Dataset,
     images, labels = pixel_images(data, indices, bounds)
     chosen = make_attack(attack, **params)
     result = run_attack(model, images, labels, chosen, run.result["attack"]["epsilon"], bounds=bounds, seed=seed,
-                        engine=engine_where_it_applies(engine, chosen.native_kernel), ids=torch.as_tensor(indices))
+                        engine=engine_where_it_applies(engine, chosen.native_kernel), ids=torch.as_tensor(indices),
+                        batch_size=batch_size)
     return (result.adv_pred != result.labels).numpy()
 
 
@@ -191,7 +194,7 @@ def _more_found(run: CaseRun, positions: np.ndarray, other: np.ndarray) -> tuple
 
 
 def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bounds: Bounds, seed: int = 0,
-                    engine: str = "auto", alpha: float = ALPHA) -> Decision:
+                    engine: str = "auto", alpha: float = ALPHA, batch_size: int | None = None) -> Decision:
     """On rerun_positions of the most informative of an iterative attack's `runs`, the same attack (its profile's
     settings) with twice the steps from another random start (seed + 1) must not break significantly more images
     (exact one-sided McNemar, p < alpha): otherwise the run's flip rates stop short of what its attack can do."""
@@ -203,7 +206,7 @@ def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bo
     params = {f.name: run.result["attack"][f.name] for f in fields(ATTACKS[run.case.attack])}
     steps = params["steps"]
     longer = _rerun(run, positions, model, data, bounds, run.case.attack, {**params, "steps": 2 * steps}, seed + 1,
-                    engine)
+                    engine, batch_size)
     b, c, p = _more_found(run, positions, longer)
     what = f"{run.case.attack} at ε={run.case.epsilon:g}"
     figures = {"epsilon": run.case.epsilon, "n": len(positions), "steps": steps, "only_longer": b, "only_run": c,
@@ -218,7 +221,8 @@ def check_converged(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bo
 
 
 def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, data: Dataset, bounds: Bounds,
-                                    seed: int = 0, engine: str = "auto", alpha: float = ALPHA) -> Decision:
+                                    seed: int = 0, engine: str = "auto", alpha: float = ALPHA,
+                                    batch_size: int | None = None) -> Decision:
     """On rerun_positions of the most informative of an L∞ gradient attack's `runs`, L∞ Square (SQUARE_QUERIES
     queries, no gradients) must not break significantly more images than the gradient attack (exact one-sided
     McNemar, p < alpha): where it does, the model hides its gradients from the gradient attacks."""
@@ -226,7 +230,8 @@ def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, d
     positions = rerun_positions(run, data.num_classes)
     if not len(positions):
         return Decision(True, f"{run.case.attack}: no correctly classified image to rerun", {"n": 0})
-    square = _rerun(run, positions, model, data, bounds, "linf-square", {"n_queries": SQUARE_QUERIES}, seed, engine)
+    square = _rerun(run, positions, model, data, bounds, "linf-square", {"n_queries": SQUARE_QUERIES}, seed, engine,
+                    batch_size)
     b, c, p = _more_found(run, positions, square)
     what = f"{run.case.attack} and L∞ Square at ε={run.case.epsilon:g}"
     figures = {"epsilon": run.case.epsilon, "n": len(positions), "queries": SQUARE_QUERIES, "only_black_box": b,
@@ -241,17 +246,19 @@ def check_white_box_beats_black_box(runs: Sequence[CaseRun], model: nn.Module, d
 
 
 def one_run_checks(run: CaseRun, model: nn.Module, data: Dataset, bounds: Bounds, *, seed: int = 0,
-                   engine: str = "auto", single_step: CaseRun | None = None) -> dict[str, Decision]:
+                   engine: str = "auto", batch_size: int | None = None,
+                   single_step: Callable[[], CaseRun] | None = None) -> dict[str, Decision]:
     """The evaluation checks one run supports, by the names gate/session.EVALUATION_TESTS gives them: the large-ε
     probe for any run; for a fixed-ε run of the ITERATIVE attack also converged and white box beats black box at
-    its ε, and covers single-step given `single_step`, the SINGLE_STEP attack's run on the same images. Monotone
-    in ε needs runs at several ε: only the gate has them."""
-    checks = {"large_epsilon": large_epsilon_probe(model, data, bounds, seed=seed, engine=engine)}
+    its ε, and covers single-step when `single_step` gives the SINGLE_STEP attack's run on the same images (called
+    only then). Monotone in ε needs runs at several ε: only the gate has them."""
+    checks = {"large_epsilon": large_epsilon_probe(model, data, bounds, seed=seed, engine=engine,
+                                                   batch_size=batch_size)}
     if run.case.attack != ITERATIVE or run.case.minimal:
         return checks
-    checks["converged"] = check_converged([run], model, data, bounds, seed=seed, engine=engine)
-    checks["white_box_beats_black_box"] = check_white_box_beats_black_box([run], model, data, bounds, seed=seed,
-                                                                          engine=engine)
+    options = {"seed": seed, "engine": engine, "batch_size": batch_size}
+    checks["converged"] = check_converged([run], model, data, bounds, **options)
+    checks["white_box_beats_black_box"] = check_white_box_beats_black_box([run], model, data, bounds, **options)
     if single_step is not None:
-        checks["covers_single_step"] = check_covers_single_step(single_step, run)
+        checks["covers_single_step"] = check_covers_single_step(single_step(), run)
     return checks

@@ -42,9 +42,10 @@ def record_decision(record: Callable[[str, object], None], check: str, decision:
     """Record a gate decision as test properties (`record(name, value)`): JUnit XML carries them, and xdist
     forwards them to the controller, whose end-of-session summary reads them."""
     values = {"check": check, **figures, "passed": decision.passed, **decision.figures, "message": decision.message}
+    from .decisions import plain  # numpy and scipy: not at the plugin's import
+
     for name, value in values.items():
-        # numpy scalars are not serialisable by xdist; their Python values are.
-        record(PROPERTY_PREFIX + name, value.item() if hasattr(value, "item") else value)
+        record(PROPERTY_PREFIX + name, plain(value))
 
 
 def obtained_root(cfg: GateConfig, rootpath: Path) -> Path:
@@ -134,10 +135,10 @@ def summary_lines(failures: list[tuple[str, str, dict[str, Any]]], orphan_files:
 def failure_kind(nodeid: str, properties: dict[str, object]) -> str:
     """Why a gate test failed: "evaluation" (an evaluation check), "less robust" (a decision against a baseline),
     "drift" (a drift decision, failing under --labelflip-fail-on-drift) or "not decided" (no decision was
-    recorded: an error, a missing baseline, a baseline --labelflip-regen refused to write)."""
+    recorded that said no: an error, a missing baseline, a baseline --labelflip-regen refused to write)."""
     if evaluation_check(nodeid) is not None:
         return "evaluation"
-    if PROPERTY_PREFIX + "check" not in properties:
+    if PROPERTY_PREFIX + "check" not in properties or properties.get(PROPERTY_PREFIX + "passed") is True:
         return "not decided"
     return "drift" if properties.get(PROPERTY_PREFIX + "drift") == "yes" else "less robust"
 

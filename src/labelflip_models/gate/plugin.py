@@ -139,9 +139,11 @@ def _parametrize(metafunc: pytest.Metafunc, name: str, values: list[Any], ids: l
         metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=none))], ids=["none"])
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The gate's evaluation tests run before its other gate tests: whether the evaluation can be trusted is the
-    first thing to know."""
+    first thing to know. Last among the hooks, so that plugins that reorder (--failed-first, random order) keep
+    their order within each group."""
     items[:] = evaluation_first(items)
 
 

@@ -11,8 +11,8 @@ weights_only=True) only hold tensors, and a pickled whole module needs trust_pic
 The logits of a model's output (`logits_of`): a tensor is the logits; else an object with a tensor attribute
 `logits` (e.g. a Hugging Face ModelOutput) gives that; else a Mapping gives its "logits" key; else a tuple or list
 gives its first element, which must be a tensor. `logits_adapter` wraps a model whose output needs this in
-`LogitsOutput`, one whose outputs look like probabilities in `LogOfProbabilities` (with a warning), and leaves one
-that returns logits as it is.
+`LogitsOutput`, one whose outputs look like softmax probabilities in `LogOfProbabilities` (with a warning), and
+leaves one that returns logits as it is.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ EXPORT_LOGGERS = ("torch.export", "torch._export")
 PT2_PROGRAM = re.compile(r"[^/]+/models/[^/]+\.json")
 # Rows summing to 1 within this are a softmax's (float32 rounding over K classes stays far below it).
 PROBABILITY_SUM_TOLERANCE = 1e-3
+SOFTMAX, UNIT_VALUES = "every row non-negative and summing to 1", "every value in [0, 1]"
 LOGITS_RULE = ("labelflip takes the logits from a tensor output, from an output's tensor attribute `logits`, from "
                "a mapping's 'logits' key, or from the first element of a tuple or list")
 
@@ -102,12 +103,13 @@ class LogitsOutput(nn.Module):
 
 
 class LogOfProbabilities(nn.Module):
-    """`model` returning the log of its outputs, for a model that returns probabilities: the attacks' losses take
-    logits, and the log keeps every prediction (it is monotone). `kind` says what the outputs looked like."""
+    """`model` returning the log of its outputs, for a model that returns softmax probabilities: the attacks'
+    losses take logits, and the log keeps every prediction (it is monotone) and gives the logits' cross-entropy."""
 
-    def __init__(self, model: nn.Module, kind: str) -> None:
+    def __init__(self, model: nn.Module, kind: str = SOFTMAX) -> None:
         super().__init__()
         self.model, self.kind = model, kind
+        self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.model(x)
@@ -116,14 +118,16 @@ class LogOfProbabilities(nn.Module):
         return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 
-def probability_kind(outputs: torch.Tensor) -> str | None:
-    """What makes `outputs` (N, K) look like probabilities rather than logits, or None: every row non-negative and
-    summing to 1 (a softmax), or every value in [0, 1] (e.g. a sigmoid)."""
-    if not len(outputs) or not bool(((outputs >= 0) & (outputs <= 1)).all()):
+def probability_kind(outputs: object) -> str | None:
+    """What makes `outputs` (N, K) look like probabilities rather than logits, or None (also for anything but a
+    2-D floating-point tensor, which check_model refuses): SOFTMAX, every row non-negative and summing to 1; or
+    UNIT_VALUES, every value in [0, 1] (e.g. a sigmoid)."""
+    if not (isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.is_floating_point()
+            and len(outputs) and bool(((outputs >= 0) & (outputs <= 1)).all())):
         return None
     if bool(((outputs.sum(1) - 1).abs() < PROBABILITY_SUM_TOLERANCE).all()):
-        return "every row non-negative and summing to 1"
-    return "every value in [0, 1]"
+        return SOFTMAX
+    return UNIT_VALUES
 
 
 class _NeedsTrust(Exception):
@@ -272,17 +276,18 @@ def logits_adapter(model: nn.Module, sample: torch.Tensor) -> nn.Module:
     """`model` itself when one forward pass on `sample` (N, C, H, W pixels) returns a tensor of logits, so that
     nothing about an ordinary model changes (its type, its weights' sha256); else `model` in `LogitsOutput`, once
     `logits_of` has found the logits in its output (ConfigError now where it finds none, not mid-attack); and in
-    `LogOfProbabilities`, with a ModelWarning, when those look like probabilities (`probability_kind`)."""
+    `LogOfProbabilities`, with a ModelWarning, when those look like softmax probabilities (`probability_kind`)."""
     _ensure_eval(model, "the model")
     out = _forward(model, sample)
     adapted = model if isinstance(out, torch.Tensor) else LogitsOutput(model).eval()
-    kind = probability_kind(logits_of(out))
-    if kind is None:
+    # Only a softmax: values that merely lie in [0, 1] on a few images may be logits, whose log would tie every
+    # negative one on other images; the logits check warns about those instead.
+    if probability_kind(logits_of(out)) != SOFTMAX:
         return adapted
-    warnings.warn(f"labelflip: the model's outputs look like probabilities ({kind} on {len(sample)} images), not "
-                  "logits; labelflip attacks their log. A saturated softmax still hides gradients: return the logits "
-                  "(drop the final softmax) to be sure", ModelWarning, stacklevel=3)
-    return LogOfProbabilities(adapted, kind).eval()
+    warnings.warn(f"labelflip: the model's outputs look like probabilities ({SOFTMAX} on {len(sample)} images), "
+                  "not logits; labelflip attacks their log. A saturated softmax still hides gradients: return the "
+                  "logits (drop the final softmax) to be sure", ModelWarning, stacklevel=3)
+    return LogOfProbabilities(adapted)
 
 
 def check_model(model: nn.Module, sample: torch.Tensor, num_classes: int) -> None:

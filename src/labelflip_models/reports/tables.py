@@ -252,15 +252,20 @@ def _strength_verdict(record: dict[str, Any]) -> str:
     return verdict
 
 
+# Each kind of failed test (gate/failures.failure_kind), as the verdict's first sentence counts it.
+FAILURE_KINDS = {
+    "less robust": "{n} test(s) found the model less robust than its baselines",
+    "evaluation": "{n} evaluation check(s) failed: the figures may not mean what they say",
+    "drift": "{n} drift test(s) failed under --labelflip-fail-on-drift",
+    "not decided": "{n} test(s) decided nothing (an error, a missing or refused baseline: see their messages)",
+}
+
+
 def verdict_head(verdict: dict[str, Any]) -> str:
     """The verdict in one sentence: a loss of robustness, an evaluation that cannot be trusted, or a pass."""
-    kinds = Counter(i["kind"] for i in verdict["failed"])
-    parts = [text.format(n=kinds[kind]) for kind, text in (
-        ("less robust", "{n} test(s) found the model less robust than its baselines"),
-        ("evaluation", "{n} evaluation check(s) failed: the figures may not mean what they say"),
-        ("drift", "{n} drift test(s) failed under --labelflip-fail-on-drift"),
-        ("not decided", "{n} test(s) decided nothing (an error, a missing or refused baseline: see their messages)"),
-    ) if kinds[kind]]
+    # A kind this version does not know counts as deciding nothing: it is still a failure.
+    kinds = Counter(i.get("kind") if i.get("kind") in FAILURE_KINDS else "not decided" for i in verdict["failed"])
+    parts = [FAILURE_KINDS[kind].format(n=kinds[kind]) for kind in FAILURE_KINDS if kinds[kind]]
     head = "Gate failed: " + "; ".join(parts) if parts else "Gate passed: no loss of robustness beyond the margins"
     drift = verdict["drift"]
     return head + (f"; {len(drift)} drift item(s), reported, not failed" if drift else "") + "."

@@ -17,7 +17,7 @@ from .markdown import summary_markdown
 from .names import heatmap_name, noise_name, trend_name
 from .plots import heatmap_png, noise_png, trend_png
 
-REPORT_SCHEMA = "labelflip.report/1"
+REPORT_SCHEMA = "labelflip.report/2"
 
 
 def _images(groups: list[DatasetRuns]) -> dict[str, bytes]:

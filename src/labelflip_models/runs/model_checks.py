@@ -8,8 +8,9 @@ images before any attack. Each failure makes a model look more robust than it is
   makes the model clearly more accurate than the inputs it is given;
 - deterministic: two forward passes on the same images agree (noise or dropout at inference);
 - batch independent: an image's output does not depend on the other images of its batch;
-- logits: the outputs are not probabilities (softmax outputs saturate, and their gradients vanish); a user's model
-  file whose outputs are (`models/io.logits_adapter`) is attacked through their log, with a warning;
+- logits: the outputs are not softmax probabilities (they saturate, and their gradients vanish); a user's model
+  file whose outputs are (`models/io.logits_adapter`) is attacked through their log, with a warning, and outputs
+  all in [0, 1] (a sigmoid?) get a warning;
 - gradients: the logit margin has a finite, nonzero input gradient at almost every image (non-differentiable
   preprocessing such as input quantisation, a detached input).
 """
@@ -29,7 +30,7 @@ from ..attacks import Bounds
 from ..data import Dataset, balanced_subset
 from ..devices import ieee_fp32
 from ..models.architectures import logits
-from ..models.io import LogOfProbabilities, probability_kind
+from ..models.io import SOFTMAX, UNIT_VALUES, LogOfProbabilities, probability_kind
 from .evaluate import pixel_images
 
 CONFIDENCE = 0.99
@@ -177,7 +178,8 @@ def check_batch_independent(model: nn.Module, images: torch.Tensor, in_batch: to
 
 def check_logits(model: nn.Module, outputs: torch.Tensor) -> ModelCheck:
     """`outputs` (the model's, on the checked images) must be logits, not probabilities (`probability_kind`). A
-    model wrapped in `LogOfProbabilities` passes with a warning: its probabilities are attacked through their log."""
+    model wrapped in `LogOfProbabilities` passes with a warning, its softmax attacked through its log; so do
+    outputs that all lie in [0, 1] without summing to 1 (a sigmoid, or small logits: their log is not taken)."""
     figures = {"probabilities": "no", "min": float(outputs.min()), "max": float(outputs.max())}
     if isinstance(model, LogOfProbabilities):
         return ModelCheck("logits", True, f"the model returns probabilities ({model.kind}); the attacks use their "
@@ -185,11 +187,15 @@ def check_logits(model: nn.Module, outputs: torch.Tensor) -> ModelCheck:
                                           "gradients check counts those): return the logits to be sure",
                           {**figures, "probabilities": "yes, attacked through their log"}, warning=True)
     kind = probability_kind(outputs)
-    if kind is not None:
+    if kind == SOFTMAX:
         return ModelCheck("logits", False, f"the model returns probabilities ({kind}): the loss of softmax outputs "
                                            "saturates and its gradients vanish; return the logits (drop the final "
                                            "softmax) or wrap the model in labelflip_models.models.io."
                                            "LogOfProbabilities", {**figures, "probabilities": "yes"})
+    if kind == UNIT_VALUES:
+        return ModelCheck("logits", True, f"the outputs look like probabilities ({kind}, e.g. a sigmoid): if they "
+                                          "are, the attacks' losses saturate; return the logits",
+                          {**figures, "probabilities": "maybe"}, warning=True)
     return ModelCheck("logits", True, f"outputs are logits (range {figures['min']:.3g} to {figures['max']:.3g})",
                       figures)
 

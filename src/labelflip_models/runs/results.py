@@ -146,11 +146,12 @@ def provenance(seed: int, device: str, wall_seconds: float, attack_seconds: floa
 
 
 def with_model_checks(result: dict[str, Any], checks: list[ModelCheck],
-                      evaluation: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+                      evaluation: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """result.json's content with the model checks (runs/model_checks.py) run before the attack: name, passed,
     message, figures and warning of each; and the evaluation checks run after it (gate/evaluation_checks.py,
-    `one_run_checks`), each as {"name", "passed", "message", "figures"}."""
-    return {**result, "model_checks": [dataclasses.asdict(c) for c in checks], "evaluation_checks": list(evaluation)}
+    `one_run_checks`), each as {"name", "passed", "message", "figures"}, or None where they did not run."""
+    return {**result, "model_checks": [dataclasses.asdict(c) for c in checks],
+            "evaluation_checks": None if evaluation is None else list(evaluation)}
 
 
 def write_run(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
